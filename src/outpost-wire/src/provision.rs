@@ -1,0 +1,396 @@
+//! `outpost.toml`: the provisioning file a person edits on the boot partition.
+//!
+//! ```toml
+//! [portal]
+//! url = "https://portal.example.net:8443"
+//! ca_cert = """-----BEGIN CERTIFICATE-----
+//! ...
+//! -----END CERTIFICATE-----"""     # or: ca_cert_file = "portal-ca.pem"
+//!
+//! [sensor]
+//! name = "branch-17"
+//! site = "berlin"
+//! token = "otk_..."
+//!
+//! [scope]
+//! allowed = ["192.168.10.0/24"]
+//!
+//! [feed]                          # optional; production defaults shown
+//! min_nasl = 2000
+//! min_notus = 500
+//! max_age_hours = 12
+//! ```
+//!
+//! Everything is validated before the daemon touches the network; an error names the
+//! field (`sensor.token`) so the person at the branch knows what to fix.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Secret;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provision {
+    pub portal_url: String,
+    /// PEM text of the CA certificate the daemon pins for the portal.
+    pub ca_cert_pem: String,
+    pub name: String,
+    pub site: String,
+    pub token: Secret,
+    pub scope: Vec<String>,
+    pub feed: FeedThresholds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedThresholds {
+    pub min_nasl: u32,
+    pub min_notus: u32,
+    pub max_age_hours: u32,
+}
+
+impl Default for FeedThresholds {
+    fn default() -> Self {
+        FeedThresholds {
+            min_nasl: 2000,
+            min_notus: 500,
+            max_age_hours: 12,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProvisionError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("outpost.toml is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("outpost.toml: missing field `{0}`")]
+    Missing(&'static str),
+    #[error("outpost.toml: field `{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    portal: Option<RawPortal>,
+    sensor: Option<RawSensor>,
+    scope: Option<RawScope>,
+    feed: Option<RawFeed>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortal {
+    url: Option<String>,
+    ca_cert: Option<String>,
+    ca_cert_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    name: Option<String>,
+    site: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    allowed: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    min_nasl: Option<u32>,
+    min_notus: Option<u32>,
+    max_age_hours: Option<u32>,
+}
+
+impl Provision {
+    /// Reads and validates the file; `ca_cert_file` is resolved next to it.
+    pub fn load(path: &Path) -> Result<Provision, ProvisionError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProvisionError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Provision::parse(&text, |name| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+        })
+    }
+
+    /// Parses and validates; `read_file` loads `ca_cert_file` when that form is used.
+    pub fn parse(
+        text: &str,
+        read_file: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Provision, ProvisionError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ProvisionError::Syntax(one_line(&e)))?;
+        let portal = raw.portal.ok_or(ProvisionError::Missing("portal"))?;
+        let sensor = raw.sensor.ok_or(ProvisionError::Missing("sensor"))?;
+
+        let portal_url = required(portal.url, "portal.url")?;
+        validate_url(&portal_url)?;
+
+        let ca_cert_pem = match (portal.ca_cert, portal.ca_cert_file) {
+            (Some(_), Some(_)) => {
+                return Err(ProvisionError::Invalid {
+                    field: "portal.ca_cert",
+                    reason: "and `portal.ca_cert_file` are both set; use one".into(),
+                })
+            }
+            (Some(pem), None) => pem,
+            (None, Some(file)) => read_file(&file).map_err(|reason| ProvisionError::Invalid {
+                field: "portal.ca_cert_file",
+                reason: format!("cannot be read: {reason}"),
+            })?,
+            (None, None) => return Err(ProvisionError::Missing("portal.ca_cert")),
+        };
+        if !ca_cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ProvisionError::Invalid {
+                field: "portal.ca_cert",
+                reason: "is not a PEM certificate (no BEGIN CERTIFICATE line)".into(),
+            });
+        }
+
+        let name = required(sensor.name, "sensor.name")?;
+        validate_label(&name, "sensor.name")?;
+        let site = required(sensor.site, "sensor.site")?;
+        validate_label(&site, "sensor.site")?;
+        let token = required(sensor.token, "sensor.token")?;
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Do not echo the token: it is a credential.
+            return Err(ProvisionError::Invalid {
+                field: "sensor.token",
+                reason: "is not a well-formed enrollment token".into(),
+            });
+        }
+
+        let scope = raw.scope.and_then(|s| s.allowed).unwrap_or_default();
+        for cidr in &scope {
+            if parse_cidr(cidr).is_none() {
+                return Err(ProvisionError::Invalid {
+                    field: "scope.allowed",
+                    reason: format!("entry {cidr:?} is not an IPv4 CIDR such as 192.168.1.0/24"),
+                });
+            }
+        }
+
+        let mut feed = FeedThresholds::default();
+        if let Some(f) = raw.feed {
+            feed.min_nasl = f.min_nasl.unwrap_or(feed.min_nasl);
+            feed.min_notus = f.min_notus.unwrap_or(feed.min_notus);
+            feed.max_age_hours = f.max_age_hours.unwrap_or(feed.max_age_hours);
+        }
+
+        Ok(Provision {
+            portal_url: portal_url.trim_end_matches('/').to_owned(),
+            ca_cert_pem,
+            name,
+            site,
+            token: Secret::new(token),
+            scope,
+            feed,
+        })
+    }
+
+    /// Renders the file as a person would write it (used by `outpostctl image provision`).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# Outpost sensor provisioning. Edit and keep on the boot partition.\n");
+        s.push_str("[portal]\n");
+        s.push_str(&format!("url = {}\n", toml_str(&self.portal_url)));
+        s.push_str(&format!(
+            "ca_cert = \"\"\"\n{}\"\"\"\n\n",
+            self.ca_cert_pem.trim_end().to_owned() + "\n"
+        ));
+        s.push_str("[sensor]\n");
+        s.push_str(&format!("name = {}\n", toml_str(&self.name)));
+        s.push_str(&format!("site = {}\n", toml_str(&self.site)));
+        s.push_str(&format!("token = {}\n", toml_str(self.token.expose())));
+        if !self.scope.is_empty() {
+            let list: Vec<String> = self.scope.iter().map(|c| toml_str(c)).collect();
+            s.push_str(&format!("\n[scope]\nallowed = [{}]\n", list.join(", ")));
+        }
+        if self.feed != FeedThresholds::default() {
+            s.push_str(&format!(
+                "\n[feed]\nmin_nasl = {}\nmin_notus = {}\nmax_age_hours = {}\n",
+                self.feed.min_nasl, self.feed.min_notus, self.feed.max_age_hours
+            ));
+        }
+        s
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn one_line(e: &toml::de::Error) -> String {
+    let mut msg = e.message().to_owned();
+    if let Some(span) = e.span() {
+        msg = format!("{msg} (at byte {})", span.start);
+    }
+    msg
+}
+
+fn required(v: Option<String>, field: &'static str) -> Result<String, ProvisionError> {
+    match v {
+        None => Err(ProvisionError::Missing(field)),
+        Some(s) if s.trim().is_empty() => Err(ProvisionError::Invalid {
+            field,
+            reason: "is empty".into(),
+        }),
+        Some(s) => Ok(s.trim().to_owned()),
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), ProvisionError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or(ProvisionError::Invalid {
+            field: "portal.url",
+            reason: format!("{url:?} must start with https://"),
+        })?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(ProvisionError::Invalid {
+            field: "portal.url",
+            reason: format!("{url:?} has no host"),
+        });
+    }
+    if let Some((_, port)) = host.rsplit_once(':') {
+        if !host.ends_with(']') && port.parse::<u16>().is_err() {
+            return Err(ProvisionError::Invalid {
+                field: "portal.url",
+                reason: format!("{url:?} has an invalid port"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_label(v: &str, field: &'static str) -> Result<(), ProvisionError> {
+    let ok = v.len() <= 63
+        && v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::Invalid {
+            field,
+            reason: format!("{v:?} may hold only letters, digits, '-', '_', '.' (at most 63)"),
+        })
+    }
+}
+
+/// Parses `a.b.c.d/n` into (network address, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().ok()?),
+        None => (s, 32),
+    };
+    if len > 32 {
+        return None;
+    }
+    Some((addr.parse().ok()?, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn good() -> String {
+        format!(
+            "[portal]\nurl = \"https://10.0.2.100:443/\"\nca_cert = \"\"\"\n{PEM}\"\"\"\n\
+             [sensor]\nname = \"branch-1\"\nsite = \"berlin\"\ntoken = \"otk_0123456789abcdef\"\n"
+        )
+    }
+
+    fn no_files(_: &str) -> Result<String, String> {
+        Err("no files in this test".into())
+    }
+
+    #[test]
+    fn parses_a_good_file() {
+        let p = Provision::parse(&good(), no_files).unwrap();
+        assert_eq!(p.portal_url, "https://10.0.2.100:443");
+        assert_eq!(p.site, "berlin");
+        assert_eq!(p.feed, FeedThresholds::default());
+        assert!(!format!("{p:?}").contains("otk_0123"));
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let mut p = Provision::parse(&good(), no_files).unwrap();
+        p.scope = vec!["10.9.0.0/24".into()];
+        p.feed.min_nasl = 3;
+        let back = Provision::parse(&p.render(), no_files).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let text = good().replace("token = \"otk_0123456789abcdef\"\n", "");
+        assert_eq!(
+            Provision::parse(&text, no_files),
+            Err(ProvisionError::Missing("sensor.token"))
+        );
+        let err = Provision::parse("[sensor]\n", no_files).unwrap_err();
+        assert_eq!(err.to_string(), "outpost.toml: missing field `portal`");
+    }
+
+    #[test]
+    fn malformed_toml_is_a_syntax_error() {
+        let err = Provision::parse("[portal\nurl=", no_files).unwrap_err();
+        assert!(matches!(err, ProvisionError::Syntax(_)), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_values_by_field() {
+        let cases = [
+            (good().replace("https://", "http://"), "portal.url"),
+            (good().replace("branch-1", "branch 1"), "sensor.name"),
+            (good().replace("otk_0123456789abcdef", "short"), "sensor.token"),
+            (good().replace("BEGIN CERTIFICATE", "BEGIN NOTHING"), "portal.ca_cert"),
+            (good() + "[scope]\nallowed = [\"10.0.0.0/40\"]\n", "scope.allowed"),
+        ];
+        for (text, field) in cases {
+            match Provision::parse(&text, no_files) {
+                Err(ProvisionError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Provision::parse(&(good() + "[sensor2]\n"), no_files).unwrap_err();
+        assert!(err.to_string().contains("sensor2"), "{err}");
+    }
+
+    #[test]
+    fn token_is_never_echoed_in_errors() {
+        let text = good().replace("otk_0123456789abcdef", "otk secret with spaces");
+        let err = Provision::parse(&text, no_files).unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn ca_cert_file_is_read() {
+        let text = good().replace(&format!("ca_cert = \"\"\"\n{PEM}\"\"\"\n"), "ca_cert_file = \"ca.pem\"\n");
+        let p = Provision::parse(&text, |n| {
+            assert_eq!(n, "ca.pem");
+            Ok(PEM.to_owned())
+        })
+        .unwrap();
+        assert_eq!(p.ca_cert_pem, PEM);
+    }
+}
