@@ -276,8 +276,7 @@ fn validate_url(url: &str) -> Result<(), ProvisionError> {
 
 fn validate_label(v: &str, field: &'static str) -> Result<(), ProvisionError> {
     let ok = v.len() <= 63
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
@@ -358,9 +357,18 @@ mod tests {
         let cases = [
             (good().replace("https://", "http://"), "portal.url"),
             (good().replace("branch-1", "branch 1"), "sensor.name"),
-            (good().replace("otk_0123456789abcdef", "short"), "sensor.token"),
-            (good().replace("BEGIN CERTIFICATE", "BEGIN NOTHING"), "portal.ca_cert"),
-            (good() + "[scope]\nallowed = [\"10.0.0.0/40\"]\n", "scope.allowed"),
+            (
+                good().replace("otk_0123456789abcdef", "short"),
+                "sensor.token",
+            ),
+            (
+                good().replace("BEGIN CERTIFICATE", "BEGIN NOTHING"),
+                "portal.ca_cert",
+            ),
+            (
+                good() + "[scope]\nallowed = [\"10.0.0.0/40\"]\n",
+                "scope.allowed",
+            ),
         ];
         for (text, field) in cases {
             match Provision::parse(&text, no_files) {
@@ -385,7 +393,10 @@ mod tests {
 
     #[test]
     fn ca_cert_file_is_read() {
-        let text = good().replace(&format!("ca_cert = \"\"\"\n{PEM}\"\"\"\n"), "ca_cert_file = \"ca.pem\"\n");
+        let text = good().replace(
+            &format!("ca_cert = \"\"\"\n{PEM}\"\"\"\n"),
+            "ca_cert_file = \"ca.pem\"\n",
+        );
         let p = Provision::parse(&text, |n| {
             assert_eq!(n, "ca.pem");
             Ok(PEM.to_owned())

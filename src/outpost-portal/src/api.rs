@@ -1,0 +1,593 @@
+//! HTTP handlers for the sensor API (`/api/sensor/*`) and the admin API (`/api/admin/*`).
+//! Bodies are read with explicit limits and parsed here, so every bad request gets a JSON
+//! error that names the problem, before anything touches the database.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use outpost_wire::admin::{
+    CreateJob, CreateToken, JobState, SensorInfo, SensorStatus, TokenCreated,
+};
+use outpost_wire::log::from_ndjson;
+use outpost_wire::sensor::{
+    Activity, ClaimRequest, HeartbeatRequest, HeartbeatResponse, JobSpec, JobStatusResponse,
+    JobStatusUpdate, RegisterRequest, RegisterResponse, ReportUpload,
+};
+use outpost_wire::{
+    paths, ErrorCode, Secret, API_VERSION, API_VERSION_HEADER, IDEMPOTENCY_HEADER, MAX_JSON_BODY,
+    MAX_LOG_BODY, MAX_LOG_EVENTS, MAX_REPORT_BODY,
+};
+
+use crate::auth;
+use crate::error::{job_refusal, ApiError};
+use crate::store::{NewSensor, SensorAuth, SensorRow, Store};
+use crate::Settings;
+
+pub struct AppState {
+    pub store: Store,
+    pub settings: Settings,
+    pub admin_hash: String,
+}
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let sensor = Router::new()
+        .route(paths::REGISTER, post(register))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::CLAIM, post(claim))
+        .route(paths::LOG, post(log))
+        .route("/api/sensor/jobs/{id}/report", post(report))
+        .route("/api/sensor/jobs/{id}/status", post(job_status));
+    let admin = Router::new()
+        .route("/api/admin/tokens", post(create_token))
+        .route("/api/admin/jobs", post(create_job).get(list_jobs))
+        .route("/api/admin/jobs/{id}", get(get_job))
+        .route("/api/admin/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/admin/jobs/{id}/report", get(get_report))
+        .route("/api/admin/sensors", get(list_sensors))
+        .route(
+            "/api/admin/sensors/{id}",
+            get(get_sensor).delete(delete_sensor),
+        )
+        .route("/api/admin/sensors/{id}/log", get(sensor_log));
+    Router::new()
+        .merge(sensor)
+        .merge(admin)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn(api_version))
+        .with_state(state)
+}
+
+/// Refuses API versions this portal does not serve and stamps its own on every answer.
+/// A missing header means version 1, so the first sensors keep working.
+async fn api_version(req: Request<Body>, next: Next) -> Response {
+    if let Some(v) = req.headers().get(API_VERSION_HEADER) {
+        let ok = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(|v| (1..=API_VERSION).contains(&v));
+        if !ok {
+            return ApiError::new(
+                ErrorCode::UnsupportedApiVersion,
+                format!("this portal serves API versions 1 to {API_VERSION}"),
+            )
+            .into_response();
+        }
+    }
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from(API_VERSION));
+    resp
+}
+
+/// Reads a body up to `limit` bytes (413 beyond it).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(headers, body, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
+}
+
+async fn sensor_auth(state: &AppState, headers: &HeaderMap) -> Result<SensorAuth, ApiError> {
+    let key = auth::bearer(headers)?;
+    state
+        .store
+        .sensor_by_key(&auth::hash(key))
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key"))
+}
+
+fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = auth::bearer(headers)?;
+    if auth::digest_eq(&auth::hash(token), &state.admin_hash) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token"))
+    }
+}
+
+fn job_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::not_found(format!("{raw:?} is not a job id")))
+}
+
+fn now() -> i64 {
+    outpost_wire::unix_now()
+}
+
+fn check_field(value: &str, field: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` must be at most {max} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_register(req: &RegisterRequest) -> Result<(), ApiError> {
+    for (v, f) in [(&req.name, "name"), (&req.site, "site")] {
+        if v.is_empty() {
+            return Err(ApiError::bad_request(format!("`{f}` is empty")));
+        }
+        check_field(v, f, 63)?;
+    }
+    for (v, f) in [
+        (&req.hostname, "hostname"),
+        (&req.os, "os"),
+        (&req.board, "board"),
+        (&req.hardware_serial, "hardware_serial"),
+        (&req.agent_version, "agent_version"),
+    ] {
+        check_field(v, f, 256)?;
+    }
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(req.wg_public_key.trim())
+        .ok()
+        .filter(|k| k.len() == 32);
+    if key.is_none() {
+        return Err(ApiError::bad_request(
+            "`wg_public_key` must be a base64 X25519 public key (32 bytes)",
+        ));
+    }
+    if req.capabilities.is_empty() {
+        return Err(ApiError::bad_request("`capabilities` is empty"));
+    }
+    Ok(())
+}
+
+async fn register(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let token = auth::bearer(&headers)?.to_owned();
+    let req: RegisterRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
+    validate_register(&req)?;
+    let id = auth::random_secret("sn_", 8);
+    let api_key = auth::random_secret("osk_", 32);
+    let site = req.site.clone();
+    let name = req.name.clone();
+    st.store
+        .register(
+            &auth::hash(&token),
+            NewSensor {
+                id: id.clone(),
+                api_key_hash: auth::hash(&api_key),
+                req,
+                now: now(),
+            },
+        )
+        .await??;
+    tracing::info!(sensor = %id, %name, %site, "sensor registered");
+    let resp = RegisterResponse {
+        sensor_id: id,
+        api_key: Secret::new(api_key),
+        site,
+        tunnel: None,
+        heartbeat_interval_s: st.settings.heartbeat_interval.as_secs() as u32,
+        claim_interval_s: st.settings.claim_interval.as_secs() as u32,
+    };
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+async fn heartbeat(
+    State(st): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let sensor = sensor_auth(&st, &headers).await?;
+    let hb: HeartbeatRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
+    check_field(&hb.agent_version, "agent_version", 256)?;
+    let lease = st.settings.lease.as_secs() as i64;
+    let cancel_jobs = st.store.heartbeat(&sensor.id, &hb, now(), lease).await?;
+    Ok(Json(HeartbeatResponse {
+        server_time: now(),
+        cancel_jobs,
+    }))
+}
+
+async fn claim(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let sensor = sensor_auth(&st, &headers).await?;
+    let req: ClaimRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
+    let lease = st.settings.lease.as_secs() as i64;
+    match st
+        .store
+        .claim(&sensor, &req.capabilities, now(), lease)
+        .await?
+    {
+        Some(job) => {
+            tracing::info!(sensor = %sensor.id, job = job.id, "job claimed");
+            Ok(Json(job).into_response())
+        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn log(State(st): St, headers: HeaderMap, body: Body) -> Result<StatusCode, ApiError> {
+    let sensor = sensor_auth(&st, &headers).await?;
+    let bytes = read_body(&headers, body, MAX_LOG_BODY).await?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("log body is not UTF-8"))?;
+    let events = from_ndjson(text, MAX_LOG_EVENTS)
+        .map_err(|e| ApiError::bad_request(format!("log body is not valid NDJSON: {e}")))?;
+    st.store.append_log(&sensor.id, &events, now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn report(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let sensor = sensor_auth(&st, &headers).await?;
+    let job = job_id(&id)?;
+    let upload: ReportUpload = read_json(&headers, body, MAX_REPORT_BODY).await?;
+    if upload.request_id.is_empty() || upload.request_id.len() > 128 {
+        return Err(ApiError::bad_request(
+            "`request_id` must be 1 to 128 characters",
+        ));
+    }
+    if let Some(key) = headers.get(IDEMPOTENCY_HEADER) {
+        if key.to_str().ok() != Some(upload.request_id.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "`{IDEMPOTENCY_HEADER}` header differs from `request_id`"
+            )));
+        }
+    }
+    let ack = st
+        .store
+        .store_report(&sensor.id, job, &upload, now())
+        .await?
+        .map_err(|r| job_refusal(job, r))?;
+    if ack.created {
+        tracing::info!(sensor = %sensor.id, job, report = ack.report_id, "report stored");
+    }
+    let status = if ack.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ack)).into_response())
+}
+
+async fn job_status(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<JobStatusResponse>, ApiError> {
+    let sensor = sensor_auth(&st, &headers).await?;
+    let job = job_id(&id)?;
+    let update: JobStatusUpdate = read_json(&headers, body, MAX_JSON_BODY).await?;
+    let lease = st.settings.lease.as_secs() as i64;
+    let cancel_requested = st
+        .store
+        .job_status(&sensor.id, job, &update, now(), lease)
+        .await?
+        .map_err(|r| job_refusal(job, r))?;
+    Ok(Json(JobStatusResponse { cancel_requested }))
+}
+
+// ---- admin ----
+
+async fn create_token(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let req: CreateToken = read_json(&headers, body, MAX_JSON_BODY).await?;
+    if req.site.is_empty() {
+        return Err(ApiError::bad_request("`site` is empty"));
+    }
+    check_field(&req.site, "site", 63)?;
+    if req.uses == 0 {
+        return Err(ApiError::bad_request("`uses` must be at least 1"));
+    }
+    let token = auth::random_secret("otk_", 24);
+    let expires_at = now().saturating_add(req.ttl_s.min(i64::MAX as u64 / 2) as i64);
+    st.store
+        .create_token(&auth::hash(&token), &req.site, req.uses, expires_at, now())
+        .await?;
+    let body = TokenCreated {
+        token,
+        site: req.site,
+        expires_at,
+        uses: req.uses,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn validate_spec(spec: &JobSpec) -> Result<(), ApiError> {
+    match spec {
+        JobSpec::Scan(s) => {
+            if s.targets.is_empty() {
+                return Err(ApiError::bad_request("`targets` is empty"));
+            }
+            for t in s.targets.iter().chain(&s.exclude_hosts) {
+                if t.is_empty()
+                    || t.len() > 255
+                    || t.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "target {t:?} is not a host, CIDR or range"
+                    )));
+                }
+            }
+            if s.ports.trim().is_empty() {
+                return Err(ApiError::bad_request("`ports` is empty"));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create_job(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let req: CreateJob = read_json(&headers, body, MAX_JSON_BODY).await?;
+    check_field(&req.site, "site", 63)?;
+    validate_spec(&req.spec)?;
+    let id = st.store.create_job(&req.site, &req.spec, now()).await?;
+    let info = st
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} vanished")))?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+async fn list_jobs(
+    State(st): St,
+    headers: HeaderMap,
+    q: Query<Limit>,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(st.store.jobs(limit).await?).into_response())
+}
+
+async fn get_job(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let id = job_id(&id)?;
+    let job = st
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    Ok(Json(job).into_response())
+}
+
+async fn cancel_job(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let id = job_id(&id)?;
+    match st.store.cancel_job(id, now()).await? {
+        None => Err(ApiError::not_found(format!("job {id} does not exist"))),
+        Some(state) if state.is_final() && state != JobState::Cancelled => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("job {id} already ended ({})", state.as_str()),
+        )),
+        Some(_) => {
+            let job = st
+                .store
+                .job(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+            Ok(Json(job).into_response())
+        }
+    }
+}
+
+async fn get_report(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let id = job_id(&id)?;
+    let report = st
+        .store
+        .report(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no report")))?;
+    Ok(Json(report).into_response())
+}
+
+/// online = heartbeat within the threshold; scanning = online and busy with a scan.
+pub fn sensor_status(row: &SensorRow, now: i64, offline_after_s: i64) -> SensorStatus {
+    let fresh = row
+        .info
+        .last_heartbeat
+        .is_some_and(|t| now.saturating_sub(t) <= offline_after_s);
+    if !fresh {
+        SensorStatus::Offline
+    } else if row.running_jobs > 0 || row.info.activity == Some(Activity::Scanning) {
+        SensorStatus::Scanning
+    } else {
+        SensorStatus::Online
+    }
+}
+
+async fn sensors_with_status(st: &AppState) -> Result<Vec<SensorInfo>, ApiError> {
+    let now = now();
+    let threshold = st.settings.offline_after.as_secs() as i64;
+    Ok(st
+        .store
+        .sensors()
+        .await?
+        .into_iter()
+        .map(|row| {
+            let status = sensor_status(&row, now, threshold);
+            SensorInfo { status, ..row.info }
+        })
+        .collect())
+}
+
+async fn list_sensors(State(st): St, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    Ok(Json(sensors_with_status(&st).await?).into_response())
+}
+
+async fn get_sensor(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let sensor = sensors_with_status(&st)
+        .await?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("sensor {id} does not exist")))?;
+    Ok(Json(sensor).into_response())
+}
+
+async fn delete_sensor(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    admin_auth(&st, &headers)?;
+    if st.store.delete_sensor(&id).await? {
+        tracing::info!(sensor = %id, "sensor deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("sensor {id} does not exist")))
+    }
+}
+
+async fn sensor_log(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Query<Limit>,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    Ok(Json(st.store.sensor_log(&id, limit).await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_wire::admin::SensorInfo;
+
+    fn row(last: Option<i64>, running: i64, activity: Option<Activity>) -> SensorRow {
+        SensorRow {
+            info: SensorInfo {
+                id: "sn".into(),
+                name: "n".into(),
+                site: "s".into(),
+                status: SensorStatus::Offline,
+                hostname: String::new(),
+                board: String::new(),
+                agent_version: String::new(),
+                wg_public_key: String::new(),
+                registered_at: 0,
+                last_heartbeat: last,
+                activity,
+                phase: None,
+                metrics: None,
+            },
+            running_jobs: running,
+        }
+    }
+
+    #[test]
+    fn status_follows_heartbeat_age_and_work() {
+        assert_eq!(
+            sensor_status(&row(None, 0, None), 1000, 120),
+            SensorStatus::Offline
+        );
+        assert_eq!(
+            sensor_status(&row(Some(880), 0, None), 1000, 120),
+            SensorStatus::Online
+        );
+        assert_eq!(
+            sensor_status(&row(Some(879), 0, None), 1000, 120),
+            SensorStatus::Offline
+        );
+        assert_eq!(
+            sensor_status(&row(Some(990), 1, None), 1000, 120),
+            SensorStatus::Scanning
+        );
+        assert_eq!(
+            sensor_status(&row(Some(990), 0, Some(Activity::Scanning)), 1000, 120),
+            SensorStatus::Scanning
+        );
+        assert_eq!(
+            sensor_status(&row(Some(10), 1, None), 1000, 120),
+            SensorStatus::Offline
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! `outpost-portal`: the reference control plane. The sensor API and admin API over
+//! HTTPS (rustls), enrollment tokens, the leased job queue, sensor status, phase logs
+//! and reports, on SQLite or PostgreSQL.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod tls;
+
+pub use server::{run, Portal};
+pub use settings::Settings;

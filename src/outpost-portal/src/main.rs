@@ -1,0 +1,93 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use outpost_portal::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-portal",
+    version,
+    about = "Outpost reference control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the sensor and admin APIs over HTTPS.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory for the SQLite database, TLS material and the admin token.
+    #[arg(long, env = "OUTPOST_PORTAL_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the URL is written to portal.url).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// PostgreSQL URL (postgres://user@host/db); SQLite in the data directory if absent.
+    #[arg(long, env = "OUTPOST_DATABASE")]
+    database: Option<String>,
+    /// Seconds without a heartbeat before a sensor counts as offline.
+    #[arg(long, default_value_t = 120)]
+    offline_after: u64,
+    /// Seconds a claimed job stays leased without a heartbeat before it is re-queued.
+    #[arg(long, default_value_t = 600)]
+    lease: u64,
+    /// Heartbeat interval told to sensors, seconds.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_interval: u64,
+    /// Claim interval told to sensors, seconds.
+    #[arg(long, default_value_t = 5)]
+    claim_interval: u64,
+    /// Extra DNS name or IP for the generated server certificate (repeatable).
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// Your own PEM certificate chain (with --tls-key) instead of the generated one.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-portal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cmd::Serve(a) = cli.cmd;
+    let mut s = Settings::new(a.data_dir, a.listen);
+    s.database = a.database;
+    s.offline_after = Duration::from_secs(a.offline_after);
+    s.lease = Duration::from_secs(a.lease);
+    s.reap_every = Duration::from_secs(a.lease.clamp(1, 5));
+    s.heartbeat_interval = Duration::from_secs(a.heartbeat_interval.max(1));
+    s.claim_interval = Duration::from_secs(a.claim_interval.max(1));
+    s.extra_sans = a.sans;
+    s.tls_cert = a.tls_cert;
+    s.tls_key = a.tls_key;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(outpost_portal::run(s))
+}

@@ -1,0 +1,644 @@
+//! PostgreSQL backend for fleets. Claims use `FOR UPDATE SKIP LOCKED` on a subquery over
+//! `jobs` alone (no outer join inside the locked subquery: PostgreSQL refuses to lock the
+//! nullable side, and a join would lock rows it does not hand out).
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use outpost_wire::admin::{JobInfo, JobState, StoredLogEvent};
+use outpost_wire::sensor::{HeartbeatRequest, Job, JobStatusUpdate, ReportAck, ReportUpload};
+
+use super::{
+    check_job_access, check_token, from_json, parse_state, state_after_update, JobLease,
+    JobRefusal, NewSensor, RawJob, RawReport, RawSensor, Report, SensorAuth, SensorRow, StoreError,
+    TokenRefusal, TokenRow,
+};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    uses_left BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE sensors (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    site TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    os TEXT NOT NULL,
+    board TEXT NOT NULL,
+    hardware_serial TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    capabilities TEXT NOT NULL,
+    wg_public_key TEXT NOT NULL,
+    api_key_hash TEXT NOT NULL UNIQUE,
+    registered_at BIGINT NOT NULL,
+    last_heartbeat BIGINT,
+    activity TEXT,
+    phase TEXT,
+    metrics TEXT
+);
+CREATE TABLE jobs (
+    id BIGSERIAL PRIMARY KEY,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sensor_id TEXT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    progress BIGINT NOT NULL DEFAULT 0,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    failure_reason TEXT,
+    created_at BIGINT NOT NULL,
+    claimed_at BIGINT,
+    lease_expires_at BIGINT,
+    finished_at BIGINT
+);
+CREATE INDEX jobs_queue ON jobs (site, state, id);
+CREATE INDEX jobs_lease ON jobs (state, lease_expires_at);
+CREATE TABLE reports (
+    id BIGSERIAL PRIMARY KEY,
+    job_id BIGINT NOT NULL UNIQUE REFERENCES jobs (id),
+    sensor_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    partial BOOLEAN NOT NULL,
+    content_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    received_at BIGINT NOT NULL
+);
+CREATE TABLE sensor_log (
+    id BIGSERIAL PRIMARY KEY,
+    sensor_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX sensor_log_by_sensor ON sensor_log (sensor_id, id);
+"#];
+
+const JOB_COLUMNS: &str =
+    "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
+     failure_reason, created_at, lease_expires_at";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+type Client = deadpool_postgres::Object;
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let cfg: tokio_postgres::Config = url.parse()?;
+        let mgr = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(32)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Serialises concurrent portal starts against one database.
+        tx.execute("SELECT pg_advisory_xact_lock(7461001)", &[])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await?;
+        let current: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await?
+            .get(0);
+        let supported = MIGRATIONS.len() as i64;
+        if current > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(i as i64 + 1)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn create_token(
+        &self,
+        hash: &str,
+        site: &str,
+        uses: u32,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tokens (hash, site, uses_left, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&hash, &site, &(uses as i64), &expires_at, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn register(
+        &self,
+        token_hash: &str,
+        s: NewSensor,
+    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT site, uses_left, expires_at FROM tokens WHERE hash = $1 FOR UPDATE",
+                &[&token_hash],
+            )
+            .await?
+            .map(|r| TokenRow {
+                site: r.get(0),
+                uses_left: r.get(1),
+                expires_at: r.get(2),
+            });
+        if let Err(refusal) = check_token(row.as_ref(), &s.req.site, s.now) {
+            return Ok(Err(refusal));
+        }
+        tx.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = $1",
+            &[&token_hash],
+        )
+        .await?;
+        let caps = super::json(&s.req.capabilities)?;
+        tx.execute(
+            "INSERT INTO sensors (id, name, site, hostname, os, board, hardware_serial, agent_version, \
+             capabilities, wg_public_key, api_key_hash, registered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &s.id, &s.req.name, &s.req.site, &s.req.hostname, &s.req.os, &s.req.board,
+                &s.req.hardware_serial, &s.req.agent_version, &caps, &s.req.wg_public_key,
+                &s.api_key_hash, &s.now,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT id, name, site FROM sensors WHERE api_key_hash = $1",
+                &[&key_hash],
+            )
+            .await?
+            .map(|r| SensorAuth {
+                id: r.get(0),
+                name: r.get(1),
+                site: r.get(2),
+            }))
+    }
+
+    pub async fn heartbeat(
+        &self,
+        sensor: &str,
+        hb: &HeartbeatRequest,
+        metrics: &str,
+        now: i64,
+        lease_s: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let phase = hb.phase.map(|p| p.as_str());
+        tx.execute(
+            "UPDATE sensors SET last_heartbeat = $2, activity = $3, phase = $4, metrics = $5, \
+             agent_version = $6 WHERE id = $1",
+            &[
+                &sensor,
+                &now,
+                &hb.activity.as_str(),
+                &phase,
+                &metrics,
+                &hb.agent_version,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE jobs SET lease_expires_at = $2 WHERE sensor_id = $1 AND state = 'running'",
+            &[&sensor, &(now + lease_s)],
+        )
+        .await?;
+        let cancel = tx
+            .query(
+                "SELECT id FROM jobs WHERE sensor_id = $1 AND state = 'running' \
+                 AND cancel_requested ORDER BY id",
+                &[&sensor],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().await?;
+        Ok(cancel)
+    }
+
+    pub async fn claim(
+        &self,
+        sensor: &SensorAuth,
+        kinds: &[String],
+        now: i64,
+        lease_s: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
+                 lease_expires_at = $3, progress = 0 \
+                 WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = $4 \
+                             AND kind = ANY($5) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, spec, attempts, lease_expires_at",
+                &[&sensor.id, &now, &(now + lease_s), &sensor.site, &kinds],
+            )
+            .await?;
+        row.map(|r| {
+            let spec: String = r.get(1);
+            Ok(Job {
+                id: r.get(0),
+                lease_expires_at: r.get(3),
+                attempt: r.get::<_, i64>(2).clamp(0, u32::MAX as i64) as u32,
+                spec: from_json(&spec)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn requeue_expired(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
+                 claimed_at = NULL, attempts = attempts + 1, progress = 0 \
+                 WHERE state = 'running' AND lease_expires_at < $1 RETURNING id",
+                &[&now],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    pub async fn append_log(
+        &self,
+        sensor: &str,
+        rows: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let st = tx
+            .prepare("INSERT INTO sensor_log (sensor_id, received_at, event) VALUES ($1, $2, $3)")
+            .await?;
+        for row in rows {
+            tx.execute(&st, &[&sensor, &now, row]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn job_status(
+        &self,
+        sensor: &str,
+        job: i64,
+        update: &JobStatusUpdate,
+        now: i64,
+        lease_s: i64,
+    ) -> Result<Result<bool, JobRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let (lease, cancel) = match lease_of(&tx, job).await? {
+            Some((l, cancel)) => (Some(l), cancel),
+            None => (None, false),
+        };
+        if let Err(r) = check_job_access(lease.as_ref(), sensor, false) {
+            return Ok(Err(r));
+        }
+        let next = state_after_update(update);
+        match update {
+            JobStatusUpdate::Running {
+                progress_percent, ..
+            } => {
+                let progress = i64::from((*progress_percent).min(100));
+                tx.execute(
+                    "UPDATE jobs SET progress = $2, lease_expires_at = $3 WHERE id = $1",
+                    &[&job, &progress, &(now + lease_s)],
+                )
+                .await?;
+            }
+            JobStatusUpdate::Failed { reason } => {
+                tx.execute(
+                    "UPDATE jobs SET state = $2, failure_reason = $3, finished_at = $4 WHERE id = $1",
+                    &[&job, &next.as_str(), reason, &now],
+                )
+                .await?;
+            }
+            JobStatusUpdate::Cancelled => {
+                tx.execute(
+                    "UPDATE jobs SET state = $2, finished_at = $3 WHERE id = $1",
+                    &[&job, &next.as_str(), &now],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok(cancel))
+    }
+
+    pub async fn store_report(
+        &self,
+        sensor: &str,
+        job: i64,
+        up: &ReportUpload,
+        summary: &str,
+        now: i64,
+    ) -> Result<Result<ReportAck, JobRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Lock the job row first so two uploads of the same report serialise here.
+        let lease = lease_of(&tx, job).await?.map(|(l, _)| l);
+        let existing = tx
+            .query_opt(
+                "SELECT id, request_id, sensor_id FROM reports WHERE job_id = $1",
+                &[&job],
+            )
+            .await?;
+        if let Some(r) = existing {
+            let (id, request_id, owner): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
+            if request_id == up.request_id && owner == sensor {
+                return Ok(Ok(ReportAck {
+                    report_id: id,
+                    created: false,
+                }));
+            }
+            return Ok(Err(if owner == sensor {
+                JobRefusal::AlreadyReported
+            } else {
+                JobRefusal::NotYours
+            }));
+        }
+        if let Err(r) = check_job_access(lease.as_ref(), sensor, true) {
+            return Ok(Err(r));
+        }
+        let outcome = super::json(&up.outcome)?;
+        let outcome = outcome.trim_matches('"');
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO reports (job_id, sensor_id, request_id, outcome, partial, content_type, \
+                 content, summary, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                &[&job, &sensor, &up.request_id, &outcome, &up.partial, &up.content_type, &up.content, &summary, &now],
+            )
+            .await?
+            .get(0);
+        let final_state = super::report_state(up.outcome);
+        tx.execute(
+            "UPDATE jobs SET state = $2, finished_at = COALESCE(finished_at, $3), \
+             progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END \
+             WHERE id = $1 AND state = 'running'",
+            &[&job, &final_state.as_str(), &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(ReportAck {
+            report_id: id,
+            created: true,
+        }))
+    }
+
+    pub async fn create_job(
+        &self,
+        site: &str,
+        kind: &str,
+        spec: &str,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO jobs (site, kind, spec, state, created_at) VALUES ($1, $2, $3, 'queued', $4) RETURNING id",
+                &[&site, &kind, &spec, &now],
+            )
+            .await?
+            .get(0))
+    }
+
+    pub async fn cancel_job(&self, job: i64, now: i64) -> Result<Option<JobState>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let Some(row) = tx
+            .query_opt("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", &[&job])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state = parse_state(row.get(0))?;
+        let after = match state {
+            JobState::Queued => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = TRUE, finished_at = $2 WHERE id = $1",
+                    &[&job, &now],
+                )
+                .await?;
+                JobState::Cancelled
+            }
+            JobState::Running => {
+                tx.execute(
+                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1",
+                    &[&job],
+                )
+                .await?;
+                JobState::Running
+            }
+            done => done,
+        };
+        tx.commit().await?;
+        Ok(Some(after))
+    }
+
+    pub async fn job(&self, job: i64) -> Result<Option<JobInfo>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = self.client().await?.query_opt(&sql, &[&job]).await?;
+        row.map(|r| raw_job(&r).into_info()).transpose()
+    }
+
+    pub async fn jobs(&self, limit: i64) -> Result<Vec<JobInfo>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT $1");
+        let rows = self.client().await?.query(&sql, &[&limit]).await?;
+        rows.iter().map(|r| raw_job(r).into_info()).collect()
+    }
+
+    pub async fn report(&self, job: i64) -> Result<Option<Report>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT id, job_id, sensor_id, outcome, partial, content_type, content, summary, \
+                 received_at FROM reports WHERE job_id = $1",
+                &[&job],
+            )
+            .await?;
+        row.map(|r| {
+            RawReport {
+                id: r.get(0),
+                job_id: r.get(1),
+                sensor_id: r.get(2),
+                outcome: r.get(3),
+                partial: r.get(4),
+                content_type: r.get(5),
+                content: r.get(6),
+                summary: r.get(7),
+                received_at: r.get(8),
+            }
+            .into_info()
+        })
+        .transpose()
+    }
+
+    pub async fn sensors(&self) -> Result<Vec<SensorRow>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT s.id, s.name, s.site, s.hostname, s.board, s.agent_version, s.wg_public_key, \
+                 s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
+                 (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running') \
+                 FROM sensors s ORDER BY s.registered_at, s.id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                RawSensor {
+                    id: r.get(0),
+                    name: r.get(1),
+                    site: r.get(2),
+                    hostname: r.get(3),
+                    board: r.get(4),
+                    agent_version: r.get(5),
+                    wg_public_key: r.get(6),
+                    registered_at: r.get(7),
+                    last_heartbeat: r.get(8),
+                    activity: r.get(9),
+                    phase: r.get(10),
+                    metrics: r.get(11),
+                    running_jobs: r.get(12),
+                }
+                .into_row()
+            })
+            .collect()
+    }
+
+    pub async fn sensor_log(
+        &self,
+        sensor: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredLogEvent>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT received_at, event FROM (SELECT id, received_at, event FROM sensor_log \
+                 WHERE sensor_id = $1 ORDER BY id DESC LIMIT $2) AS recent ORDER BY id",
+                &[&sensor, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let ev: String = r.get(1);
+                Ok(StoredLogEvent {
+                    received_at: r.get(0),
+                    event: from_json(&ev)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_sensor(&self, sensor: &str) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
+             attempts = attempts + 1 WHERE sensor_id = $1 AND state = 'running'",
+            &[&sensor],
+        )
+        .await?;
+        let n = tx
+            .execute("DELETE FROM sensors WHERE id = $1", &[&sensor])
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+}
+
+async fn lease_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: i64,
+) -> Result<Option<(JobLease, bool)>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT state, sensor_id, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job],
+        )
+        .await?;
+    row.map(|r| {
+        Ok((
+            JobLease {
+                state: parse_state(r.get(0))?,
+                sensor_id: r.get(1),
+            },
+            r.get(2),
+        ))
+    })
+    .transpose()
+}
+
+fn raw_job(r: &tokio_postgres::Row) -> RawJob {
+    RawJob {
+        id: r.get(0),
+        site: r.get(1),
+        state: r.get(2),
+        spec: r.get(3),
+        sensor_id: r.get(4),
+        attempts: r.get(5),
+        progress: r.get(6),
+        cancel_requested: r.get(7),
+        failure_reason: r.get(8),
+        created_at: r.get(9),
+        lease_expires_at: r.get(10),
+    }
+}

@@ -1,0 +1,117 @@
+//! TLS material. On first start the portal makes its own CA and a server certificate
+//! signed by it (the CA certificate is what sensors pin in `outpost.toml`); an operator
+//! can pass their own chain and key instead.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use tokio_rustls::rustls;
+
+use crate::Settings;
+
+pub const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+const SERVER_CERT: &str = "server.pem";
+const SERVER_KEY: &str = "server.key";
+
+/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn sans(extra: &[String]) -> Result<Vec<SanType>> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    names.extend(extra.iter().cloned());
+    names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => {
+                Ok(SanType::DnsName(n.clone().try_into().map_err(|e| {
+                    anyhow!("invalid certificate name {n:?}: {e}")
+                })?))
+            }
+        })
+        .collect()
+}
+
+/// Creates the CA and server certificate in `dir` unless they exist.
+pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
+    if dir.join(SERVER_CERT).exists() && dir.join(SERVER_KEY).exists() {
+        return Ok(());
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Outpost portal CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_after = rcgen::date_time_ymd(2046, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "outpost-portal");
+    params.subject_alt_names = sans(extra_sans)?;
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+
+    write_private(&dir.join(CA_KEY), ca_key.serialize_pem().as_bytes())?;
+    write_private(&dir.join(SERVER_KEY), key.serialize_pem().as_bytes())?;
+    write_private(&dir.join(CA_CERT), ca_cert.pem().as_bytes())?;
+    let chain = format!("{}{}", cert.pem(), ca_cert.pem());
+    write_private(&dir.join(SERVER_CERT), chain.as_bytes())?;
+    Ok(())
+}
+
+pub fn server_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>> {
+    let (cert_path, key_path) = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            ensure_generated(&settings.data_dir, &settings.extra_sans)?;
+            (
+                settings.data_dir.join(SERVER_CERT),
+                settings.data_dir.join(SERVER_KEY),
+            )
+        }
+        _ => return Err(anyhow!("--tls-cert and --tls-key must be given together")),
+    };
+    let certs = rustls_pemfile::certs(&mut fs::read(&cert_path)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading certificates from {}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!("{} holds no certificate", cert_path.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut fs::read(&key_path)?.as_slice())
+        .with_context(|| format!("reading key from {}", key_path.display()))?
+        .ok_or_else(|| anyhow!("{} holds no private key", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

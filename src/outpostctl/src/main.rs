@@ -1,0 +1,335 @@
+//! `outpostctl`: the operator's CLI for the portal (tokens, scans, sensors, reports).
+
+mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use outpost_wire::admin::{
+    paths, CreateJob, CreateToken, JobInfo, ReportInfo, SensorInfo, StoredLogEvent, TokenCreated,
+};
+use outpost_wire::sensor::{AliveTest, JobSpec, ScanSpec};
+
+use client::{Client, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "outpostctl",
+    version,
+    about = "Operate Outpost sensors and their portal"
+)]
+struct Cli {
+    #[command(flatten)]
+    portal: PortalArgs,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct PortalArgs {
+    /// A portal data directory (reads portal.url, ca.pem and admin.token from it).
+    #[arg(long, global = true, env = "OUTPOST_PORTAL_DIR")]
+    portal_dir: Option<PathBuf>,
+    /// Portal base URL, e.g. https://portal.example.net:8443
+    #[arg(long, global = true, env = "OUTPOST_PORTAL")]
+    portal: Option<String>,
+    /// CA certificate that signed the portal's certificate.
+    #[arg(long, global = true, env = "OUTPOST_CA")]
+    ca: Option<PathBuf>,
+    /// File holding the admin token.
+    #[arg(long, global = true, env = "OUTPOST_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Scan jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// Sensors.
+    #[command(subcommand)]
+    Sensor(SensorCmd),
+    /// Print the report of a finished job (the raw OSP XML, or the summary with --json).
+    Report { job: i64 },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a site-bound enrollment token and print it.
+    Create {
+        #[arg(long)]
+        site: String,
+        /// How many sensors may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Queue a scan for a site's sensors; prints the job id.
+    Scan {
+        #[arg(long)]
+        site: String,
+        /// Host, CIDR or range (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value = "T:1-1024")]
+        ports: String,
+        #[arg(long = "exclude")]
+        exclude_hosts: Vec<String>,
+        /// VT family to run (repeatable).
+        #[arg(long = "family")]
+        families: Vec<String>,
+        /// Single VT OID to run (repeatable).
+        #[arg(long = "oid")]
+        oids: Vec<String>,
+        /// icmp-and-tcp-ack, icmp, tcp-syn, tcp-ack, arp or consider-alive.
+        #[arg(long, default_value = "icmp-and-tcp-ack")]
+        alive_test: String,
+        /// Seconds before the sensor gives up on the scan.
+        #[arg(long, default_value_t = 4 * 3600)]
+        deadline: u64,
+    },
+    Show {
+        id: i64,
+    },
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SensorCmd {
+    List,
+    Show {
+        id: String,
+    },
+    /// Phase and event log of a sensor.
+    Log {
+        id: String,
+        #[arg(long, default_value_t = 200)]
+        limit: i64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpostctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(p: PortalArgs) -> Result<Client> {
+    Client::new(Target::resolve(
+        p.portal_dir.as_deref(),
+        p.portal,
+        p.ca,
+        p.admin_token_file,
+    )?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn alive_test(s: &str) -> Result<AliveTest> {
+    Ok(match s {
+        "icmp-and-tcp-ack" => AliveTest::IcmpAndTcpAck,
+        "icmp" => AliveTest::Icmp,
+        "tcp-syn" => AliveTest::TcpSyn,
+        "tcp-ack" => AliveTest::TcpAck,
+        "arp" => AliveTest::Arp,
+        "consider-alive" => AliveTest::ConsiderAlive,
+        other => bail!("unknown alive test {other:?}"),
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    let c = client(cli.portal)?;
+    match cli.cmd {
+        Cmd::Token(TokenCmd::Create { site, uses, ttl }) => {
+            let t: TokenCreated = c.post(
+                paths::TOKENS,
+                &CreateToken {
+                    site,
+                    uses,
+                    ttl_s: ttl,
+                },
+            )?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t.token);
+            }
+        }
+        Cmd::Job(JobCmd::Scan {
+            site,
+            targets,
+            ports,
+            exclude_hosts,
+            families,
+            oids,
+            alive_test: at,
+            deadline,
+        }) => {
+            let spec = JobSpec::Scan(ScanSpec {
+                targets,
+                ports,
+                exclude_hosts,
+                families,
+                oids,
+                alive_test: alive_test(&at)?,
+                credentials: Vec::new(),
+                deadline_s: deadline,
+            });
+            let job: JobInfo = c.post(paths::JOBS, &CreateJob { site, spec })?;
+            if json {
+                print_json(&job)?;
+            } else {
+                println!("{}", job.id);
+            }
+        }
+        Cmd::Job(JobCmd::Show { id }) => {
+            let job: JobInfo = c.get(&paths::job(id))?;
+            if json {
+                print_json(&job)?;
+            } else {
+                print_jobs(&[job]);
+            }
+        }
+        Cmd::Job(JobCmd::List { limit }) => {
+            let jobs: Vec<JobInfo> = c.get(&format!("{}?limit={limit}", paths::JOBS))?;
+            if json {
+                print_json(&jobs)?;
+            } else {
+                print_jobs(&jobs);
+            }
+        }
+        Cmd::Job(JobCmd::Cancel { id }) => {
+            let job: JobInfo = c.post(&paths::cancel_job(id), &serde_json::json!({}))?;
+            if json {
+                print_json(&job)?;
+            } else {
+                println!(
+                    "job {id}: {}{}",
+                    job.state.as_str(),
+                    if job.cancel_requested && !job.state.is_final() {
+                        " (cancel requested)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Cmd::Sensor(SensorCmd::List) => {
+            let sensors: Vec<SensorInfo> = c.get(paths::SENSORS)?;
+            if json {
+                print_json(&sensors)?;
+            } else {
+                print_sensors(&sensors);
+            }
+        }
+        Cmd::Sensor(SensorCmd::Show { id }) => {
+            let s: SensorInfo = c.get(&paths::sensor(&id))?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print_sensors(&[s]);
+            }
+        }
+        Cmd::Sensor(SensorCmd::Log { id, limit }) => {
+            let log: Vec<StoredLogEvent> =
+                c.get(&format!("{}?limit={limit}", paths::sensor_log(&id)))?;
+            if json {
+                print_json(&log)?;
+            } else {
+                for e in &log {
+                    println!("{}", serde_json::to_string(&e.event)?);
+                }
+            }
+        }
+        Cmd::Sensor(SensorCmd::Delete { id }) => {
+            c.delete(&paths::sensor(&id))?;
+            if !json {
+                println!("sensor {id} deleted");
+            }
+        }
+        Cmd::Report { job } => {
+            let r: ReportInfo = c.get(&paths::job_report(job))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("{}", r.content);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_jobs(jobs: &[JobInfo]) {
+    println!(
+        "{:>6}  {:<10} {:<12} {:>4}%  {:<20} targets",
+        "id", "state", "site", "", "sensor"
+    );
+    for j in jobs {
+        let JobSpec::Scan(s) = &j.spec;
+        println!(
+            "{:>6}  {:<10} {:<12} {:>4}%  {:<20} {}",
+            j.id,
+            j.state.as_str(),
+            j.site,
+            j.progress_percent,
+            j.sensor_id.as_deref().unwrap_or("-"),
+            s.targets.join(",")
+        );
+    }
+}
+
+fn print_sensors(sensors: &[SensorInfo]) {
+    println!(
+        "{:<20} {:<16} {:<12} {:<9} {:<13} last heartbeat",
+        "id", "name", "site", "status", "phase"
+    );
+    for s in sensors {
+        let status = serde_json::to_value(s.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<16} {:<12} {:<9} {:<13} {}",
+            s.id,
+            s.name,
+            s.site,
+            status,
+            s.phase.map(|p| p.as_str()).unwrap_or("-"),
+            s.last_heartbeat
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "never".into())
+        );
+    }
+}
