@@ -94,7 +94,8 @@ async fn api_version(req: Request<Body>, next: Next) -> Response {
     resp
 }
 
-/// Reads a body up to `limit` bytes (413 beyond it).
+/// Reads a body up to `limit` bytes (413 beyond it). An oversized body is still drained up
+/// to [`DRAIN_CAP`] so the client reads the 413 instead of a reset connection.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -106,20 +107,33 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > (limit + DRAIN_CAP) as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes().to_vec()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit + DRAIN_CAP {
+                return Err(too_large());
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
         }
-        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
     }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(buf)
 }
+
+/// How far past the limit a body is read (and dropped) before the connection is cut.
+const DRAIN_CAP: usize = 4 * 1024 * 1024;
 
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,

@@ -1,0 +1,399 @@
+//! The HTTP API over TLS against a running portal, on both backends: enrollment, the
+//! sensor calls, and bad input — each refused with the right status and a readable
+//! error, and the database left exactly as it was.
+
+mod common;
+
+use common::{dump, https, start_portal, Backend, TestPortal};
+use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, JobState, TokenCreated};
+use outpost_wire::sensor::{
+    Activity, Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, Metrics,
+    RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
+};
+use outpost_wire::{ErrorBody, ErrorCode};
+use serde_json::Value;
+
+struct Api {
+    agent: ureq::Agent,
+    base: String,
+}
+
+struct Resp {
+    status: u16,
+    body: String,
+}
+
+impl Resp {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+    fn error(&self) -> ErrorBody {
+        self.json()
+    }
+}
+
+impl Api {
+    fn new(tp: &TestPortal) -> Api {
+        Api {
+            agent: https(&tp.ca_pem),
+            base: tp.portal.url.clone(),
+        }
+    }
+
+    fn post_raw(&self, path: &str, bearer: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let mut req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {bearer}"))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send(&body[..]).expect("request sent");
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(100 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        Resp { status, body }
+    }
+
+    fn post<T: serde::Serialize>(&self, path: &str, bearer: &str, body: &T) -> Resp {
+        self.post_raw(path, bearer, &[], serde_json::to_vec(body).unwrap())
+    }
+
+    fn get(&self, path: &str, bearer: &str) -> Resp {
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {bearer}"))
+            .call()
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        Resp {
+            status,
+            body: resp.into_body().read_to_string().unwrap_or_default(),
+        }
+    }
+}
+
+fn register_req(name: &str, site: &str) -> RegisterRequest {
+    RegisterRequest {
+        name: name.into(),
+        site: site.into(),
+        hostname: format!("{name}.local"),
+        os: "Outpost test".into(),
+        board: "qemu-arm64".into(),
+        hardware_serial: "0000".into(),
+        agent_version: "0.1.0".into(),
+        capabilities: vec![Capability::Scan],
+        wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+    }
+}
+
+fn scan_spec() -> JobSpec {
+    JobSpec::Scan(ScanSpec {
+        targets: vec!["10.9.0.2".into()],
+        ports: "T:22,80".into(),
+        exclude_hosts: vec![],
+        families: vec![],
+        oids: vec![],
+        alive_test: Default::default(),
+        credentials: vec![],
+        deadline_s: 600,
+    })
+}
+
+fn token(api: &Api, tp: &TestPortal, site: &str, uses: u32, ttl_s: u64) -> String {
+    let r = api.post(
+        "/api/admin/tokens",
+        &tp.admin_token,
+        &CreateToken {
+            site: site.into(),
+            uses,
+            ttl_s,
+        },
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json::<TokenCreated>().token
+}
+
+fn register(api: &Api, tok: &str, name: &str) -> RegisterResponse {
+    let r = api.post("/api/sensor/register", tok, &register_req(name, "berlin"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+fn queue(api: &Api, tp: &TestPortal) -> i64 {
+    let r = api.post(
+        "/api/admin/jobs",
+        &tp.admin_token,
+        &CreateJob {
+            site: "berlin".into(),
+            spec: scan_spec(),
+        },
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json::<JobInfo>().id
+}
+
+fn upload(request_id: &str) -> ReportUpload {
+    ReportUpload {
+        request_id: request_id.into(),
+        outcome: ReportOutcome::Completed,
+        partial: false,
+        content_type: "application/xml".into(),
+        content: "<results/>".into(),
+        summary: ReportSummary::default(),
+    }
+}
+
+/// Runs `f` and asserts it left every table untouched.
+async fn unchanged<F: FnOnce()>(tp: &TestPortal, what: &str, f: F) {
+    let before = dump(&tp.database).await;
+    f();
+    let after = dump(&tp.database).await;
+    assert_eq!(before, after, "{what} changed the database");
+}
+
+async fn enrollment_and_tokens(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let good = token(&api, &tp, "berlin", 1, 3600);
+    let expired = token(&api, &tp, "berlin", 5, 0);
+    let paris = token(&api, &tp, "paris", 5, 3600);
+
+    let cases = [
+        ("otk_doesnotexist0000000000", 401, ErrorCode::TokenInvalid),
+        (expired.as_str(), 403, ErrorCode::TokenExpired),
+        (paris.as_str(), 403, ErrorCode::TokenSiteMismatch),
+    ];
+    for (tok, status, code) in cases {
+        unchanged(&tp, "a refused enrollment", || {
+            let r = api.post("/api/sensor/register", tok, &register_req("s1", "berlin"));
+            assert_eq!(r.status, status, "{}", r.body);
+            let e = r.error();
+            assert_eq!(e.error, code);
+            assert!(!e.message.is_empty());
+        })
+        .await;
+    }
+
+    let reg = register(&api, &good, "s1");
+    assert!(reg.sensor_id.starts_with("sn_"));
+    assert!(reg.api_key.expose().starts_with("osk_"));
+    assert_eq!(reg.heartbeat_interval_s, 30);
+    assert_eq!(reg.claim_interval_s, 5);
+
+    unchanged(&tp, "an enrollment with a used-up token", || {
+        let r = api.post("/api/sensor/register", &good, &register_req("s2", "berlin"));
+        assert_eq!(r.status, 403);
+        assert_eq!(r.error().error, ErrorCode::TokenUsedUp);
+    })
+    .await;
+
+    // The stored key is a hash: the plain key appears nowhere in the database.
+    assert!(!dump(&tp.database).await.contains(reg.api_key.expose()));
+    assert!(!dump(&tp.database).await.contains(&good));
+    tp.portal.stop().await;
+}
+
+async fn bad_input(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 2, 3600);
+    let a = register(&api, &tok, "a");
+    let b = register(&api, &tok, "b");
+    let job = queue(&api, &tp);
+    let claimed = api.post(
+        "/api/sensor/claim",
+        a.api_key.expose(),
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    assert_eq!(claimed.json::<Job>().id, job);
+
+    unchanged(&tp, "bad requests", || {
+        // Malformed JSON names the problem.
+        let r = api.post_raw("/api/sensor/heartbeat", a.api_key.expose(), &[], b"{\"activity\": ".to_vec());
+        assert_eq!(r.status, 400);
+        assert_eq!(r.error().error, ErrorCode::BadRequest);
+        assert!(r.error().message.contains("not valid"), "{}", r.body);
+
+        // A missing field is named.
+        let r = api.post_raw("/api/sensor/heartbeat", a.api_key.expose(), &[], b"{\"activity\":\"idle\"}".to_vec());
+        assert_eq!(r.status, 400);
+        assert!(r.error().message.contains("uptime_s"), "{}", r.body);
+
+        // Oversized bodies are refused with 413.
+        let big = vec![b' '; outpost_wire::MAX_JSON_BODY + 1];
+        let r = api.post_raw("/api/sensor/claim", a.api_key.expose(), &[], big);
+        assert_eq!(r.status, 413, "{}", r.body);
+        assert_eq!(r.error().error, ErrorCode::PayloadTooLarge);
+        let big_log = vec![b'\n'; outpost_wire::MAX_LOG_BODY + 1];
+        let r = api.post_raw("/api/sensor/log", a.api_key.expose(), &[], big_log);
+        assert_eq!(r.status, 413);
+
+        // Wrong API key, no key, and the admin API with a sensor key.
+        let r = api.post("/api/sensor/claim", "osk_wrong", &serde_json::json!({"capabilities": ["scan"]}));
+        assert_eq!((r.status, r.error().error), (401, ErrorCode::Unauthorized));
+        let r = api.get("/api/admin/sensors", a.api_key.expose());
+        assert_eq!(r.status, 401);
+
+        // Another sensor's job: 403 for status and report.
+        let upd = JobStatusUpdate::Running { progress_percent: 10, message: String::new() };
+        let r = api.post(&format!("/api/sensor/jobs/{job}/status"), b.api_key.expose(), &upd);
+        assert_eq!((r.status, r.error().error), (403, ErrorCode::Forbidden), "{}", r.body);
+        let r = api.post(&format!("/api/sensor/jobs/{job}/report"), b.api_key.expose(), &upload("r1"));
+        assert_eq!(r.status, 403);
+        let r = api.post(&format!("/api/sensor/jobs/{}/report", job + 1000), a.api_key.expose(), &upload("r1"));
+        assert_eq!(r.status, 404);
+        let r = api.post("/api/sensor/jobs/notanumber/status", a.api_key.expose(), &upd);
+        assert_eq!(r.status, 404);
+
+        // A bad NDJSON line rejects the whole batch.
+        let body = b"{\"seq\":1,\"ts_ms\":1,\"level\":\"info\",\"event\":\"message\",\"message\":\"ok\"}\nnot json\n";
+        let r = api.post_raw("/api/sensor/log", a.api_key.expose(), &[], body.to_vec());
+        assert_eq!(r.status, 400);
+        assert!(r.error().message.contains("line 2"), "{}", r.body);
+
+        // A future API version is refused by name.
+        let r = api.post_raw("/api/sensor/claim", a.api_key.expose(), &[("outpost-api-version", "99")], b"{}".to_vec());
+        assert_eq!((r.status, r.error().error), (400, ErrorCode::UnsupportedApiVersion));
+
+        // Registration with a malformed WireGuard key.
+        let tok2 = "otk_irrelevant_because_body_fails_first";
+        let mut req = register_req("c", "berlin");
+        req.wg_public_key = "not-base64".into();
+        let r = api.post("/api/sensor/register", tok2, &req);
+        assert_eq!(r.status, 400);
+        assert!(r.error().message.contains("wg_public_key"));
+    })
+    .await;
+    tp.portal.stop().await;
+}
+
+async fn job_lifecycle(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 1, 3600);
+    let s = register(&api, &tok, "a");
+    let key = s.api_key.expose();
+
+    let none = api.post(
+        "/api/sensor/claim",
+        key,
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(none.status, 204);
+
+    let job = queue(&api, &tp);
+    let r = api.post(
+        "/api/sensor/claim",
+        key,
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(r.json::<Job>().id, job);
+
+    let hb = HeartbeatRequest {
+        activity: Activity::Scanning,
+        uptime_s: 5,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        metrics: Metrics::default(),
+    };
+    let r = api.post("/api/sensor/heartbeat", key, &hb);
+    assert_eq!(r.status, 200);
+    assert!(r.json::<Value>()["cancel_jobs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let sensors: Value = api.get("/api/admin/sensors", &tp.admin_token).json();
+    assert_eq!(sensors[0]["status"], "scanning");
+
+    // Operator cancels: the heartbeat and the status answer both say so.
+    let r = api.post(
+        &format!("/api/admin/jobs/{job}/cancel"),
+        &tp.admin_token,
+        &serde_json::json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api.post("/api/sensor/heartbeat", key, &hb);
+    assert_eq!(r.json::<Value>()["cancel_jobs"], serde_json::json!([job]));
+    let upd = JobStatusUpdate::Running {
+        progress_percent: 50,
+        message: String::new(),
+    };
+    let r = api.post(&format!("/api/sensor/jobs/{job}/status"), key, &upd);
+    assert_eq!(r.json::<Value>()["cancel_requested"], true);
+    let r = api.post(
+        &format!("/api/sensor/jobs/{job}/status"),
+        key,
+        &JobStatusUpdate::Cancelled,
+    );
+    assert_eq!(r.status, 200);
+
+    // The partial report arrives once, however often it is retried.
+    let mut up = upload("req-1");
+    up.outcome = ReportOutcome::Cancelled;
+    up.partial = true;
+    let path = format!("/api/sensor/jobs/{job}/report");
+    let first = api.post_raw(
+        &path,
+        key,
+        &[("idempotency-key", "req-1")],
+        serde_json::to_vec(&up).unwrap(),
+    );
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = api.post_raw(
+        &path,
+        key,
+        &[("idempotency-key", "req-1")],
+        serde_json::to_vec(&up).unwrap(),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json::<Value>()["created"], false);
+    assert_eq!(
+        first.json::<Value>()["report_id"],
+        again.json::<Value>()["report_id"]
+    );
+    let other = api.post(&path, key, &upload("req-2"));
+    assert_eq!(
+        (other.status, other.error().error),
+        (409, ErrorCode::Conflict)
+    );
+
+    let info: JobInfo = api
+        .get(&format!("/api/admin/jobs/{job}"), &tp.admin_token)
+        .json();
+    assert_eq!(info.state, JobState::Cancelled);
+    let report: Value = api
+        .get(&format!("/api/admin/jobs/{job}/report"), &tp.admin_token)
+        .json();
+    assert_eq!(report["partial"], true);
+    assert_eq!(report["outcome"], "cancelled");
+    tp.portal.stop().await;
+}
+
+macro_rules! both {
+    ($name:ident, $sqlite:ident, $pg:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $name(Backend::Sqlite).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            $name(Backend::Postgres).await
+        }
+    };
+}
+
+both!(
+    enrollment_and_tokens,
+    enrollment_sqlite,
+    enrollment_postgres
+);
+both!(bad_input, bad_input_sqlite, bad_input_postgres);
+both!(job_lifecycle, job_lifecycle_sqlite, job_lifecycle_postgres);
