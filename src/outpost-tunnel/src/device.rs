@@ -1,0 +1,610 @@
+//! Device side: one WireGuard peer (the portal), a private TCP/IP stack, and
+//! blocking TCP streams for the agent's HTTP client. No TUN device and no
+//! routes: only connections opened through [`DeviceTunnel::connect`] can
+//! enter the tunnel.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use rand_core::{OsRng, RngCore};
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+
+use crate::error::TunnelError;
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::netstack::{ipv4_addrs, BufferSizes, Stack};
+use crate::stats::{classify, DropReason, TunnelStats};
+use crate::stream::{Core, Link, Shared, StreamCore};
+use crate::{MAX_DATAGRAM, TIMER_TICK, WG_BUF};
+
+/// First wait before re-initiating after boringtun gave up on a handshake
+/// (it retries every 5 s for 90 s by itself); doubled up to the cap.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Device TCP buffers: the download direction (portal to sensor) carries
+/// feeds and updates, so its window is larger.
+const DEVICE_BUFFERS: BufferSizes = BufferSizes {
+    rx: 1024 * 1024,
+    tx: 256 * 1024,
+};
+
+/// Settings of the device tunnel.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub private_key: PrivateKey,
+    pub peer_public_key: PublicKey,
+    pub peer_endpoint: SocketAddr,
+    /// Our address inside the tunnel (the gateway's AllowedIPs for us).
+    pub address: Ipv4Addr,
+    /// Seconds between keepalives so NAT mappings stay open (None: off).
+    pub persistent_keepalive: Option<u16>,
+    pub preshared_key: Option<PresharedKey>,
+    /// Inner MTU; 1420 like wg-quick, so outer datagrams fit a 1500 path.
+    pub mtu: u16,
+    /// Default timeout of [`DeviceTunnel::connect`].
+    pub connect_timeout: Duration,
+}
+
+impl DeviceConfig {
+    pub fn new(
+        private_key: PrivateKey,
+        peer_public_key: PublicKey,
+        peer_endpoint: SocketAddr,
+        address: Ipv4Addr,
+    ) -> Self {
+        Self {
+            private_key,
+            peer_public_key,
+            peer_endpoint,
+            address,
+            persistent_keepalive: Some(25),
+            preshared_key: None,
+            mtu: 1420,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) struct DeviceLink {
+    tunn: Tunn,
+    udp: Arc<UdpSocket>,
+    address: Ipv4Addr,
+    buf: Vec<u8>,
+    stats: TunnelStats,
+    backoff: Backoff,
+}
+
+/// When to start a new handshake attempt after boringtun gave up on one
+/// (it retransmits every 5 s for 90 s, then declares the peer expired).
+/// The pause between attempts doubles up to `RETRY_MAX`, so a portal that
+/// is down for hours costs a few packets a minute and is found again.
+#[derive(Debug)]
+struct Backoff {
+    wait: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            wait: RETRY_FIRST,
+            retry_at: None,
+        }
+    }
+
+    /// Called on every timer tick while the session is expired; true when
+    /// a new attempt should start now.
+    fn expired_tick(&mut self, now: Instant) -> bool {
+        match self.retry_at {
+            None => {
+                self.retry_at = Some(now + self.wait);
+                tracing::info!(retry_in = ?self.wait, "portal unreachable, will retry the WireGuard handshake");
+                self.wait = (self.wait * 2).min(RETRY_MAX);
+                false
+            }
+            Some(at) if now >= at => {
+                self.retry_at = None;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl DeviceLink {
+    fn send(&mut self, len: usize) {
+        send(&self.udp, &mut self.stats, &self.buf[..len]);
+    }
+
+    /// After a handshake completes boringtun holds packets queued while
+    /// there was no session; drain them.
+    fn flush_queued(&mut self) {
+        loop {
+            let r = self.tunn.decapsulate(None, &[], &mut self.buf);
+            if !emit(&self.udp, &mut self.stats, r) {
+                break;
+            }
+        }
+    }
+
+    fn handshake_completed(&mut self) {
+        self.stats.handshake_done();
+        self.backoff.reset();
+        tracing::info!("WireGuard handshake with the portal completed");
+    }
+
+    /// Handle one datagram from the peer; decrypted packets go to the stack.
+    /// Returns true when waiters should be woken (handshake state changed).
+    fn receive(&mut self, datagram: &[u8], stack: &mut Stack, from: IpAddr) -> bool {
+        if datagram.len() > MAX_DATAGRAM {
+            self.stats.dropped.record(DropReason::Oversized);
+            return false;
+        }
+        let kind = datagram.first().copied();
+        let r = self.tunn.decapsulate(Some(from), datagram, &mut self.buf);
+        match r {
+            TunnResult::WriteToNetwork(p) => {
+                let len = p.len();
+                self.send(len);
+                self.flush_queued();
+                // A response (2) completes our initiation; answering an
+                // initiation (1) from the portal completes its handshake.
+                if matches!(kind, Some(1) | Some(2)) {
+                    self.handshake_completed();
+                    return true;
+                }
+                false
+            }
+            TunnResult::WriteToTunnelV4(packet, _src) => {
+                match ipv4_addrs(packet) {
+                    Some((_, dst)) if dst == self.address => {
+                        self.stats.rx_packets += 1;
+                        self.stats.rx_bytes += packet.len() as u64;
+                        stack.device.rx.push_back(packet.to_vec());
+                    }
+                    _ => self.stats.dropped.record(DropReason::NotForUs),
+                }
+                false
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                self.stats.dropped.record(DropReason::NotForUs);
+                false
+            }
+            TunnResult::Done => false,
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, "dropped datagram");
+                self.stats.dropped.record(classify(&e));
+                false
+            }
+        }
+    }
+
+    /// WireGuard timers: retransmit handshakes, keepalives, rekeying, and
+    /// our own backoff once boringtun gives up.
+    fn on_timer(&mut self) {
+        let r = self.tunn.update_timers(&mut self.buf);
+        match r {
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                if self.backoff.expired_tick(Instant::now()) {
+                    let r = self.tunn.format_handshake_initiation(&mut self.buf, false);
+                    emit(&self.udp, &mut self.stats, r);
+                }
+            }
+            other => {
+                emit(&self.udp, &mut self.stats, other);
+            }
+        }
+    }
+
+    fn session_up(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+}
+
+fn send(udp: &UdpSocket, stats: &mut TunnelStats, datagram: &[u8]) {
+    let len = datagram.len();
+    if datagram.first() == Some(&4) && len > 32 {
+        stats.tx_packets += 1;
+        stats.tx_bytes += (len - 32) as u64;
+    }
+    if let Err(e) = udp.send(datagram) {
+        // ECONNREFUSED (ICMP from a restarting portal) lands here too.
+        tracing::trace!(error = %e, "tunnel UDP send failed");
+        stats.dropped.record(DropReason::SendFailed);
+    }
+}
+
+/// Send what boringtun produced; true if something was sent.
+fn emit(udp: &UdpSocket, stats: &mut TunnelStats, r: TunnResult<'_>) -> bool {
+    match r {
+        TunnResult::WriteToNetwork(p) => {
+            send(udp, stats, p);
+            true
+        }
+        TunnResult::Err(WireGuardError::ConnectionExpired) => false,
+        TunnResult::Err(e) => {
+            tracing::debug!(error = ?e, "tunnel encapsulation error");
+            false
+        }
+        _ => false,
+    }
+}
+
+impl Link for DeviceLink {
+    fn transmit(&mut self, stack: &mut Stack) {
+        while let Some(packet) = stack.device.tx.pop_front() {
+            let r = self.tunn.encapsulate(&packet, &mut self.buf);
+            emit(&self.udp, &mut self.stats, r);
+        }
+    }
+}
+
+/// A running device tunnel. Dropping it stops the driver thread.
+pub struct DeviceTunnel {
+    shared: Arc<Shared<DeviceLink>>,
+    driver: Option<JoinHandle<()>>,
+    peer: PublicKey,
+    local_udp: SocketAddr,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for DeviceTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceTunnel")
+            .field("peer", &self.peer)
+            .field("local_udp", &self.local_udp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceTunnel {
+    /// Bind the UDP socket, start the driver thread and send the first
+    /// handshake initiation.
+    pub fn start(config: DeviceConfig) -> Result<Self, TunnelError> {
+        let endpoint = config.peer_endpoint;
+        let bind: SocketAddr = match endpoint {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let bind_err = |source| TunnelError::Bind { endpoint, source };
+        let udp = UdpSocket::bind(bind).map_err(bind_err)?;
+        // A connected socket only accepts datagrams from the portal: the
+        // kernel filters everything else before we spend any crypto on it.
+        udp.connect(endpoint).map_err(bind_err)?;
+        let local_udp = udp.local_addr().map_err(bind_err)?;
+        crate::netstack::tune_udp(&udp);
+        let udp = Arc::new(udp);
+
+        if !(576..=9000).contains(&config.mtu) {
+            return Err(TunnelError::Config(format!(
+                "MTU {} outside 576..=9000",
+                config.mtu
+            )));
+        }
+        // boringtun shifts the index left by 8 bits; keep it to 24 bits.
+        let index = OsRng.next_u32() >> 8;
+        let tunn = Tunn::new(
+            config.private_key.secret(),
+            config.peer_public_key.x25519(),
+            config.preshared_key.as_ref().map(PresharedKey::bytes),
+            config.persistent_keepalive.filter(|k| *k > 0),
+            index,
+            None,
+        )
+        .map_err(|e| TunnelError::Config(e.to_string()))?;
+
+        let stack = Stack::new(config.address, 32, usize::from(config.mtu));
+        let link = DeviceLink {
+            tunn,
+            udp: udp.clone(),
+            address: config.address,
+            buf: vec![0u8; WG_BUF],
+            stats: TunnelStats::default(),
+            backoff: Backoff::new(),
+        };
+        let shared = Shared::new(Core { stack, link });
+        {
+            let mut core = shared.lock();
+            let link = &mut core.link;
+            let r = link.tunn.format_handshake_initiation(&mut link.buf, false);
+            emit(&link.udp, &mut link.stats, r);
+        }
+        let driver = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("outpost-tunnel".into())
+                .spawn(move || drive(shared, udp, endpoint.ip()))
+                .map_err(TunnelError::Thread)?
+        };
+        tracing::info!(peer = %config.peer_public_key, %endpoint, address = %config.address, "device tunnel started");
+        Ok(Self {
+            shared,
+            driver: Some(driver),
+            peer: config.peer_public_key,
+            local_udp,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+
+    /// The local UDP address the tunnel sends from.
+    pub fn local_udp_addr(&self) -> SocketAddr {
+        self.local_udp
+    }
+
+    pub fn stats(&self) -> TunnelStats {
+        let core = self.shared.lock();
+        let mut s = core.link.stats.clone();
+        s.session_up = core.link.session_up();
+        s
+    }
+
+    /// Block until a WireGuard session is up (handshake completed).
+    ///
+    /// "Up" means boringtun holds a current session key. A peer that
+    /// restarted silently is noticed by WireGuard's own timers (about 15 s
+    /// of unanswered traffic), which then re-handshake by themselves.
+    pub fn wait_handshake(&self, timeout: Duration) -> Result<(), TunnelError> {
+        let deadline = Instant::now() + timeout;
+        let mut core = self.shared.lock();
+        loop {
+            if core.link.session_up() {
+                return Ok(());
+            }
+            if self.shared.is_closed() {
+                return Err(TunnelError::Closed);
+            }
+            if Instant::now() >= deadline {
+                return Err(TunnelError::HandshakeTimeout {
+                    peer: self.peer,
+                    timeout,
+                });
+            }
+            core = self.shared.wait(core, Some(deadline));
+        }
+    }
+
+    /// Open a TCP connection through the tunnel (default timeout).
+    pub fn connect(&self, addr: SocketAddrV4) -> Result<TunnelTcpStream, TunnelError> {
+        self.connect_timeout(addr, self.connect_timeout)
+    }
+
+    pub fn connect_timeout(
+        &self,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<TunnelTcpStream, TunnelError> {
+        if self.shared.is_closed() {
+            return Err(TunnelError::Closed);
+        }
+        let deadline = Instant::now() + timeout;
+        let mut core = self.shared.lock();
+        let port = free_port(&core.stack)?;
+        let mut socket = Stack::new_tcp_socket(DEVICE_BUFFERS);
+        let remote = (IpAddress::from(*addr.ip()), addr.port());
+        let cx = core.stack.iface.context();
+        socket
+            .connect(cx, remote, port)
+            .map_err(|e| TunnelError::Config(format!("connect to {addr}: {e}")))?;
+        let handle = core.stack.sockets.add(socket);
+        core.pump();
+        loop {
+            match core.stack.tcp(handle).state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {}
+                tcp::State::Closed => {
+                    core.stack.sockets.remove(handle);
+                    return Err(TunnelError::ConnectRefused { addr });
+                }
+                _ => break,
+            }
+            if self.shared.is_closed() {
+                core.stack.sockets.remove(handle);
+                return Err(TunnelError::Closed);
+            }
+            if Instant::now() >= deadline {
+                core.stack.tcp(handle).abort();
+                core.pump();
+                core.stack.sockets.remove(handle);
+                return Err(TunnelError::ConnectTimeout {
+                    addr,
+                    timeout,
+                    session_up: core.link.session_up(),
+                });
+            }
+            core = self.shared.wait(core, Some(deadline));
+        }
+        drop(core);
+        Ok(TunnelTcpStream {
+            inner: StreamCore::new(self.shared.clone(), handle),
+            addr,
+        })
+    }
+}
+
+impl Drop for DeviceTunnel {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(t) = self.driver.take() {
+            // The driver wakes at least every TIMER_TICK and sees the flag.
+            let _ = t.join();
+        }
+    }
+}
+
+fn free_port(stack: &Stack) -> Result<u16, TunnelError> {
+    // Random ephemeral ports, so a restarted agent does not reuse the
+    // 4-tuple of a connection the portal still remembers.
+    for _ in 0..64 {
+        let port = 49152 + (OsRng.next_u32() % 16384) as u16;
+        if !stack.port_in_use(port) {
+            return Ok(port);
+        }
+    }
+    Err(TunnelError::NoFreePort)
+}
+
+/// The driver: receive datagrams, run smoltcp and WireGuard timers.
+fn drive(shared: Arc<Shared<DeviceLink>>, udp: Arc<UdpSocket>, peer_ip: IpAddr) {
+    let mut buf = vec![0u8; 65536];
+    let mut last_tick = Instant::now();
+    while !shared.is_closed() {
+        let wait = {
+            let mut core = shared.lock();
+            let delay = core.stack.poll_delay().unwrap_or(TIMER_TICK);
+            let tick_left = TIMER_TICK.saturating_sub(last_tick.elapsed());
+            delay.min(tick_left).max(Duration::from_millis(1))
+        };
+        // Only fails for a zero duration, which `max` rules out.
+        let _ = udp.set_read_timeout(Some(wait));
+        let received = match udp.recv(&mut buf) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {}
+                    // ICMP port unreachable while the portal restarts.
+                    io::ErrorKind::ConnectionRefused => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "tunnel UDP receive failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                None
+            }
+        };
+        let mut core = shared.lock();
+        let core = &mut *core;
+        let mut notify = false;
+        if let Some(n) = received {
+            notify |= core.link.receive(&buf[..n], &mut core.stack, peer_ip);
+        }
+        if last_tick.elapsed() >= TIMER_TICK {
+            last_tick = Instant::now();
+            core.link.on_timer();
+            core.stack.reap_orphans();
+            notify = true;
+        }
+        notify |= core.pump();
+        if notify {
+            shared.cond.notify_all();
+        }
+    }
+}
+
+/// A TCP connection through the tunnel: blocking `Read`/`Write` with
+/// optional timeouts, usable under TLS.
+pub struct TunnelTcpStream {
+    inner: StreamCore<DeviceLink>,
+    addr: SocketAddrV4,
+}
+
+impl TunnelTcpStream {
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.read_timeout = timeout;
+    }
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.inner.write_timeout = timeout;
+    }
+    /// Send FIN; reading the reply still works.
+    pub fn shutdown_write(&self) {
+        self.inner.shutdown_write();
+    }
+    /// Reset the connection at once.
+    pub fn abort(&self) {
+        self.inner.abort();
+    }
+    /// Connected, and no unread data or FIN pending (a pooled connection
+    /// that the server closed is not reusable).
+    pub fn is_open(&self) -> bool {
+        self.inner.is_open()
+    }
+    pub fn peer_addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+}
+
+impl fmt::Debug for TunnelTcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelTcpStream")
+            .field("peer", &self.addr)
+            .finish()
+    }
+}
+
+impl Read for TunnelTcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for TunnelTcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        // Writes are handed to the stack (and sent) immediately.
+        Ok(())
+    }
+}
+
+impl Read for &TunnelTcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for &TunnelTcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<TunnelTcpStream>();
+    check::<DeviceTunnel>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_pauses_grow_and_cap() {
+        let mut b = Backoff::new();
+        let mut now = Instant::now();
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            // First expired tick schedules; ticks before the deadline wait.
+            assert!(!b.expired_tick(now));
+            let at = b.retry_at.unwrap();
+            pauses.push(at - now);
+            assert!(!b.expired_tick(at - Duration::from_millis(1)));
+            assert!(b.expired_tick(at));
+            // The attempt runs (boringtun retries for 90 s) and expires again.
+            now = at + Duration::from_secs(90);
+        }
+        assert_eq!(pauses[0], RETRY_FIRST);
+        assert_eq!(pauses[1], RETRY_FIRST * 2);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().unwrap(), RETRY_MAX);
+        b.reset();
+        assert!(!b.expired_tick(now));
+        assert_eq!(b.retry_at.unwrap() - now, RETRY_FIRST);
+    }
+}
