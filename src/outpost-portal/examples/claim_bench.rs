@@ -38,6 +38,7 @@ async fn run(url: &str) -> Result<(f64, usize)> {
                 id: format!("sn_{i}"),
                 name: format!("b{i}"),
                 site: "bench".into(),
+                wg_public_key: String::new(),
             };
             let mut got = Vec::new();
             while let Some(j) = store.claim(&me, &[Capability::Scan], now, 600).await? {

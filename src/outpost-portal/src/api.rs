@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use http_body_util::BodyExt;
+use outpost_tunnel::{Gateway, GatewayPeer, PeerIdentity, PublicKey};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -22,7 +23,8 @@ use outpost_wire::admin::{
 use outpost_wire::log::from_ndjson;
 use outpost_wire::sensor::{
     Activity, ClaimRequest, HeartbeatRequest, HeartbeatResponse, JobSpec, JobStatusResponse,
-    JobStatusUpdate, RegisterRequest, RegisterResponse, ReportUpload,
+    JobStatusUpdate, RegisterRequest, RegisterResponse, ReportUpload, RotateKeyRequest,
+    TunnelConfig,
 };
 use outpost_wire::{
     paths, ErrorCode, Secret, API_VERSION, API_VERSION_HEADER, IDEMPOTENCY_HEADER, MAX_JSON_BODY,
@@ -38,7 +40,12 @@ pub struct AppState {
     pub store: Store,
     pub settings: Settings,
     pub admin_hash: String,
+    /// The WireGuard gateway, when the portal runs one.
+    pub gateway: Option<Arc<Gateway>>,
 }
+
+/// Set on requests that arrived through the WireGuard gateway.
+type Via = Option<Extension<PeerIdentity>>;
 
 type St = State<Arc<AppState>>;
 
@@ -48,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::HEARTBEAT, post(heartbeat))
         .route(paths::CLAIM, post(claim))
         .route(paths::LOG, post(log))
+        .route(paths::WG_KEY, post(rotate_key))
         .route("/api/sensor/jobs/{id}/report", post(report))
         .route("/api/sensor/jobs/{id}/status", post(job_status));
     let admin = Router::new()
@@ -145,13 +153,39 @@ async fn read_json<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
 }
 
-async fn sensor_auth(state: &AppState, headers: &HeaderMap) -> Result<SensorAuth, ApiError> {
+/// Authenticates a sensor by its API key and, for requests through the tunnel, checks that
+/// the tunnel is that sensor's own. With a gateway that is required, the sensor API is not
+/// served outside the tunnel.
+async fn sensor_auth(
+    state: &AppState,
+    headers: &HeaderMap,
+    via: &Via,
+) -> Result<SensorAuth, ApiError> {
     let key = auth::bearer(headers)?;
-    state
+    let sensor = state
         .store
         .sensor_by_key(&auth::hash(key))
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key"))
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key"))?;
+    match via {
+        Some(Extension(peer)) => {
+            if peer.public_key.to_base64() != sensor.wg_public_key {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this API key belongs to another sensor's tunnel",
+                ));
+            }
+        }
+        None => {
+            if state.settings.tunnel.as_ref().is_some_and(|t| t.require) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this portal serves the sensor API only through the WireGuard tunnel",
+                ));
+            }
+        }
+    }
+    Ok(sensor)
 }
 
 fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -222,7 +256,13 @@ async fn register(State(st): St, headers: HeaderMap, body: Body) -> Result<Respo
     let api_key = auth::random_secret("osk_", 32);
     let site = req.site.clone();
     let name = req.name.clone();
-    st.store
+    let wg_key: PublicKey = req
+        .wg_public_key
+        .trim()
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("`wg_public_key`: {e}")))?;
+    let address = st
+        .store
         .register(
             &auth::hash(&token),
             NewSensor {
@@ -230,27 +270,109 @@ async fn register(State(st): St, headers: HeaderMap, body: Body) -> Result<Respo
                 api_key_hash: auth::hash(&api_key),
                 req,
                 now: now(),
+                tunnel_pool: st.settings.tunnel.as_ref().map(crate::gateway::pool),
             },
         )
         .await??;
-    tracing::info!(sensor = %id, %name, %site, "sensor registered");
+    let tunnel = match (&st.gateway, &st.settings.tunnel, address) {
+        (Some(gw), Some(t), Some(addr)) => {
+            gw.add_peer(GatewayPeer {
+                public_key: wg_key,
+                allowed_ip: addr,
+                preshared_key: None,
+            })
+            .map_err(|e| {
+                ApiError::new(ErrorCode::Internal, format!("adding the tunnel peer: {e}"))
+            })?;
+            Some(tunnel_config(gw, t, addr))
+        }
+        _ => None,
+    };
+    tracing::info!(sensor = %id, %name, %site, tunnel = ?address, "sensor registered");
     let resp = RegisterResponse {
         sensor_id: id,
         api_key: Secret::new(api_key),
         site,
-        tunnel: None,
+        tunnel,
         heartbeat_interval_s: st.settings.heartbeat_interval.as_secs() as u32,
         claim_interval_s: st.settings.claim_interval.as_secs() as u32,
     };
     Ok((StatusCode::CREATED, Json(resp)).into_response())
 }
 
+fn tunnel_config(
+    gw: &Gateway,
+    t: &crate::settings::TunnelSettings,
+    addr: std::net::Ipv4Addr,
+) -> TunnelConfig {
+    TunnelConfig {
+        sensor_address: addr.to_string(),
+        portal_address: t.portal_address().to_string(),
+        portal_public_key: gw.public_key().to_base64(),
+        endpoint: t.endpoint.clone(),
+        persistent_keepalive_s: t.keepalive_s,
+    }
+}
+
+/// Key rotation: the sensor sends a new public key (authenticated by its API key, through
+/// its current tunnel); the gateway swaps the peer entry, keeping the tunnel address.
+async fn rotate_key(
+    State(st): St,
+    headers: HeaderMap,
+    via: Via,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let sensor = sensor_auth(&st, &headers, &via).await?;
+    let req: RotateKeyRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
+    let new_key: PublicKey = req
+        .wg_public_key
+        .trim()
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("`wg_public_key`: {e}")))?;
+    let (Some(gw), Some(t)) = (&st.gateway, &st.settings.tunnel) else {
+        return Err(ApiError::bad_request(
+            "this portal runs no WireGuard gateway",
+        ));
+    };
+    let row = st
+        .store
+        .tunnel_peers()
+        .await?
+        .into_iter()
+        .find(|r| r.sensor_id == sensor.id)
+        .ok_or_else(|| ApiError::bad_request("this sensor has no tunnel address"))?;
+    st.store
+        .rotate_key(&sensor.id, &new_key.to_base64())
+        .await?;
+    // The answer still has to travel back through the old key's tunnel, so the peer entry
+    // is swapped just after it; a sensor that reconnects sooner is answered by WireGuard's
+    // own handshake retry a few seconds later.
+    let old = sensor.wg_public_key.parse::<PublicKey>().ok();
+    let (gw2, addr) = (gw.clone(), row.tunnel_address);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Some(old) = old {
+            gw2.remove_peer(&old);
+        }
+        if let Err(e) = gw2.add_peer(GatewayPeer {
+            public_key: new_key,
+            allowed_ip: addr,
+            preshared_key: None,
+        }) {
+            tracing::error!(error = %e, "installing the rotated tunnel key failed");
+        }
+    });
+    tracing::info!(sensor = %sensor.id, "WireGuard key rotated");
+    Ok(Json(tunnel_config(gw, t, row.tunnel_address)).into_response())
+}
+
 async fn heartbeat(
     State(st): St,
     headers: HeaderMap,
+    via: Via,
     body: Body,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let sensor = sensor_auth(&st, &headers).await?;
+    let sensor = sensor_auth(&st, &headers, &via).await?;
     let hb: HeartbeatRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
     check_field(&hb.agent_version, "agent_version", 256)?;
     let lease = st.settings.lease.as_secs() as i64;
@@ -261,8 +383,13 @@ async fn heartbeat(
     }))
 }
 
-async fn claim(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let sensor = sensor_auth(&st, &headers).await?;
+async fn claim(
+    State(st): St,
+    headers: HeaderMap,
+    via: Via,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let sensor = sensor_auth(&st, &headers, &via).await?;
     let req: ClaimRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
     let lease = st.settings.lease.as_secs() as i64;
     match st
@@ -278,8 +405,13 @@ async fn claim(State(st): St, headers: HeaderMap, body: Body) -> Result<Response
     }
 }
 
-async fn log(State(st): St, headers: HeaderMap, body: Body) -> Result<StatusCode, ApiError> {
-    let sensor = sensor_auth(&st, &headers).await?;
+async fn log(
+    State(st): St,
+    headers: HeaderMap,
+    via: Via,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let sensor = sensor_auth(&st, &headers, &via).await?;
     let bytes = read_body(&headers, body, MAX_LOG_BODY).await?;
     let text =
         std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("log body is not UTF-8"))?;
@@ -293,9 +425,10 @@ async fn report(
     State(st): St,
     Path(id): Path<String>,
     headers: HeaderMap,
+    via: Via,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let sensor = sensor_auth(&st, &headers).await?;
+    let sensor = sensor_auth(&st, &headers, &via).await?;
     let job = job_id(&id)?;
     let upload: ReportUpload = read_json(&headers, body, MAX_REPORT_BODY).await?;
     if upload.request_id.is_empty() || upload.request_id.len() > 128 {
@@ -330,9 +463,10 @@ async fn job_status(
     State(st): St,
     Path(id): Path<String>,
     headers: HeaderMap,
+    via: Via,
     body: Body,
 ) -> Result<Json<JobStatusResponse>, ApiError> {
-    let sensor = sensor_auth(&st, &headers).await?;
+    let sensor = sensor_auth(&st, &headers, &via).await?;
     let job = job_id(&id)?;
     let update: JobStatusUpdate = read_json(&headers, body, MAX_JSON_BODY).await?;
     let lease = st.settings.lease.as_secs() as i64;
@@ -532,7 +666,18 @@ async fn delete_sensor(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     admin_auth(&st, &headers)?;
+    let key = st
+        .store
+        .sensors()
+        .await?
+        .into_iter()
+        .find(|r| r.info.id == id)
+        .map(|r| r.info.wg_public_key);
     if st.store.delete_sensor(&id).await? {
+        if let (Some(gw), Some(key)) = (&st.gateway, key.and_then(|k| k.parse::<PublicKey>().ok()))
+        {
+            gw.remove_peer(&key);
+        }
         tracing::info!(sensor = %id, "sensor deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod gateway;
 pub mod server;
 pub mod settings;
 pub mod store;

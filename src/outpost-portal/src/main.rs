@@ -55,6 +55,18 @@ struct ServeArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Run the WireGuard gateway on this UDP address (e.g. 0.0.0.0:51820).
+    #[arg(long)]
+    wg_listen: Option<SocketAddr>,
+    /// host:port sensors send WireGuard to (default: the --wg-listen address).
+    #[arg(long)]
+    wg_endpoint: Option<String>,
+    /// Tunnel network in CIDR form; the portal takes the first address.
+    #[arg(long, default_value = "100.96.0.0/16")]
+    wg_network: String,
+    /// Also serve the sensor API outside the tunnel (migration from tunnel-less sensors).
+    #[arg(long)]
+    wg_optional: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +98,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     s.extra_sans = a.sans;
     s.tls_cert = a.tls_cert;
     s.tls_key = a.tls_key;
+    if let Some(listen) = a.wg_listen {
+        let (network, prefix) = outpost_wire::provision::parse_cidr(&a.wg_network)
+            .filter(|(_, p)| (8..=30).contains(p))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--wg-network {:?} is not an IPv4 CIDR between /8 and /30",
+                    a.wg_network
+                )
+            })?;
+        let mut t = outpost_portal::settings::TunnelSettings::new(
+            listen,
+            a.wg_endpoint.unwrap_or_else(|| listen.to_string()),
+        );
+        t.network = network;
+        t.prefix = prefix;
+        t.require = !a.wg_optional;
+        s.tunnel = Some(t);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

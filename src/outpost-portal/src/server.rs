@@ -36,7 +36,23 @@ impl Portal {
         let store = Store::open(&settings.database_url())
             .await
             .context("opening the database")?;
+        let mut settings = settings;
+        if let Some(t) = &settings.tunnel {
+            // Sensors reach the API at the portal's tunnel address: the certificate names it.
+            settings.extra_sans.push(t.portal_address().to_string());
+        }
         let tls_config = tls::server_config(&settings).context("preparing TLS")?;
+        let gateway = match &settings.tunnel {
+            Some(t) => Some(crate::gateway::start(t, &settings.data_dir, &store).await?),
+            None => None,
+        };
+        if let (Some(gw), Some(t)) = (&gateway, settings.tunnel.as_mut()) {
+            // With port 0 (tests) or no explicit endpoint, tell sensors the bound address.
+            if t.endpoint.is_empty() || t.endpoint.ends_with(":0") {
+                t.endpoint = gw.local_addr().to_string();
+            }
+            tracing::info!(listen = %gw.local_addr(), portal = %t.portal_address(), "WireGuard gateway up");
+        }
         let admin_token = ensure_admin_token(&settings)?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -50,6 +66,7 @@ impl Portal {
             store,
             admin_hash: auth::hash(&admin_token),
             settings,
+            gateway,
         });
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(serve(
@@ -93,6 +110,10 @@ async fn serve(
 ) {
     let app = router(state.clone());
     let reaper = tokio::spawn(reap(state.clone(), shutdown.clone()));
+    let tunnel = state
+        .gateway
+        .clone()
+        .map(|gw| tokio::spawn(crate::gateway::serve(gw, acceptor.clone(), app.clone())));
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -111,6 +132,9 @@ async fn serve(
         }
     }
     reaper.abort();
+    if let Some(t) = tunnel {
+        t.abort();
+    }
 }
 
 /// Serves HTTPS on any byte stream: a TCP connection, or a stream from the tunnel gateway.

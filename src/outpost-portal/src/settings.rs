@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +24,41 @@ pub struct Settings {
     /// An operator's own certificate chain and key instead of the generated ones.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The WireGuard gateway, when sensors should reach the API through the tunnel.
+    pub tunnel: Option<TunnelSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    /// UDP address the gateway listens on.
+    pub listen: SocketAddr,
+    /// `host:port` sensors are told to send to (the address they can reach).
+    pub endpoint: String,
+    /// The tunnel network; the portal takes `.1`, sensors the addresses after it.
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+    pub keepalive_s: u16,
+    /// Serve the sensor API (all but `register`) only through the tunnel.
+    pub require: bool,
+}
+
+impl TunnelSettings {
+    pub fn new(listen: SocketAddr, endpoint: String) -> TunnelSettings {
+        TunnelSettings {
+            listen,
+            endpoint,
+            // RFC 6598 shared address space: unlikely to be a branch LAN, and in any case
+            // the tunnel adds no routes on either side.
+            network: Ipv4Addr::new(100, 96, 0, 0),
+            prefix: 16,
+            keepalive_s: 25,
+            require: true,
+        }
+    }
+
+    pub fn portal_address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network).wrapping_add(1))
+    }
 }
 
 impl Settings {
@@ -40,6 +75,7 @@ impl Settings {
             extra_sans: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            tunnel: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn sensor(i: usize, site: &str) -> SensorAuth {
         id: format!("sn_claimer{i}"),
         name: format!("claimer{i}"),
         site: site.into(),
+        wg_public_key: String::new(),
     }
 }
 

@@ -35,6 +35,8 @@ pub mod paths {
     pub const HEARTBEAT: &str = "/api/sensor/heartbeat";
     pub const CLAIM: &str = "/api/sensor/claim";
     pub const LOG: &str = "/api/sensor/log";
+    /// Replaces the sensor's WireGuard public key (key rotation) without a new identity.
+    pub const WG_KEY: &str = "/api/sensor/wg-key";
 
     /// `POST /api/sensor/jobs/{id}/report`
     pub fn report(job: i64) -> String {

@@ -66,6 +66,13 @@ pub struct RegisterResponse {
     pub claim_interval_s: u32,
 }
 
+/// `POST /api/sensor/wg-key`: the sensor's new WireGuard public key. The portal switches
+/// the gateway's peer entry at once; the answer is the (unchanged) tunnel config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyRequest {
+    pub wg_public_key: String,
+}
+
 /// What the sensor is doing right now, as it reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -6,6 +6,8 @@
 mod postgres;
 mod sqlite;
 
+use std::net::Ipv4Addr;
+
 use outpost_wire::admin::{
     JobInfo, JobState, ReportInfo, SensorInfo, SensorStatus, StoredLogEvent,
 };
@@ -61,6 +63,8 @@ pub struct SensorAuth {
     pub id: String,
     pub name: String,
     pub site: String,
+    /// The key its tunnel must use; requests through the tunnel are checked against it.
+    pub wg_public_key: String,
 }
 
 /// A sensor row as registration writes it.
@@ -70,6 +74,39 @@ pub struct NewSensor {
     pub api_key_hash: String,
     pub req: RegisterRequest,
     pub now: i64,
+    /// Where to take the sensor's tunnel address from, when the portal runs a gateway.
+    pub tunnel_pool: Option<TunnelPool>,
+}
+
+/// The tunnel network: sensors get host addresses in it, except the portal's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelPool {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+    pub portal: Ipv4Addr,
+}
+
+impl TunnelPool {
+    /// The lowest free host address, or None when the network is full.
+    pub fn allocate(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let base = u32::from(self.network)
+            & (u64::from(u32::MAX) << (32 - u32::from(self.prefix.min(32)))) as u32;
+        let used: std::collections::HashSet<u32> = used.iter().map(|a| u32::from(*a)).collect();
+        // Skip the network address (offset 0) and the broadcast address (last).
+        (1..size.saturating_sub(1))
+            .map(|off| base.wrapping_add(off as u32))
+            .find(|a| *a != u32::from(self.portal) && !used.contains(a))
+            .map(Ipv4Addr::from)
+    }
+}
+
+/// A sensor's tunnel peer entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPeerRow {
+    pub sensor_id: String,
+    pub wg_public_key: String,
+    pub tunnel_address: Ipv4Addr,
 }
 
 /// The token row as read inside the registration transaction.
@@ -180,15 +217,48 @@ impl Store {
         }
     }
 
-    /// Spends one use of the token and inserts the sensor, atomically.
+    /// Spends one use of the token and inserts the sensor, atomically; allocates its
+    /// tunnel address when a pool is given.
     pub async fn register(
         &self,
         token_hash: &str,
         sensor: NewSensor,
-    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+    ) -> Result<Result<Option<Ipv4Addr>, TokenRefusal>, StoreError> {
         match self {
             Store::Sqlite(s) => s.register(token_hash, sensor).await,
             Store::Postgres(s) => s.register(token_hash, sensor).await,
+        }
+    }
+
+    /// Every sensor with a tunnel address, for the gateway's peer table.
+    pub async fn tunnel_peers(&self) -> Result<Vec<TunnelPeerRow>, StoreError> {
+        let rows = match self {
+            Store::Sqlite(s) => s.tunnel_peers().await?,
+            Store::Postgres(s) => s.tunnel_peers().await?,
+        };
+        rows.into_iter()
+            .map(|(sensor_id, wg_public_key, addr)| {
+                let tunnel_address = addr
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("tunnel address {addr:?}")))?;
+                Ok(TunnelPeerRow {
+                    sensor_id,
+                    wg_public_key,
+                    tunnel_address,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a sensor's WireGuard public key; returns the old one.
+    pub async fn rotate_key(
+        &self,
+        sensor: &str,
+        new_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rotate_key(sensor, new_key).await,
+            Store::Postgres(s) => s.rotate_key(sensor, new_key).await,
         }
     }
 
@@ -505,6 +575,27 @@ mod tests {
             Err(TokenRefusal::SiteMismatch)
         );
         assert_eq!(check_token(Some(&row("a", 1, 11)), "a", 10), Ok(()));
+    }
+
+    #[test]
+    fn tunnel_addresses_are_allocated_lowest_first() {
+        let pool = TunnelPool {
+            network: "100.96.0.0".parse().unwrap(),
+            prefix: 29,
+            portal: "100.96.0.1".parse().unwrap(),
+        };
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(pool.allocate(&[]), Some(a("100.96.0.2")));
+        assert_eq!(
+            pool.allocate(&[a("100.96.0.2"), a("100.96.0.4")]),
+            Some(a("100.96.0.3"))
+        );
+        let full: Vec<Ipv4Addr> = (2..=6).map(|i| a(&format!("100.96.0.{i}"))).collect();
+        assert_eq!(
+            pool.allocate(&full),
+            None,
+            "network and broadcast are never handed out"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::{
     TokenRefusal, TokenRow,
 };
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokens (
     hash TEXT PRIMARY KEY,
     site TEXT NOT NULL,
@@ -77,7 +78,12 @@ CREATE TABLE sensor_log (
     event TEXT NOT NULL
 );
 CREATE INDEX sensor_log_by_sensor ON sensor_log (sensor_id, id);
-"#];
+"#,
+    r#"
+ALTER TABLE sensors ADD COLUMN tunnel_address TEXT;
+CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
+"#,
+];
 
 const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
@@ -169,7 +175,7 @@ impl PgStore {
         &self,
         token_hash: &str,
         s: NewSensor,
-    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+    ) -> Result<Result<Option<std::net::Ipv4Addr>, TokenRefusal>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let row = tx
@@ -192,19 +198,40 @@ impl PgStore {
         )
         .await?;
         let caps = super::json(&s.req.capabilities)?;
+        let address = match s.tunnel_pool {
+            Some(pool) => {
+                // One allocation at a time: the lock is released at commit.
+                tx.execute("SELECT pg_advisory_xact_lock(7461002)", &[])
+                    .await?;
+                let used: Vec<std::net::Ipv4Addr> = tx
+                    .query(
+                        "SELECT tunnel_address FROM sensors WHERE tunnel_address IS NOT NULL",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .filter_map(|r| r.get::<_, String>(0).parse().ok())
+                    .collect();
+                Some(pool.allocate(&used).ok_or_else(|| {
+                    StoreError::Corrupt("the tunnel network has no free address".into())
+                })?)
+            }
+            None => None,
+        };
+        let address_text = address.map(|a| a.to_string());
         tx.execute(
             "INSERT INTO sensors (id, name, site, hostname, os, board, hardware_serial, agent_version, \
-             capabilities, wg_public_key, api_key_hash, registered_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             capabilities, wg_public_key, api_key_hash, registered_at, tunnel_address) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             &[
                 &s.id, &s.req.name, &s.req.site, &s.req.hostname, &s.req.os, &s.req.board,
                 &s.req.hardware_serial, &s.req.agent_version, &caps, &s.req.wg_public_key,
-                &s.api_key_hash, &s.now,
+                &s.api_key_hash, &s.now, &address_text,
             ],
         )
         .await?;
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Ok(address))
     }
 
     pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
@@ -212,7 +239,7 @@ impl PgStore {
             .client()
             .await?
             .query_opt(
-                "SELECT id, name, site FROM sensors WHERE api_key_hash = $1",
+                "SELECT id, name, site, wg_public_key FROM sensors WHERE api_key_hash = $1",
                 &[&key_hash],
             )
             .await?
@@ -220,7 +247,48 @@ impl PgStore {
                 id: r.get(0),
                 name: r.get(1),
                 site: r.get(2),
+                wg_public_key: r.get(3),
             }))
+    }
+
+    pub async fn tunnel_peers(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT id, wg_public_key, tunnel_address FROM sensors \
+                 WHERE tunnel_address IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    pub async fn rotate_key(
+        &self,
+        sensor: &str,
+        new_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let old: Option<String> = tx
+            .query_opt(
+                "SELECT wg_public_key FROM sensors WHERE id = $1 FOR UPDATE",
+                &[&sensor],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if old.is_some() {
+            tx.execute(
+                "UPDATE sensors SET wg_public_key = $2 WHERE id = $1",
+                &[&sensor, &new_key],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(old)
     }
 
     pub async fn heartbeat(

@@ -14,7 +14,8 @@ use super::{
     JobRefusal, NewSensor, Report, SensorAuth, SensorRow, StoreError, TokenRefusal, TokenRow,
 };
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokens (
     hash TEXT PRIMARY KEY,
     site TEXT NOT NULL,
@@ -77,7 +78,12 @@ CREATE TABLE sensor_log (
     event TEXT NOT NULL
 );
 CREATE INDEX sensor_log_by_sensor ON sensor_log (sensor_id, id);
-"#];
+"#,
+    r#"
+ALTER TABLE sensors ADD COLUMN tunnel_address TEXT;
+CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
+"#,
+];
 
 const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
@@ -145,7 +151,7 @@ impl SqliteStore {
         &self,
         token_hash: &str,
         s: NewSensor,
-    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+    ) -> Result<Result<Option<std::net::Ipv4Addr>, TokenRefusal>, StoreError> {
         let token_hash = token_hash.to_owned();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -170,18 +176,33 @@ impl SqliteStore {
                 params![token_hash],
             )?;
             let caps = super::json(&s.req.capabilities)?;
+            let address = match s.tunnel_pool {
+                Some(pool) => {
+                    let used = {
+                        let mut st = tx.prepare(
+                            "SELECT tunnel_address FROM sensors WHERE tunnel_address IS NOT NULL",
+                        )?;
+                        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                        rows.filter_map(|r| r.ok()?.parse().ok()).collect::<Vec<_>>()
+                    };
+                    Some(pool.allocate(&used).ok_or_else(|| {
+                        StoreError::Corrupt("the tunnel network has no free address".into())
+                    })?)
+                }
+                None => None,
+            };
             tx.execute(
                 "INSERT INTO sensors (id, name, site, hostname, os, board, hardware_serial, agent_version, \
-                 capabilities, wg_public_key, api_key_hash, registered_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 capabilities, wg_public_key, api_key_hash, registered_at, tunnel_address) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     s.id, s.req.name, s.req.site, s.req.hostname, s.req.os, s.req.board,
                     s.req.hardware_serial, s.req.agent_version, caps, s.req.wg_public_key,
-                    s.api_key_hash, s.now
+                    s.api_key_hash, s.now, address.map(|a| a.to_string())
                 ],
             )?;
             tx.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(address))
         })
         .await
     }
@@ -190,17 +211,57 @@ impl SqliteStore {
         let key_hash = key_hash.to_owned();
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT id, name, site FROM sensors WHERE api_key_hash = ?1",
+                "SELECT id, name, site, wg_public_key FROM sensors WHERE api_key_hash = ?1",
                 params![key_hash],
                 |r| {
                     Ok(SensorAuth {
                         id: r.get(0)?,
                         name: r.get(1)?,
                         site: r.get(2)?,
+                        wg_public_key: r.get(3)?,
                     })
                 },
             )
             .optional()?)
+        })
+        .await
+    }
+
+    pub async fn tunnel_peers(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, wg_public_key, tunnel_address FROM sensors \
+                 WHERE tunnel_address IS NOT NULL ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn rotate_key(
+        &self,
+        sensor: &str,
+        new_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (sensor, new_key) = (sensor.to_owned(), new_key.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT wg_public_key FROM sensors WHERE id = ?1",
+                    params![sensor],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if old.is_some() {
+                tx.execute(
+                    "UPDATE sensors SET wg_public_key = ?2 WHERE id = ?1",
+                    params![sensor, new_key],
+                )?;
+            }
+            tx.commit()?;
+            Ok(old)
         })
         .await
     }

@@ -1,0 +1,216 @@
+//! The sensor API through the WireGuard gateway: a device-side user-space tunnel from
+//! `outpost-tunnel` talks HTTPS to the portal's tunnel address; the portal ties every
+//! request to the tunnel it came through and refuses the API outside it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{https, start_portal, Backend, TestPortal};
+use outpost_portal::settings::TunnelSettings;
+use outpost_tunnel::ureq_transport::TunnelConnector;
+use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
+use outpost_wire::admin::{CreateToken, TokenCreated};
+use outpost_wire::sensor::{
+    Activity, Capability, HeartbeatRequest, Metrics, RegisterRequest, RegisterResponse,
+    RotateKeyRequest, TunnelConfig,
+};
+use outpost_wire::{ErrorBody, ErrorCode};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, RustlsConnector};
+
+fn tls_config(ca_pem: &[u8]) -> ureq::config::Config {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let cert = Certificate::from_pem(ca_pem).unwrap();
+    ureq::Agent::config_builder()
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+}
+
+/// An HTTPS client whose every connection goes through the device tunnel.
+fn tunnel_agent(tunnel: Arc<DeviceTunnel>, ca_pem: &[u8]) -> ureq::Agent {
+    let connector = ().chain(TunnelConnector::new(tunnel)).chain(RustlsConnector::default());
+    ureq::Agent::with_parts(tls_config(ca_pem), connector, DefaultResolver::default())
+}
+
+fn start_device(key: PrivateKey, t: &TunnelConfig) -> Arc<DeviceTunnel> {
+    let cfg = DeviceConfig::new(
+        key,
+        t.portal_public_key.parse().unwrap(),
+        t.endpoint.parse().unwrap(),
+        t.sensor_address.parse().unwrap(),
+    );
+    let dev = Arc::new(DeviceTunnel::start(cfg).unwrap());
+    dev.wait_handshake(Duration::from_secs(10))
+        .expect("handshake with the gateway");
+    dev
+}
+
+fn post<T: serde::Serialize>(agent: &ureq::Agent, url: &str, key: &str, body: &T) -> (u16, String) {
+    let resp = agent
+        .post(url)
+        .header("authorization", &format!("Bearer {key}"))
+        .send_json(body)
+        .expect("request");
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.into_body().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn heartbeat() -> HeartbeatRequest {
+    HeartbeatRequest {
+        activity: Activity::Idle,
+        uptime_s: 1,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        metrics: Metrics::default(),
+    }
+}
+
+fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> RegisterResponse {
+    let direct = https(&tp.ca_pem);
+    let req = RegisterRequest {
+        name: name.into(),
+        site: "berlin".into(),
+        hostname: name.into(),
+        os: "test".into(),
+        board: "test".into(),
+        hardware_serial: "0".into(),
+        agent_version: "0.1.0".into(),
+        capabilities: vec![Capability::Scan],
+        wg_public_key: key.public_key().to_base64(),
+    };
+    let (status, body) = post(
+        &direct,
+        &format!("{}/api/sensor/register", tp.portal.url),
+        token,
+        &req,
+    );
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_api_through_the_gateway() {
+    let tp = start_portal(Backend::Sqlite, |s| {
+        s.tunnel = Some(TunnelSettings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            String::new(),
+        ));
+    })
+    .await;
+    let tp = Arc::new(tp);
+    let t2 = tp.clone();
+    tokio::task::spawn_blocking(move || run(&t2)).await.unwrap();
+}
+
+fn run(tp: &TestPortal) {
+    let direct = https(&tp.ca_pem);
+    let (status, body) = post(
+        &direct,
+        &format!("{}/api/admin/tokens", tp.portal.url),
+        &tp.admin_token,
+        &CreateToken {
+            site: "berlin".into(),
+            uses: 2,
+            ttl_s: 600,
+        },
+    );
+    assert_eq!(status, 201);
+    let token = serde_json::from_str::<TokenCreated>(&body).unwrap().token;
+
+    let key_a = PrivateKey::generate();
+    let a = register(tp, "a", &token, &key_a);
+    let tun = a
+        .tunnel
+        .clone()
+        .expect("registration returns the tunnel config");
+    assert_eq!(tun.portal_address, "100.96.0.1");
+    assert_eq!(tun.sensor_address, "100.96.0.2");
+    assert_eq!(tun.persistent_keepalive_s, 25);
+
+    // Outside the tunnel the sensor API is refused.
+    let (status, body) = post(
+        &direct,
+        &format!("{}/api/sensor/heartbeat", tp.portal.url),
+        a.api_key.expose(),
+        &heartbeat(),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("only through the WireGuard tunnel"));
+
+    // Through the tunnel, TLS to the portal's tunnel address, it works.
+    let dev_a = start_device(key_a.clone(), &tun);
+    let via_a = tunnel_agent(dev_a.clone(), &tp.ca_pem);
+    let api = format!("https://{}", tun.portal_address);
+    let (status, body) = post(
+        &via_a,
+        &format!("{api}/api/sensor/heartbeat"),
+        a.api_key.expose(),
+        &heartbeat(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(dev_a.stats().handshakes_completed >= 1);
+
+    // Another sensor's key over A's tunnel is refused.
+    let key_b = PrivateKey::generate();
+    let b = register(tp, "b", &token, &key_b);
+    assert_eq!(b.tunnel.as_ref().unwrap().sensor_address, "100.96.0.3");
+    let (status, body) = post(
+        &via_a,
+        &format!("{api}/api/sensor/heartbeat"),
+        b.api_key.expose(),
+        &heartbeat(),
+    );
+    assert_eq!(status, 403, "{body}");
+    let e: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(e.error, ErrorCode::Forbidden);
+
+    // Key rotation: same identity and address, the old key stops working.
+    let new_key = PrivateKey::generate();
+    let (status, body) = post(
+        &via_a,
+        &format!("{api}/api/sensor/wg-key"),
+        a.api_key.expose(),
+        &RotateKeyRequest {
+            wg_public_key: new_key.public_key().to_base64(),
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    let rotated: TunnelConfig = serde_json::from_str(&body).unwrap();
+    assert_eq!(rotated.sensor_address, tun.sensor_address);
+    drop(via_a);
+    drop(dev_a);
+    let dev_a2 = start_device(new_key, &rotated);
+    let via_a2 = tunnel_agent(dev_a2, &tp.ca_pem);
+    let (status, body) = post(
+        &via_a2,
+        &format!("{api}/api/sensor/heartbeat"),
+        a.api_key.expose(),
+        &heartbeat(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let old = DeviceTunnel::start(DeviceConfig::new(
+        key_a,
+        tun.portal_public_key.parse().unwrap(),
+        tun.endpoint.parse().unwrap(),
+        tun.sensor_address.parse().unwrap(),
+    ))
+    .unwrap();
+    assert!(
+        old.wait_handshake(Duration::from_secs(3)).is_err(),
+        "the rotated-away key gets no handshake"
+    );
+}
