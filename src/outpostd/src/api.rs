@@ -1,0 +1,364 @@
+//! Typed calls of the sensor API on top of a [`Transport`]: JSON in, JSON out, and a
+//! non-2xx answer turned into an [`ApiError`] that carries the portal's reason.
+
+use std::sync::Arc;
+
+use outpost_wire::sensor::{
+    ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
+    RegisterRequest, RegisterResponse, ReportAck, ReportUpload,
+};
+use outpost_wire::{paths, ErrorBody, ErrorCode, Secret};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::transport::{Request, Response, Transport, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the portal: {0}")]
+    Transport(#[from] TransportError),
+    #[error("the portal answered {status}: {}", describe(.body.as_ref()))]
+    Status {
+        status: u16,
+        body: Option<ErrorBody>,
+    },
+    #[error("the portal sent an answer the daemon cannot read: {0}")]
+    Decode(String),
+}
+
+fn describe(body: Option<&ErrorBody>) -> String {
+    body.map(|b| b.to_string())
+        .unwrap_or_else(|| "no reason given".into())
+}
+
+impl ApiError {
+    /// Worth trying again later with backoff: the portal was unreachable or broken.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Transport(_) => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Decode(_) => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ApiError::Status { body, .. } => body.as_ref().map(|b| b.error),
+            _ => None,
+        }
+    }
+
+    /// The portal's sentence for a human, if it gave one.
+    pub fn portal_message(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { body: Some(b), .. } => Some(&b.message),
+            _ => None,
+        }
+    }
+}
+
+/// A sensor API client: the transport plus the credential to present.
+#[derive(Clone)]
+pub struct PortalClient {
+    transport: Arc<dyn Transport>,
+    api_key: Secret,
+}
+
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
+
+/// `POST /api/sensor/register` with the enrollment token as Bearer.
+pub fn register(
+    transport: &dyn Transport,
+    token: &Secret,
+    req: &RegisterRequest,
+) -> Result<RegisterResponse, ApiError> {
+    let resp = post_json(transport, paths::REGISTER, token, req, None)?;
+    decode(&resp)
+}
+
+impl PortalClient {
+    pub fn new(transport: Arc<dyn Transport>, api_key: Secret) -> PortalClient {
+        PortalClient { transport, api_key }
+    }
+
+    pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, ApiError> {
+        decode(&self.post(paths::HEARTBEAT, req, None)?)
+    }
+
+    /// `None` when the portal has no job for this sensor (204).
+    pub fn claim(&self, req: &ClaimRequest) -> Result<Option<Job>, ApiError> {
+        let resp = self.post(paths::CLAIM, req, None)?;
+        if resp.status == 204 {
+            return Ok(None);
+        }
+        decode(&resp).map(Some)
+    }
+
+    pub fn job_status(
+        &self,
+        job: i64,
+        update: &JobStatusUpdate,
+    ) -> Result<JobStatusResponse, ApiError> {
+        decode(&self.post(&paths::job_status(job), update, None)?)
+    }
+
+    /// Uploads a report with `idempotency-key = request_id`, so a retry is stored once.
+    pub fn upload_report(&self, job: i64, report: &ReportUpload) -> Result<ReportAck, ApiError> {
+        let resp = self.post(&paths::report(job), report, Some(&report.request_id))?;
+        decode(&resp)
+    }
+
+    /// Sends one NDJSON batch of log events.
+    pub fn send_log(&self, ndjson: String) -> Result<(), ApiError> {
+        let resp = self.transport.post(&Request {
+            path: paths::LOG,
+            bearer: Some(&self.api_key),
+            content_type: NDJSON,
+            body: ndjson.into_bytes(),
+            idempotency_key: None,
+        })?;
+        check(resp).map(|_| ())
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        idempotency_key: Option<&str>,
+    ) -> Result<Response, ApiError> {
+        post_json(
+            self.transport.as_ref(),
+            path,
+            &self.api_key,
+            body,
+            idempotency_key,
+        )
+    }
+}
+
+fn post_json(
+    transport: &dyn Transport,
+    path: &str,
+    bearer: &Secret,
+    body: &impl Serialize,
+    idempotency_key: Option<&str>,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
+    let resp = transport.post(&Request {
+        path,
+        bearer: Some(bearer),
+        content_type: JSON,
+        body,
+        idempotency_key,
+    })?;
+    check(resp)
+}
+
+/// Passes 2xx through; anything else becomes `ApiError::Status` with the parsed body.
+fn check(resp: Response) -> Result<Response, ApiError> {
+    if (200..300).contains(&resp.status) {
+        return Ok(resp);
+    }
+    Err(ApiError::Status {
+        status: resp.status,
+        body: serde_json::from_slice(&resp.body).ok(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(resp: &Response) -> Result<T, ApiError> {
+    serde_json::from_slice(&resp.body).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A scripted in-memory portal for unit tests of the logic above the transport.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// What the fake saw: path, bearer, idempotency key and body.
+    #[derive(Debug, Clone)]
+    pub struct Seen {
+        pub path: String,
+        pub bearer: Option<String>,
+        pub idempotency_key: Option<String>,
+        pub body: String,
+    }
+
+    /// Answers each path from a queue of scripted responses; when a path's queue is
+    /// empty it answers with that path's default, or 404.
+    #[derive(Default)]
+    pub struct FakeTransport {
+        pub script: Mutex<HashMap<String, VecDeque<Result<Response, TransportError>>>>,
+        pub defaults: Mutex<HashMap<String, Response>>,
+        pub seen: Mutex<Vec<Seen>>,
+    }
+
+    pub fn ok_json(body: &impl Serialize) -> Response {
+        Response {
+            status: 200,
+            body: serde_json::to_vec(body).unwrap(),
+        }
+    }
+
+    pub fn status(status: u16, error: Option<ErrorBody>) -> Response {
+        Response {
+            status,
+            body: error
+                .map(|e| serde_json::to_vec(&e).unwrap())
+                .unwrap_or_default(),
+        }
+    }
+
+    impl FakeTransport {
+        pub fn push(&self, path: &str, r: Result<Response, TransportError>) {
+            self.script
+                .lock()
+                .unwrap()
+                .entry(path.to_owned())
+                .or_default()
+                .push_back(r);
+        }
+        pub fn default_for(&self, path: &str, r: Response) {
+            self.defaults.lock().unwrap().insert(path.to_owned(), r);
+        }
+        pub fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+        pub fn seen_on(&self, path: &str) -> Vec<Seen> {
+            self.seen().into_iter().filter(|s| s.path == path).collect()
+        }
+    }
+
+    impl Transport for FakeTransport {
+        fn post(&self, req: &Request<'_>) -> Result<Response, TransportError> {
+            self.seen.lock().unwrap().push(Seen {
+                path: req.path.to_owned(),
+                bearer: req.bearer.map(|b| b.expose().to_owned()),
+                idempotency_key: req.idempotency_key.map(str::to_owned),
+                body: String::from_utf8_lossy(&req.body).into_owned(),
+            });
+            if let Some(r) = self
+                .script
+                .lock()
+                .unwrap()
+                .get_mut(req.path)
+                .and_then(|q| q.pop_front())
+            {
+                return r;
+            }
+            Ok(self
+                .defaults
+                .lock()
+                .unwrap()
+                .get(req.path)
+                .cloned()
+                .unwrap_or(Response {
+                    status: 404,
+                    body: Vec::new(),
+                }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+    use outpost_wire::sensor::Capability;
+
+    fn client(t: &Arc<FakeTransport>) -> PortalClient {
+        PortalClient::new(t.clone(), Secret::new("osk_key"))
+    }
+
+    #[test]
+    fn claim_204_is_no_job_and_carries_the_api_key() {
+        let t = Arc::new(FakeTransport::default());
+        t.push(paths::CLAIM, Ok(status(204, None)));
+        let req = ClaimRequest {
+            capabilities: vec![Capability::Scan],
+        };
+        assert_eq!(client(&t).claim(&req).unwrap(), None);
+        let seen = t.seen_on(paths::CLAIM);
+        assert_eq!(seen[0].bearer.as_deref(), Some("osk_key"));
+        assert_eq!(seen[0].body, r#"{"capabilities":["scan"]}"#);
+    }
+
+    #[test]
+    fn error_body_reason_is_kept() {
+        let t = Arc::new(FakeTransport::default());
+        t.push(
+            paths::HEARTBEAT,
+            Ok(status(
+                403,
+                Some(ErrorBody::new(ErrorCode::Forbidden, "sensor was deleted")),
+            )),
+        );
+        let err = client(&t)
+            .heartbeat(&HeartbeatRequest {
+                activity: Default::default(),
+                uptime_s: 1,
+                agent_version: "0".into(),
+                phase: None,
+                metrics: Default::default(),
+            })
+            .unwrap_err();
+        assert_eq!(err.status(), Some(403));
+        assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+        assert_eq!(err.portal_message(), Some("sensor was deleted"));
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn transient_classification() {
+        let net = ApiError::Transport(TransportError("connection refused".into()));
+        assert!(net.is_transient());
+        let s503 = ApiError::Status {
+            status: 503,
+            body: None,
+        };
+        assert!(s503.is_transient());
+        assert!(s503.to_string().contains("503"));
+        let s401 = ApiError::Status {
+            status: 401,
+            body: None,
+        };
+        assert!(!s401.is_transient());
+    }
+
+    #[test]
+    fn report_upload_sends_idempotency_key() {
+        let t = Arc::new(FakeTransport::default());
+        t.push(
+            &paths::report(7),
+            Ok(ok_json(&ReportAck {
+                report_id: 1,
+                created: true,
+            })),
+        );
+        let report = ReportUpload {
+            request_id: "req-1".into(),
+            outcome: outpost_wire::sensor::ReportOutcome::Completed,
+            partial: false,
+            content_type: "application/xml".into(),
+            content: "<x/>".into(),
+            summary: Default::default(),
+        };
+        let ack = client(&t).upload_report(7, &report).unwrap();
+        assert!(ack.created);
+        assert_eq!(
+            t.seen_on(&paths::report(7))[0].idempotency_key.as_deref(),
+            Some("req-1")
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Command line. The image starts `outpostd --config /boot/outpost.toml --data-dir
+//! /data/outpost`; the other flags tune timing for tests.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: outpostd --config PATH --data-dir DIR [options]
+
+  --config PATH               provisioning file (outpost.toml)
+  --data-dir DIR              identity, keys and report spool
+  --heartbeat-interval DUR    override the portal's heartbeat interval
+  --claim-interval DUR        override the portal's job claim interval
+  --executor dry-run          how jobs run (dry-run: simulated, no probe is sent)
+  --dry-run-duration DUR      how long a dry-run job takes (default 10s)
+  --config-error-delay DUR    wait before exiting on a bad outpost.toml (default 10s)
+  --auth-retry-interval DUR   retry delay when the portal refuses the token (default 60s)
+  -h, --help                  this text
+  -V, --version               print the version
+
+DUR is a number of seconds or a number with ms, s, m or h (e.g. 500ms, 30s, 5m).
+Logs go to stderr; set OUTPOST_LOG (e.g. `debug` or `outpostd=debug,ureq=warn`).";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    DryRun,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Option<Duration>,
+    pub claim_interval: Option<Duration>,
+    pub executor: ExecutorKind,
+    pub dry_run_duration: Duration,
+    pub config_error_delay: Duration,
+    pub auth_retry_interval: Duration,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Run(Args),
+    Help,
+    Version,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Parse(#[from] lexopt::Error),
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("{flag}: {value:?} is not a duration such as 30s or 500ms")]
+    BadDuration { flag: &'static str, value: String },
+    #[error("--executor: unknown executor {0:?} (available: dry-run)")]
+    BadExecutor(String),
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_iter(args);
+    let mut config = None;
+    let mut data_dir = None;
+    let mut heartbeat_interval = None;
+    let mut claim_interval = None;
+    let mut executor = ExecutorKind::DryRun;
+    let mut dry_run_duration = Duration::from_secs(10);
+    let mut config_error_delay = Duration::from_secs(10);
+    let mut auth_retry_interval = Duration::from_secs(60);
+
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(p.value()?)),
+            Long("data-dir") => data_dir = Some(PathBuf::from(p.value()?)),
+            Long("heartbeat-interval") => {
+                heartbeat_interval = Some(duration(&mut p, "--heartbeat-interval")?)
+            }
+            Long("claim-interval") => claim_interval = Some(duration(&mut p, "--claim-interval")?),
+            Long("dry-run-duration") => dry_run_duration = duration(&mut p, "--dry-run-duration")?,
+            Long("config-error-delay") => {
+                config_error_delay = duration(&mut p, "--config-error-delay")?
+            }
+            Long("auth-retry-interval") => {
+                auth_retry_interval = duration(&mut p, "--auth-retry-interval")?
+            }
+            Long("executor") => {
+                let v = p.value()?.string()?;
+                executor = match v.as_str() {
+                    "dry-run" => ExecutorKind::DryRun,
+                    _ => return Err(CliError::BadExecutor(v)),
+                };
+            }
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Run(Args {
+        config: config.ok_or(CliError::Missing("--config PATH"))?,
+        data_dir: data_dir.ok_or(CliError::Missing("--data-dir DIR"))?,
+        heartbeat_interval,
+        claim_interval,
+        executor,
+        dry_run_duration,
+        config_error_delay,
+        auth_retry_interval,
+    }))
+}
+
+fn duration(p: &mut lexopt::Parser, flag: &'static str) -> Result<Duration, CliError> {
+    use lexopt::ValueExt as _;
+    let v = p.value()?.string()?;
+    parse_duration(&v).ok_or(CliError::BadDuration { flag, value: v })
+}
+
+/// `30`, `30s`, `500ms`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, CliError> {
+        parse(
+            std::iter::once("outpostd")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    #[test]
+    fn device_command_line() {
+        let Command::Run(a) = run(&[
+            "--config",
+            "/boot/outpost.toml",
+            "--data-dir",
+            "/data/outpost",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.config, PathBuf::from("/boot/outpost.toml"));
+        assert_eq!(a.data_dir, PathBuf::from("/data/outpost"));
+        assert_eq!(a.heartbeat_interval, None);
+        assert_eq!(a.executor, ExecutorKind::DryRun);
+        assert_eq!(a.config_error_delay, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tuning_flags() {
+        let Command::Run(a) = run(&[
+            "--config=c",
+            "--data-dir=d",
+            "--heartbeat-interval",
+            "2s",
+            "--claim-interval",
+            "500ms",
+            "--executor",
+            "dry-run",
+            "--dry-run-duration",
+            "3",
+            "--config-error-delay",
+            "0",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.heartbeat_interval, Some(Duration::from_secs(2)));
+        assert_eq!(a.claim_interval, Some(Duration::from_millis(500)));
+        assert_eq!(a.dry_run_duration, Duration::from_secs(3));
+        assert_eq!(a.config_error_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = run(&["--data-dir", "d"]).unwrap_err();
+        assert_eq!(e.to_string(), "missing --config PATH");
+        let e = run(&[
+            "--config",
+            "c",
+            "--data-dir",
+            "d",
+            "--claim-interval",
+            "soon",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--claim-interval:"), "{e}");
+        let e = run(&["--config", "c", "--data-dir", "d", "--executor", "openvas"]).unwrap_err();
+        assert!(e.to_string().contains("openvas"), "{e}");
+        assert!(run(&["--bogus"]).is_err());
+        assert_eq!(run(&["--help"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,47 @@
+//! How a claimed job is carried out. The job runner drives a [`RunningJob`] by polling
+//! it, so an executor needs no threads of its own and cancellation is a plain call.
+//! Today there is one executor, [`DryRunExecutor`], that sends no packet; the OpenVAS
+//! executor (OSP to ospd-openvas) implements the same traits later.
+
+mod dry_run;
+
+pub use dry_run::DryRunExecutor;
+
+use outpost_wire::sensor::{Job, ReportOutcome, ReportSummary};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecError(pub String);
+
+/// Where a running job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Running { percent: u8, message: String },
+    Finished,
+}
+
+/// A finished (or stopped) job's result, ready to spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobReport {
+    pub outcome: ReportOutcome,
+    /// True when the job did not run to its end.
+    pub partial: bool,
+    pub content_type: String,
+    /// OSP results XML.
+    pub content: String,
+    pub summary: ReportSummary,
+}
+
+pub trait JobExecutor: Send + Sync {
+    /// Shown on the console and in job events, e.g. "dry run".
+    fn name(&self) -> &'static str;
+    fn start(&self, job: &Job) -> Result<Box<dyn RunningJob>, ExecError>;
+}
+
+pub trait RunningJob: Send {
+    fn poll(&mut self) -> Result<Progress, ExecError>;
+    /// Stops the job; the report that follows is partial and marked cancelled.
+    fn cancel(&mut self) -> Result<(), ExecError>;
+    /// The report, after `poll` said `Finished` or after `cancel`.
+    fn report(self: Box<Self>) -> JobReport;
+}

@@ -1,0 +1,138 @@
+//! The heartbeat thread: every interval it tells the portal the sensor is alive, what it
+//! is doing and how the board fares, and passes operator cancellations to the job runner.
+//! It starts only after registration, since it needs the API key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_wire::sensor::{HeartbeatRequest, HeartbeatResponse, Metrics};
+
+use crate::api::{ApiError, PortalClient};
+use crate::jobs::JobControl;
+use crate::register::AGENT_VERSION;
+use crate::report::{OutageNotice, Reporter};
+
+pub struct Heartbeat {
+    pub client: PortalClient,
+    pub control: Arc<JobControl>,
+    pub reporter: Arc<Reporter>,
+    /// Metrics and uptime source; sysinfo on the device, a stub in tests.
+    pub metrics: Box<dyn FnMut() -> (Metrics, u64) + Send>,
+}
+
+impl Heartbeat {
+    /// Sends one heartbeat and acts on the answer.
+    pub fn beat_once(&mut self) -> Result<HeartbeatResponse, ApiError> {
+        let (metrics, uptime_s) = (self.metrics)();
+        let req = HeartbeatRequest {
+            activity: self.control.activity(),
+            uptime_s,
+            agent_version: AGENT_VERSION.to_owned(),
+            phase: self.reporter.current_phase(),
+            metrics,
+        };
+        let resp = self.client.heartbeat(&req)?;
+        for &job in &resp.cancel_jobs {
+            if self.control.request_cancel(job) {
+                tracing::info!(job, "operator cancelled the running job");
+            } else {
+                tracing::debug!(job, "cancellation for a job not running here");
+            }
+        }
+        let skew = resp.server_time - outpost_wire::unix_now();
+        if skew.abs() > 300 {
+            tracing::warn!(skew_s = skew, "sensor clock differs from the portal's");
+        }
+        Ok(resp)
+    }
+
+    /// Beats now and then every `interval`, forever.
+    pub fn run(mut self, interval: Duration) {
+        let mut outage = OutageNotice::new("heartbeat");
+        loop {
+            match self.beat_once() {
+                Ok(_) => outage.ok(&self.reporter),
+                Err(e) => outage.failed(&self.reporter, &e),
+            }
+            std::thread::sleep(interval);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fake::{ok_json, FakeTransport};
+    use crate::report::capture;
+    use outpost_wire::log::{Phase, PhaseOutcome};
+    use outpost_wire::sensor::Activity;
+    use outpost_wire::{paths, Secret};
+
+    fn beat(t: &Arc<FakeTransport>, control: &Arc<JobControl>) -> Heartbeat {
+        let reporter = Arc::new(capture("b"));
+        reporter.phase(Phase::Provision, PhaseOutcome::Done, None);
+        Heartbeat {
+            client: PortalClient::new(t.clone(), Secret::new("osk_k")),
+            control: control.clone(),
+            reporter,
+            metrics: Box::new(|| {
+                (
+                    Metrics {
+                        mem_total_bytes: 1024,
+                        ..Default::default()
+                    },
+                    77,
+                )
+            }),
+        }
+    }
+
+    #[test]
+    fn reports_phase_activity_and_metrics() {
+        let t = Arc::new(FakeTransport::default());
+        t.default_for(
+            paths::HEARTBEAT,
+            ok_json(&HeartbeatResponse {
+                server_time: outpost_wire::unix_now(),
+                cancel_jobs: vec![],
+            }),
+        );
+        let control = Arc::new(JobControl::default());
+        beat(&t, &control).beat_once().unwrap();
+        let sent: HeartbeatRequest =
+            serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[0].body).unwrap();
+        assert_eq!(sent.activity, Activity::Idle);
+        assert_eq!(sent.phase, Some(Phase::Provision));
+        assert_eq!(sent.uptime_s, 77);
+        assert_eq!(sent.metrics.mem_total_bytes, 1024);
+        assert_eq!(sent.agent_version, AGENT_VERSION);
+        assert_eq!(
+            t.seen_on(paths::HEARTBEAT)[0].bearer.as_deref(),
+            Some("osk_k")
+        );
+    }
+
+    #[test]
+    fn cancel_jobs_reach_only_the_running_job() {
+        let t = Arc::new(FakeTransport::default());
+        t.default_for(
+            paths::HEARTBEAT,
+            ok_json(&HeartbeatResponse {
+                server_time: outpost_wire::unix_now(),
+                cancel_jobs: vec![9],
+            }),
+        );
+        let control = Arc::new(JobControl::default());
+        // A cancellation for a job this sensor does not run changes nothing.
+        control.begin(8);
+        beat(&t, &control).beat_once().unwrap();
+        assert!(!control.cancel_requested());
+        // For the running job it raises the flag the job runner watches.
+        control.begin(9);
+        beat(&t, &control).beat_once().unwrap();
+        assert!(control.cancel_requested());
+        let sent: HeartbeatRequest =
+            serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[1].body).unwrap();
+        assert_eq!(sent.activity, Activity::Scanning);
+    }
+}

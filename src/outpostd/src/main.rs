@@ -1,0 +1,197 @@
+//! `outpostd`, the Outpost device daemon. See the crate's modules for each job; `run`
+//! wires them together: provision, identity, registration, then the heartbeat and log
+//! threads and the job claim loop (on the main thread).
+//!
+//! Console contract (stdout, the serial console on the device; tests match these):
+//! - `outpost: phase provision failed: REASON`: `outpost.toml` is missing or invalid
+//!   (REASON names the field); the daemon waits `--config-error-delay` and exits 2.
+//! - `outpost[NAME]: phase PHASE started|done|failed: REASON`: phase transitions.
+//! - `outpost[NAME]: registered as SENSOR_ID` (fresh enrollment) or
+//!   `outpost[NAME]: registered as SENSOR_ID (stored identity reused)` (restart).
+//! - `outpost[NAME]: job ID: ...`: claim, finish, cancel, failure, report upload.
+//!
+//! Diagnostics go to stderr through `tracing`, filtered by `OUTPOST_LOG`.
+
+mod api;
+mod backoff;
+mod cli;
+mod enroll;
+mod executor;
+mod fsutil;
+mod heartbeat;
+mod identity;
+mod jobs;
+mod logship;
+mod metrics;
+mod register;
+mod report;
+mod ring;
+mod spool;
+mod sysfacts;
+mod transport;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use outpost_wire::log::{Phase, PhaseOutcome};
+use outpost_wire::provision::Provision;
+
+use crate::api::PortalClient;
+use crate::cli::{Args, Command, ExecutorKind};
+use crate::executor::{DryRunExecutor, JobExecutor};
+use crate::report::{Console, Reporter};
+use crate::transport::{Transport, UreqTransport};
+
+/// An error already printed on the console in plain words; `main` only sets the code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Reported(String);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Reported>() => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("outpostd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = match cli::parse(std::env::args_os()).context("bad command line (try --help)")? {
+        Command::Run(a) => a,
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            return Ok(());
+        }
+        Command::Version => {
+            println!("outpostd {}", register::AGENT_VERSION);
+            return Ok(());
+        }
+    };
+    init_tracing();
+
+    // Validate the provisioning file before any network I/O.
+    let provision = Provision::load(&args.config)
+        .map_err(|e| provisioning_failed(&args, None, &e.to_string()))?;
+    let reporter = Arc::new(Reporter::new(&provision.name, Console::Stdout));
+    reporter.phase(Phase::Provision, PhaseOutcome::Started, None);
+
+    // The pinned CA is checked before anything is written to the data directory.
+    let transport: Arc<dyn Transport> = Arc::new(
+        UreqTransport::new(&provision.portal_url, &provision.ca_cert_pem)
+            .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?,
+    );
+    let data = identity::DataDir::open(&args.data_dir)
+        .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
+    let (key, created) = identity::load_or_create_key(&data)
+        .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
+    if created {
+        reporter.say(&format!(
+            "generated the device WireGuard key (public {})",
+            key.public_b64()
+        ));
+    }
+    let spool = spool::Spool::open(&data.spool_dir())
+        .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
+
+    let reg = enroll::ensure_registered(
+        &data,
+        &key,
+        &provision,
+        transport.as_ref(),
+        &reporter,
+        args.auth_retry_interval,
+    )
+    .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
+    reporter.phase(Phase::Provision, PhaseOutcome::Done, None);
+
+    let heartbeat_every = args
+        .heartbeat_interval
+        .unwrap_or(Duration::from_secs(reg.heartbeat_interval_s.into()))
+        .max(Duration::from_millis(100));
+    let claim_every = args
+        .claim_interval
+        .unwrap_or(Duration::from_secs(reg.claim_interval_s.into()))
+        .max(Duration::from_millis(100));
+    let client = PortalClient::new(transport, reg.api_key.clone());
+    let control = Arc::new(jobs::JobControl::default());
+
+    let executor: Arc<dyn JobExecutor> = match args.executor {
+        ExecutorKind::DryRun => {
+            reporter.say("executor: dry run (jobs are simulated; no probe is sent)");
+            Arc::new(DryRunExecutor::new(args.dry_run_duration))
+        }
+    };
+
+    {
+        let client = client.clone();
+        let reporter = reporter.clone();
+        std::thread::Builder::new()
+            .name("log".into())
+            .spawn(move || logship::run(client, &reporter))
+            .context("starting the log thread")?;
+    }
+    {
+        let mut collector = metrics::MetricsCollector::new(data.root());
+        let beat = heartbeat::Heartbeat {
+            client: client.clone(),
+            control: control.clone(),
+            reporter: reporter.clone(),
+            metrics: Box::new(move || (collector.collect(), metrics::uptime_s())),
+        };
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || beat.run(heartbeat_every))
+            .context("starting the heartbeat thread")?;
+    }
+
+    let mut worker = jobs::Worker {
+        client,
+        executor,
+        spool,
+        control,
+        reporter,
+        settings: jobs::JobSettings {
+            poll_interval: Duration::from_millis(500),
+            // Progress rides at heartbeat pace; cancellation also arrives with heartbeats.
+            status_interval: heartbeat_every,
+            slow_retry: args.auth_retry_interval,
+        },
+        sleep: Box::new(std::thread::sleep),
+    };
+    worker.claim_loop(claim_every);
+    Ok(())
+}
+
+/// Prints the one console line for a provisioning failure, waits so a respawning init
+/// does not spin on a broken file, and returns the already-reported error.
+fn provisioning_failed(args: &Args, reporter: Option<&Reporter>, reason: &str) -> anyhow::Error {
+    match reporter {
+        Some(r) => r.phase(Phase::Provision, PhaseOutcome::Failed, Some(reason)),
+        None => println!("outpost: phase provision failed: {reason}"),
+    }
+    std::thread::sleep(args.config_error_delay);
+    Reported(reason.to_owned()).into()
+}
+
+fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let spec = std::env::var("OUTPOST_LOG").unwrap_or_else(|_| "info".into());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("outpostd: OUTPOST_LOG={spec:?} is not a filter ({e}); using info");
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    });
+    let fmt = tracing_subscriber::fmt::layer()
+        .compact()
+        .with_writer(std::io::stderr);
+    // A second init (tests) fails harmlessly.
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
+}
