@@ -29,6 +29,7 @@ mod ring;
 mod spool;
 mod sysfacts;
 mod transport;
+mod wg;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -117,6 +118,33 @@ fn run() -> anyhow::Result<()> {
         .claim_interval
         .unwrap_or(Duration::from_secs(reg.claim_interval_s.into()))
         .max(Duration::from_millis(100));
+    // Every control request after registration travels inside the WireGuard tunnel when
+    // the portal runs a gateway; `_tunnel` keeps it alive for the daemon's lifetime.
+    let (transport, _tunnel) = match &reg.tunnel {
+        Some(t) => {
+            let mut collector = metrics::MetricsCollector::new(data.root());
+            let mut sample = move || collector.collect();
+            let tunnel = wg::bring_up(
+                &key,
+                t,
+                &provision.ca_cert_pem,
+                &reg.api_key,
+                &reporter,
+                &mut sample,
+            )
+            .map_err(|e| {
+                reporter.phase(Phase::WgUp, PhaseOutcome::Failed, Some(&e.to_string()));
+                Reported(e.to_string())
+            })?;
+            (tunnel.transport, Some(tunnel.device))
+        }
+        None => {
+            reporter.say(
+                "the portal runs no WireGuard gateway: control traffic goes over TLS directly",
+            );
+            (transport, None)
+        }
+    };
     let client = PortalClient::new(transport, reg.api_key.clone());
     let control = Arc::new(jobs::JobControl::default());
 

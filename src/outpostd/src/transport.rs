@@ -77,8 +77,16 @@ impl UreqTransport {
             // 4xx/5xx carry an ErrorBody the caller wants to read.
             .http_status_as_error(false)
             .max_redirects(0)
+            // Per-step limits: a portal that vanished mid-connection (a pooled connection
+            // into a dead tunnel) must not stall the job loop for long, while a large report
+            // on a slow branch uplink still gets time to go up.
             .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_send_request(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(20)))
+            .timeout_recv_body(Some(Duration::from_secs(30)))
+            .timeout_send_body(Some(Duration::from_secs(600)))
+            .timeout_global(Some(Duration::from_secs(900)))
+            .max_idle_age(Duration::from_secs(20))
             .user_agent(format!("outpostd/{}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(UreqTransport {

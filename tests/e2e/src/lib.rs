@@ -35,6 +35,13 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
 /// Lines a child prints, collected by a reader thread.
 #[derive(Clone, Default)]
 pub struct Lines(Arc<Mutex<Vec<String>>>);
@@ -128,6 +135,8 @@ impl Drop for Proc {
 pub struct Portal {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// UDP port of the WireGuard gateway: sensors talk to the API only through it.
+    pub wg_port: u16,
     pub proc: Option<Proc>,
     pub offline_after_s: u64,
 }
@@ -138,6 +147,7 @@ impl Portal {
         let mut p = Portal {
             dir,
             port: free_port(),
+            wg_port: free_udp_port(),
             proc: None,
             offline_after_s,
         };
@@ -155,7 +165,9 @@ impl Portal {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--offline-after")
             .arg(self.offline_after_s.to_string())
-            .args(["--heartbeat-interval", "1", "--claim-interval", "1"]);
+            .args(["--heartbeat-interval", "1", "--claim-interval", "1"])
+            .arg("--wg-listen")
+            .arg(format!("127.0.0.1:{}", self.wg_port));
         let proc = Proc::spawn(cmd, "portal");
         proc.out
             .wait_for("listening on https://", Duration::from_secs(30));
