@@ -1,5 +1,6 @@
 //! `outpostctl`: the operator's CLI for the portal (tokens, scans, sensors, reports).
 
+mod bundle;
 mod client;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ enum Cmd {
     Sensor(SensorCmd),
     /// Print the report of a finished job (the raw OSP XML, or the summary with --json).
     Report { job: i64 },
+    /// Update bundles: keygen, build, sign, verify (offline, no portal).
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
 }
 
 #[derive(Subcommand)]
@@ -170,8 +174,14 @@ fn alive_test(s: &str) -> Result<AliveTest> {
 
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
+    // Bundle commands work on files only, so they run before a portal is required.
+    let cmd = match cli.cmd {
+        Cmd::Bundle(cmd) => return bundle::run(cmd, json),
+        cmd => cmd,
+    };
     let c = client(cli.portal)?;
-    match cli.cmd {
+    match cmd {
+        Cmd::Bundle(_) => unreachable!("bundle commands returned above"),
         Cmd::Token(TokenCmd::Create { site, uses, ttl }) => {
             let t: TokenCreated = c.post(
                 paths::TOKENS,
