@@ -1,0 +1,254 @@
+//! The relay as QEMU and the gateway see it: Ethernet frames in UDP datagrams on one
+//! side, plain UDP to one loopback port on the other. Frames are built here as a guest
+//! NIC would send them.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_netrelay::{Relay, RelayConfig};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+};
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+const GUEST_IP: Ipv4Address = Ipv4Address::new(10, 0, 3, 2);
+const RELAY_IP: Ipv4Address = Ipv4Address::new(10, 0, 3, 1);
+
+fn arp_request() -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: RELAY_IP,
+    };
+    let mut buf = vec![0u8; 14 + arp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+fn arp_reply_to(relay_mac: EthernetAddress) -> Vec<u8> {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: relay_mac,
+        target_protocol_addr: RELAY_IP,
+    };
+    let mut buf = vec![0u8; 14 + arp.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: relay_mac,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut frame);
+    arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+fn udp_frame(dst_mac: EthernetAddress, dst: Ipv4Address, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let udp = UdpRepr {
+        src_port: 40000,
+        dst_port: dport,
+    };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + payload.len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 14 + ip.buffer_len() + udp.header_len() + payload.len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf);
+    EthernetRepr {
+        src_addr: GUEST_MAC,
+        dst_addr: dst_mac,
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut frame);
+    let mut ipp = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut ipp, &caps);
+    let mut up = UdpPacket::new_unchecked(ipp.payload_mut());
+    udp.emit(
+        &mut up,
+        &GUEST_IP.into(),
+        &dst.into(),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    buf
+}
+
+/// What the guest receives: ARP answers are handled, UDP payloads returned.
+enum Got {
+    ArpReply(EthernetAddress),
+    ArpRequest,
+    Udp(u16, Vec<u8>),
+}
+
+fn parse(frame: &[u8]) -> Option<Got> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    match eth.ethertype() {
+        EthernetProtocol::Arp => {
+            let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()?;
+            match arp {
+                ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Reply,
+                    source_hardware_addr,
+                    ..
+                } => Some(Got::ArpReply(source_hardware_addr)),
+                ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    ..
+                } => Some(Got::ArpRequest),
+                _ => None,
+            }
+        }
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+            Some(Got::Udp(udp.dst_port(), udp.payload().to_vec()))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn forwards_one_udp_port_both_ways_and_nothing_else() {
+    let qemu = UdpSocket::bind("127.0.0.1:0").unwrap();
+    qemu.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
+    gateway
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut relay = Relay::bind(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        qemu: qemu.local_addr().unwrap(),
+        address: RELAY_IP,
+        prefix: 24,
+        mac: EthernetAddress([0x02, 0, 10, 0, 3, 1]),
+        port: 51820,
+        target: gateway.local_addr().unwrap(),
+    })
+    .unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        relay.run(|| s2.load(Ordering::Relaxed)).unwrap();
+        relay.stats
+    });
+
+    let recv = |deadline: Duration| -> Vec<Got> {
+        let end = Instant::now() + deadline;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            if let Ok((n, _)) = qemu.recv_from(&mut buf) {
+                if let Some(g) = parse(&buf[..n]) {
+                    got.push(g);
+                }
+            }
+        }
+        got
+    };
+
+    // ARP: the relay answers for its address.
+    qemu.send_to(&arp_request(), relay_addr).unwrap();
+    let relay_mac = recv(Duration::from_millis(500))
+        .into_iter()
+        .find_map(|g| match g {
+            Got::ArpReply(mac) => Some(mac),
+            _ => None,
+        })
+        .expect("ARP reply from the relay");
+
+    // A datagram to the forwarded port reaches the gateway...
+    qemu.send_to(
+        &udp_frame(relay_mac, RELAY_IP, 51820, b"handshake"),
+        relay_addr,
+    )
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = gateway.recv_from(&mut buf).expect("payload at the gateway");
+    assert_eq!(&buf[..n], b"handshake");
+
+    // ...and the gateway's answer comes back to the guest's port as a frame.
+    gateway.send_to(b"response", from).unwrap();
+    let mut answer = None;
+    let end = Instant::now() + Duration::from_secs(3);
+    while answer.is_none() && Instant::now() < end {
+        for g in recv(Duration::from_millis(200)) {
+            match g {
+                Got::ArpRequest => {
+                    qemu.send_to(&arp_reply_to(relay_mac), relay_addr).unwrap();
+                }
+                Got::Udp(port, data) => answer = Some((port, data)),
+                Got::ArpReply(_) => {}
+            }
+        }
+    }
+    assert_eq!(answer, Some((40000, b"response".to_vec())));
+
+    // Other ports and other addresses lead nowhere.
+    qemu.send_to(&udp_frame(relay_mac, RELAY_IP, 53, b"dns?"), relay_addr)
+        .unwrap();
+    qemu.send_to(
+        &udp_frame(
+            relay_mac,
+            Ipv4Address::new(10, 0, 3, 9),
+            51820,
+            b"elsewhere",
+        ),
+        relay_addr,
+    )
+    .unwrap();
+    assert!(
+        gateway.recv_from(&mut buf).is_err(),
+        "nothing else reached the gateway"
+    );
+
+    // Frames from anyone but QEMU's socket are ignored.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger
+        .send_to(&udp_frame(relay_mac, RELAY_IP, 51820, b"spoof"), relay_addr)
+        .unwrap();
+    assert!(
+        gateway.recv_from(&mut buf).is_err(),
+        "a stranger's frame was not forwarded"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let stats = handle.join().unwrap();
+    assert_eq!(stats.to_target, 1);
+    assert_eq!(stats.from_target, 1);
+}
+
+#[test]
+fn refuses_a_target_off_loopback() {
+    let r = Relay::bind(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        qemu: "127.0.0.1:9".parse().unwrap(),
+        address: RELAY_IP,
+        prefix: 24,
+        mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        port: 51820,
+        target: "192.0.2.1:51820".parse().unwrap(),
+    });
+    assert!(r.is_err());
+}
