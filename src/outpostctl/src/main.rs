@@ -2,6 +2,7 @@
 
 mod bundle;
 mod client;
+mod image;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,19 @@ enum Cmd {
     /// Update bundles: keygen, build, sign, verify (offline, no portal).
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// SD-card images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Write an image to a card, read it back and verify; refuses mounted or system disks.
+    Flash { image: PathBuf, device: PathBuf },
+}
+
+/// The commands that talk to a portal.
+enum PortalCmd {
+    Token(TokenCmd),
+    Job(JobCmd),
+    Sensor(SensorCmd),
+    Report { job: i64 },
 }
 
 #[derive(Subcommand)]
@@ -175,14 +189,19 @@ fn alive_test(s: &str) -> Result<AliveTest> {
 fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     // Bundle commands work on files only, so they run before a portal is required.
+    // File and device commands need no portal.
     let cmd = match cli.cmd {
         Cmd::Bundle(cmd) => return bundle::run(cmd, json),
-        cmd => cmd,
+        Cmd::Image(image::ImageCmd::Provision(a)) => return image::provision(a),
+        Cmd::Flash { image, device } => return image::flash(image, device),
+        Cmd::Token(t) => PortalCmd::Token(t),
+        Cmd::Job(j) => PortalCmd::Job(j),
+        Cmd::Sensor(s) => PortalCmd::Sensor(s),
+        Cmd::Report { job } => PortalCmd::Report { job },
     };
     let c = client(cli.portal)?;
     match cmd {
-        Cmd::Bundle(_) => unreachable!("bundle commands returned above"),
-        Cmd::Token(TokenCmd::Create { site, uses, ttl }) => {
+        PortalCmd::Token(TokenCmd::Create { site, uses, ttl }) => {
             let t: TokenCreated = c.post(
                 paths::TOKENS,
                 &CreateToken {
@@ -197,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", t.token);
             }
         }
-        Cmd::Job(JobCmd::Scan {
+        PortalCmd::Job(JobCmd::Scan {
             site,
             targets,
             ports,
@@ -224,7 +243,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", job.id);
             }
         }
-        Cmd::Job(JobCmd::Show { id }) => {
+        PortalCmd::Job(JobCmd::Show { id }) => {
             let job: JobInfo = c.get(&paths::job(id))?;
             if json {
                 print_json(&job)?;
@@ -232,7 +251,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_jobs(&[job]);
             }
         }
-        Cmd::Job(JobCmd::List { limit }) => {
+        PortalCmd::Job(JobCmd::List { limit }) => {
             let jobs: Vec<JobInfo> = c.get(&format!("{}?limit={limit}", paths::JOBS))?;
             if json {
                 print_json(&jobs)?;
@@ -240,7 +259,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_jobs(&jobs);
             }
         }
-        Cmd::Job(JobCmd::Cancel { id }) => {
+        PortalCmd::Job(JobCmd::Cancel { id }) => {
             let job: JobInfo = c.post(&paths::cancel_job(id), &serde_json::json!({}))?;
             if json {
                 print_json(&job)?;
@@ -256,7 +275,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Sensor(SensorCmd::List) => {
+        PortalCmd::Sensor(SensorCmd::List) => {
             let sensors: Vec<SensorInfo> = c.get(paths::SENSORS)?;
             if json {
                 print_json(&sensors)?;
@@ -264,7 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_sensors(&sensors);
             }
         }
-        Cmd::Sensor(SensorCmd::Show { id }) => {
+        PortalCmd::Sensor(SensorCmd::Show { id }) => {
             let s: SensorInfo = c.get(&paths::sensor(&id))?;
             if json {
                 print_json(&s)?;
@@ -272,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_sensors(&[s]);
             }
         }
-        Cmd::Sensor(SensorCmd::Log { id, limit }) => {
+        PortalCmd::Sensor(SensorCmd::Log { id, limit }) => {
             let log: Vec<StoredLogEvent> =
                 c.get(&format!("{}?limit={limit}", paths::sensor_log(&id)))?;
             if json {
@@ -283,13 +302,13 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Sensor(SensorCmd::Delete { id }) => {
+        PortalCmd::Sensor(SensorCmd::Delete { id }) => {
             c.delete(&paths::sensor(&id))?;
             if !json {
                 println!("sensor {id} deleted");
             }
         }
-        Cmd::Report { job } => {
+        PortalCmd::Report { job } => {
             let r: ReportInfo = c.get(&paths::job_report(job))?;
             if json {
                 print_json(&r)?;
