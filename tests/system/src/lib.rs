@@ -1,0 +1,302 @@
+//! System-test harness: builds (or reuses) the real Outpost image and boots it
+//! in `qemu-system-aarch64` through `scripts/run-qemu`, with real U-Boot.
+//!
+//! A [`Qemu`] owns one running machine. The serial console (what a person on
+//! the UART sees) is captured to a file and read with [`Qemu::wait_for`]. Test
+//! images (`--variant test`) also carry a root shell on a second virtio console
+//! (`hvc0`), reached through a unix socket; [`Qemu::run`] drives it. Production
+//! images have no shell on any console.
+
+mod image;
+mod shell;
+
+pub use image::{build_image, repo_root, BuiltImage};
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+/// Errors of the harness; each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{step}: {source}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the image failed ({0})")]
+    Build(String),
+    #[error(
+        "timed out after {timeout:?} waiting for /{pattern}/ on the console; last lines:\n{tail}"
+    )]
+    Timeout {
+        pattern: String,
+        timeout: Duration,
+        tail: String,
+    },
+    #[error("timed out after {0:?} waiting for the test shell")]
+    ShellTimeout(Duration),
+    #[error("bad pattern: {0}")]
+    Pattern(#[from] regex::Error),
+    #[error("qemu exited early ({0})")]
+    Exited(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let step = step.into();
+    move |source| Error::Io { step, source }
+}
+
+/// Only one machine boots at a time: the build hosts have two cores and a
+/// software-emulated boot is CPU bound.
+static MACHINE_SLOT: Mutex<()> = Mutex::new(());
+
+/// How to start a machine.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The raw disk image (never written; QEMU runs on a qcow2 overlay).
+    pub image: PathBuf,
+    /// U-Boot binary for `-bios`.
+    pub uboot: PathBuf,
+    /// Grow the overlay disk to this many bytes before boot (`qemu-img resize`).
+    pub disk_size: Option<u64>,
+    /// Host TCP port the guest reaches as 10.0.2.100:443.
+    pub portal_port: Option<u16>,
+}
+
+impl QemuOptions {
+    pub fn new(built: &BuiltImage) -> Self {
+        QemuOptions {
+            image: built.image.clone(),
+            uboot: built.uboot.clone(),
+            disk_size: None,
+            portal_port: None,
+        }
+    }
+}
+
+/// Output of a command run in the guest's test shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    pub status: i32,
+    pub stdout: String,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// One running QEMU machine.
+pub struct Qemu {
+    child: Option<Child>,
+    dir: PathBuf,
+    serial: PathBuf,
+    /// Byte offset in the serial log up to which `wait_for` has consumed.
+    cursor: usize,
+    shell: shell::Shell,
+    _slot: MutexGuard<'static, ()>,
+}
+
+impl Qemu {
+    /// Boots the image. Returns once QEMU runs; use `wait_for` to follow the boot.
+    pub fn start(opts: &QemuOptions) -> Result<Qemu> {
+        let slot = MACHINE_SLOT.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = unique_dir()?;
+        let serial = dir.join("serial.log");
+        let overlay = dir.join("disk.qcow2");
+        let sock = dir.join("shell.sock");
+        run_checked(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&opts.image)
+                .arg(&overlay),
+            "qemu-img create",
+        )?;
+        if let Some(size) = opts.disk_size {
+            run_checked(
+                Command::new("qemu-img")
+                    .args(["resize", "-q", "-f", "qcow2"])
+                    .arg(&overlay)
+                    .arg(size.to_string()),
+                "qemu-img resize",
+            )?;
+        }
+        let mut cmd = Command::new(repo_root().join("scripts/run-qemu"));
+        cmd.arg(&opts.image)
+            .arg("--overlay")
+            .arg(&overlay)
+            .arg("--serial")
+            .arg(&serial)
+            .arg("--uboot")
+            .arg(&opts.uboot)
+            .arg("--test-shell")
+            .arg(&sock);
+        if let Some(port) = opts.portal_port {
+            cmd.arg("--portal-port").arg(port.to_string());
+        }
+        // run-qemu must not recreate the overlay we resized: it only creates
+        // one when --overlay names no existing file (see scripts/run-qemu).
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(
+                fs::File::create(dir.join("qemu.out")).map_err(io_err("qemu.out"))?,
+            ))
+            .stderr(Stdio::from(
+                fs::File::create(dir.join("qemu.err")).map_err(io_err("qemu.err"))?,
+            ));
+        // own process group, so kill() ends run-qemu and QEMU together
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(io_err("starting scripts/run-qemu"))?;
+        tracing::info!(dir = %dir.display(), "qemu started");
+        Ok(Qemu {
+            child: Some(child),
+            dir,
+            serial,
+            cursor: 0,
+            shell: shell::Shell::new(sock),
+            _slot: slot,
+        })
+    }
+
+    /// The console output captured so far.
+    pub fn console(&self) -> String {
+        fs::read(&self.serial)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a console line after the last match matches `pattern`;
+    /// returns that line. Consumes the console up to the end of that line.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let re = Regex::new(pattern)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = read_all(&self.serial);
+            let text = String::from_utf8_lossy(&bytes[self.cursor.min(bytes.len())..]).into_owned();
+            let mut offset = 0;
+            for line in text.split_inclusive('\n') {
+                // only complete lines: a half-written one may match later
+                if !line.ends_with('\n') {
+                    break;
+                }
+                offset += line.len();
+                let clean = line.trim_end_matches(['\r', '\n']);
+                if re.is_match(clean) {
+                    self.cursor += offset;
+                    return Ok(clean.to_owned());
+                }
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    pattern: pattern.to_owned(),
+                    timeout,
+                    tail: tail_lines(&String::from_utf8_lossy(&bytes), 25),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs a shell command line in the guest (test images only) and returns
+    /// its output and exit status.
+    pub fn run(&mut self, cmd: &str) -> Result<CmdOutput> {
+        self.run_timeout(cmd, Duration::from_secs(120))
+    }
+
+    pub fn run_timeout(&mut self, cmd: &str, timeout: Duration) -> Result<CmdOutput> {
+        self.check_alive()?;
+        self.shell.run(cmd, timeout)
+    }
+
+    /// Reboots the guest from its shell and waits for U-Boot to run boot.scr
+    /// again. The console cursor moves past the reboot.
+    pub fn reboot(&mut self, timeout: Duration) -> Result<()> {
+        self.shell.send_only("reboot")?;
+        self.shell.reset();
+        self.wait_for(r"outpost-boot: boot script started", timeout)?;
+        Ok(())
+    }
+
+    /// Stops QEMU (and run-qemu) at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // the whole process group: run-qemu and the QEMU it started
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{}", child.id()))
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Directory with the serial log, QEMU's output and the overlay disk.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default();
+                self.child = None;
+                return Err(Error::Exited(format!("{status}: {}", err.trim())));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var_os("OUTPOST_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_end(&mut v);
+    }
+    v
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn run_checked(cmd: &mut Command, step: &str) -> Result<()> {
+    let out = cmd.output().map_err(io_err(step))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            step: step.to_owned(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        })
+    }
+}
+
+fn unique_dir() -> Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = repo_root()
+        .join("build/system-tests")
+        .join(format!("vm-{}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    Ok(dir)
+}

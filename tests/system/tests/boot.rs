@@ -1,0 +1,183 @@
+//! Boots the real qemu-arm64 test image (U-Boot -> boot.scr -> kernel ->
+//! initramfs -> busybox init -> outpostd) and checks what a person would see.
+//! Needs root, qemu-system-aarch64 and the image pipeline's host tools (the
+//! build installs missing ones). First run builds the image (minutes).
+
+use std::time::Duration;
+
+use outpost_system_tests::{build_image, BuiltImage, Qemu, QemuOptions};
+
+const BOOT: Duration = Duration::from_secs(300);
+const STEP: Duration = Duration::from_secs(120);
+
+fn image() -> BuiltImage {
+    build_image("qemu-arm64", "test").unwrap()
+}
+
+/// Boots and waits for the system to be up (init ran rcS).
+fn boot(opts: &QemuOptions) -> Qemu {
+    let mut vm = Qemu::start(opts).unwrap();
+    vm.wait_for(r"^outpost-boot: booting slot A", BOOT).unwrap();
+    vm.wait_for(r"^outpost-init: system up as ", BOOT).unwrap();
+    vm
+}
+
+#[test]
+fn uboot_boots_slot_a_with_read_only_root_and_persistent_overlays() {
+    let built = image();
+    let mut vm = Qemu::start(&QemuOptions::new(&built)).unwrap();
+
+    // U-Boot found boot.scr on the FAT partition and the script chose A
+    vm.wait_for(r"outpost-boot: boot script started", BOOT)
+        .unwrap();
+    let chose = vm
+        .wait_for(r"^outpost-boot: booting slot [AB]", BOOT)
+        .unwrap();
+    assert!(chose.contains("booting slot A"), "{chose}");
+    // the kernel booted with A's root and the slot on its command line
+    let cmdline = vm.wait_for(r"Kernel command line:", BOOT).unwrap();
+    assert!(cmdline.contains("outpost.slot=A"), "{cmdline}");
+    assert!(cmdline.contains("-02 ro rootwait"), "{cmdline}");
+    vm.wait_for(r"^outpost-initramfs: switching to slot A root", BOOT)
+        .unwrap();
+    vm.wait_for(r"^outpost-init: system up as outpost-", BOOT)
+        .unwrap();
+
+    let cmdline = vm.run("cat /proc/cmdline").unwrap();
+    assert!(cmdline.stdout.contains("outpost.slot=A"), "{cmdline:?}");
+
+    // the root file system is the read-only squashfs of slot A
+    let touch = vm.run("touch /x").unwrap();
+    assert!(!touch.success(), "writing to / must fail: {touch:?}");
+    assert!(touch.stdout.contains("Read-only file system"), "{touch:?}");
+    let root = vm.run("grep ' / ' /proc/mounts").unwrap();
+    assert!(
+        root.stdout.contains("squashfs") && root.stdout.contains("ro,"),
+        "{root:?}"
+    );
+
+    // U-Boot wrote the decremented counter into the copy that did not win
+    let state = vm.run("tr '\\0' '\\n' < /boot/bootstate.1").unwrap();
+    assert!(state.stdout.contains("BOOT_A_LEFT=2"), "{state:?}");
+    assert!(state.stdout.contains("BOOT_SEQ=2"), "{state:?}");
+
+    // /etc and /var are writable overlays on /data
+    let w = vm
+        .run("echo etc-survives > /etc/outpost-test && echo var-survives > /var/outpost-test")
+        .unwrap();
+    assert!(w.success(), "{w:?}");
+    let mounts = vm
+        .run("grep -E ' /(etc|var|data|boot) ' /proc/mounts")
+        .unwrap();
+    for m in [
+        " /etc overlay ",
+        " /var overlay ",
+        " /data ext4 rw",
+        " /boot vfat rw",
+    ] {
+        assert!(mounts.stdout.contains(m), "missing {m:?} in {mounts:?}");
+    }
+    assert!(vm.run("sync").unwrap().success());
+
+    // ... and persist across a reboot (U-Boot runs again and counts another try)
+    vm.reboot(STEP).unwrap();
+    vm.wait_for(r"^outpost-boot: booting slot A", BOOT).unwrap();
+    vm.wait_for(r"^outpost-init: system up as ", BOOT).unwrap();
+    let etc = vm.run("cat /etc/outpost-test /var/outpost-test").unwrap();
+    assert_eq!(etc.stdout, "etc-survives\nvar-survives\n", "{etc:?}");
+    let state = vm.run("tr '\\0' '\\n' < /boot/bootstate.0").unwrap();
+    assert!(state.stdout.contains("BOOT_A_LEFT=1"), "{state:?}");
+    assert!(state.stdout.contains("BOOT_SEQ=3"), "{state:?}");
+}
+
+#[test]
+fn data_partition_grows_to_fill_an_enlarged_disk() {
+    let built = image();
+    let raw = std::fs::metadata(&built.image).unwrap().len();
+    let extra: u64 = 512 << 20;
+    let mut opts = QemuOptions::new(&built);
+    opts.disk_size = Some(raw + extra);
+    let mut vm = boot(&opts);
+
+    // the initramfs reported the growth on the console
+    let console = vm.console();
+    assert!(
+        console.contains("growing partition 4"),
+        "no growth message on the console"
+    );
+
+    // partition 4 now ends at the end of the disk
+    let sizes = vm
+        .run("echo $(cat /sys/block/vda/size) $(cat /sys/block/vda/vda4/start) $(cat /sys/block/vda/vda4/size)")
+        .unwrap();
+    let v: Vec<u64> = sizes
+        .stdout
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(v.len(), 3, "{sizes:?}");
+    assert_eq!(
+        v[1] + v[2],
+        v[0],
+        "vda4 must end at the disk's end: {sizes:?}"
+    );
+    // and the file system was grown with it: more than the extra 512 MiB
+    let df = vm.run("df -k /data | tail -n 1").unwrap();
+    let total_kib: u64 = df
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        total_kib > (extra >> 10),
+        "/data is only {total_kib} KiB: {df:?}"
+    );
+}
+
+#[test]
+fn outpostd_runs_on_the_console_and_is_respawned_after_kill() {
+    let built = image();
+    let mut vm = boot(&QemuOptions::new(&built));
+    vm.wait_for(r"^outpost: starting outpostd", BOOT).unwrap();
+
+    // no provisioning file in this image: the daemon names the phase and reason
+    vm.wait_for(r"provision", STEP).unwrap();
+
+    let first = wait_for_pid(&mut vm, None);
+    let kill = vm.run(&format!("kill -9 {first}")).unwrap();
+    assert!(kill.success(), "{kill:?}");
+    let second = wait_for_pid(&mut vm, Some(first));
+    assert_ne!(first, second);
+    // init started it again, visibly
+    vm.wait_for(r"^outpost: starting outpostd", STEP).unwrap();
+
+    // the command line is the contract's
+    let args = vm
+        .run(&format!("tr '\\0' ' ' < /proc/{second}/cmdline"))
+        .unwrap();
+    assert_eq!(
+        args.stdout.trim(),
+        "/usr/sbin/outpostd --config /boot/outpost.toml --data-dir /data/outpost"
+    );
+}
+
+/// Polls `pidof outpostd` until it names a process other than `not`.
+fn wait_for_pid(vm: &mut Qemu, not: Option<u32>) -> u32 {
+    for _ in 0..120 {
+        let out = vm.run("pidof outpostd").unwrap();
+        if let Some(pid) = out
+            .stdout
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            if Some(pid) != not {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("outpostd did not (re)appear; console:\n{}", vm.console());
+}
