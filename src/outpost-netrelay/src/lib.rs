@@ -13,7 +13,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant as SmolInstant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpEndpoint, Ipv4Address};
+use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
+pub use smoltcp::wire::{EthernetAddress, Ipv4Address};
 
 /// Most guest endpoints tracked at once; the guest has one WireGuard socket.
 const MAX_FLOWS: usize = 16;

@@ -43,6 +43,10 @@ pub struct ProvisionArgs {
     pub feed_min_notus: Option<u32>,
     #[arg(long)]
     pub feed_max_age_hours: Option<u32>,
+    /// A static address line for network.conf, "IFACE ADDRESS/PREFIX [GATEWAY]"
+    /// (repeatable); interfaces not named use DHCP.
+    #[arg(long = "static")]
+    pub static_lines: Vec<String>,
 }
 
 pub fn provision(a: ProvisionArgs) -> Result<()> {
@@ -65,8 +69,25 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
     // Refuse here what the sensor would refuse at boot, naming the field.
     Provision::parse(&text, |_| Err("not used".into()))
         .context("the provisioning file would be invalid")?;
+    let mut network = String::new();
+    for line in &a.static_lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let addr_ok = fields
+            .get(1)
+            .and_then(|a| outpost_wire::provision::parse_cidr(a))
+            .is_some();
+        if !(2..=3).contains(&fields.len()) || !addr_ok {
+            anyhow::bail!("--static {line:?}: expected \"IFACE ADDRESS/PREFIX [GATEWAY]\"");
+        }
+        network.push_str(&fields.join(" "));
+        network.push('\n');
+    }
     outpost_imagetool::provision(&a.image, &text)
         .with_context(|| format!("writing outpost.toml into {}", a.image.display()))?;
+    if !network.is_empty() {
+        outpost_imagetool::write_boot_file(&a.image, "network.conf", network.as_bytes())
+            .with_context(|| format!("writing network.conf into {}", a.image.display()))?;
+    }
     println!(
         "{}: outpost.toml written for sensor {} (site {})",
         a.image.display(),

@@ -139,10 +139,17 @@ pub struct Portal {
     pub wg_port: u16,
     pub proc: Option<Proc>,
     pub offline_after_s: u64,
+    /// Further `outpost-portal serve` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Portal {
     pub fn start(offline_after_s: u64) -> Portal {
+        Portal::start_with(offline_after_s, &[])
+    }
+
+    /// With extra `serve` arguments, e.g. `--wg-endpoint` for a guest behind a relay.
+    pub fn start_with(offline_after_s: u64, extra: &[&str]) -> Portal {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut p = Portal {
             dir,
@@ -150,6 +157,7 @@ impl Portal {
             wg_port: free_udp_port(),
             proc: None,
             offline_after_s,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         p.restart();
         p
@@ -167,7 +175,8 @@ impl Portal {
             .arg(self.offline_after_s.to_string())
             .args(["--heartbeat-interval", "1", "--claim-interval", "1"])
             .arg("--wg-listen")
-            .arg(format!("127.0.0.1:{}", self.wg_port));
+            .arg(format!("127.0.0.1:{}", self.wg_port))
+            .args(&self.extra);
         let proc = Proc::spawn(cmd, "portal");
         proc.out
             .wait_for("listening on https://", Duration::from_secs(30));

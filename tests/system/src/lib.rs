@@ -70,6 +70,9 @@ pub struct QemuOptions {
     pub disk_size: Option<u64>,
     /// Host TCP port the guest reaches as 10.0.2.100:443.
     pub portal_port: Option<u16>,
+    /// A second NIC whose frames travel in UDP datagrams: (QEMU's local port, the
+    /// relay's port); see `outpost-netrelay`.
+    pub udp_relay: Option<(u16, u16)>,
 }
 
 impl QemuOptions {
@@ -79,6 +82,7 @@ impl QemuOptions {
             uboot: built.uboot.clone(),
             disk_size: None,
             portal_port: None,
+            udp_relay: None,
         }
     }
 }
@@ -143,6 +147,9 @@ impl Qemu {
             .arg(&sock);
         if let Some(port) = opts.portal_port {
             cmd.arg("--portal-port").arg(port.to_string());
+        }
+        if let Some((local, remote)) = opts.udp_relay {
+            cmd.arg("--udp-relay").arg(format!("{local}:{remote}"));
         }
         // run-qemu must not recreate the overlay we resized: it only creates
         // one when --overlay names no existing file (see scripts/run-qemu).

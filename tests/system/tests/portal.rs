@@ -1,0 +1,187 @@
+//! The appliance against a portal on the host: the real qemu-arm64 image, provisioned by
+//! token with `outpost.toml` on its boot partition, registers over HTTPS (QEMU guestfwd),
+//! brings up its WireGuard tunnel to the portal's gateway (UDP through a second NIC and
+//! `outpost-netrelay`, which forwards only that one port) and heartbeats. Nothing leaves
+//! this machine: QEMU's user network runs with restrict=on.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_e2e_tests::{eventually, Portal};
+use outpost_netrelay::{Relay, RelayConfig};
+use outpost_system_tests::{build_image, Qemu, QemuOptions};
+use outpost_wire::provision::{FeedThresholds, Provision};
+use outpost_wire::Secret;
+
+const BOOT: Duration = Duration::from_secs(300);
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The relay that gives the guest's eth1 (10.0.3.2) a way to 10.0.3.1:51820 only.
+struct RelayThread {
+    stop: Arc<AtomicBool>,
+    qemu_port: u16,
+    relay_port: u16,
+}
+
+impl RelayThread {
+    fn start(gateway_port: u16) -> RelayThread {
+        let (qemu_port, relay_port) = (free_udp(), free_udp());
+        let mut relay = Relay::bind(RelayConfig {
+            listen: format!("127.0.0.1:{relay_port}").parse().unwrap(),
+            qemu: format!("127.0.0.1:{qemu_port}").parse().unwrap(),
+            address: "10.0.3.1".parse().unwrap(),
+            prefix: 24,
+            mac: smoltcp_mac(),
+            port: 51820,
+            target: format!("127.0.0.1:{gateway_port}").parse().unwrap(),
+        })
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || relay.run(|| s.load(Ordering::Relaxed)));
+        RelayThread { stop, qemu_port, relay_port }
+    }
+}
+
+fn smoltcp_mac() -> outpost_netrelay::EthernetAddress {
+    outpost_netrelay::EthernetAddress([0x02, 0x00, 0x0a, 0x00, 0x03, 0x01])
+}
+
+impl Drop for RelayThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A private, provisioned copy of the built image (sparse copy: fast).
+fn provisioned_copy(src: &Path, dir: &Path, portal: &Portal, token: &str) -> PathBuf {
+    let img = dir.join("sensor.img");
+    let ok = Command::new("cp").arg("--sparse=always").arg(src).arg(&img).status().unwrap();
+    assert!(ok.success());
+    let p = Provision {
+        portal_url: "https://10.0.2.100:443".into(),
+        ca_cert_pem: portal.ca_pem(),
+        name: "qemu-sensor".into(),
+        site: "berlin".into(),
+        token: Secret::new(token),
+        scope: vec!["10.9.0.0/24".into()],
+        feed: FeedThresholds::default(),
+    };
+    outpost_imagetool::provision(&img, &p.render()).unwrap();
+    outpost_imagetool::write_boot_file(&img, "network.conf", b"eth1 10.0.3.2/24\n").unwrap();
+    img
+}
+
+#[test]
+fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
+    let built = build_image("qemu-arm64", "test").unwrap();
+    let portal = Portal::start_with(120, &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"]);
+    let relay = RelayThread::start(portal.wg_port);
+    let token = portal.token("berlin", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let img = provisioned_copy(&built.image, dir.path(), &portal, &token);
+
+    let mut opts = QemuOptions::new(&built);
+    opts.image = img;
+    opts.portal_port = Some(portal.port);
+    opts.udp_relay = Some((relay.qemu_port, relay.relay_port));
+    let mut vm = Qemu::start(&opts).unwrap();
+
+    // What a person sees on the serial console.
+    let reg = vm.wait_for(r"outpost\[qemu-sensor\]: registered as sn_", BOOT).unwrap();
+    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT).unwrap();
+    let id = reg
+        .split("registered as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+
+    // What the operator sees at the portal.
+    let s = eventually("the sensor online at the portal", BOOT, || {
+        let s = portal.ctl_json(&["sensor", "show", &id]);
+        (s["status"] == "online").then_some(s)
+    });
+    assert_eq!(s["name"], "qemu-sensor");
+    assert_eq!(s["site"], "berlin");
+    assert!(s["metrics"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+    let log = portal.ctl_json(&["sensor", "log", &id]);
+    let wg_done = log.as_array().unwrap().iter().any(|e| e["phase"] == "wg_up" && e["outcome"] == "done");
+    assert!(wg_done, "wg_up done reached the portal: {log}");
+    let first = s["last_heartbeat"].as_i64().unwrap();
+    eventually("a later heartbeat", Duration::from_secs(120), || {
+        let s = portal.ctl_json(&["sensor", "show", &id]);
+        (s["last_heartbeat"].as_i64().unwrap_or(0) > first).then_some(())
+    });
+
+    // A reboot keeps the identity: no second registration (the token had one use).
+    vm.reboot(BOOT).unwrap();
+    vm.wait_for(r"registered as sn_\S+ \(stored identity reused\)", BOOT).unwrap();
+    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT).unwrap();
+    let sensors = portal.ctl_json(&["sensor", "list"]);
+    assert_eq!(sensors.as_array().unwrap().len(), 1, "{sensors}");
+    vm.kill();
+}
+
+#[test]
+fn a_wrong_token_is_named_on_the_console_and_changes_nothing_at_the_portal() {
+    let built = build_image("qemu-arm64", "test").unwrap();
+    let portal = Portal::start_with(120, &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"]);
+    let before = portal.dump();
+    let dir = tempfile::tempdir().unwrap();
+    let img = provisioned_copy(&built.image, dir.path(), &portal, "otk_this_token_was_never_issued");
+    let mut opts = QemuOptions::new(&built);
+    opts.image = img;
+    opts.portal_port = Some(portal.port);
+    let mut vm = Qemu::start(&opts).unwrap();
+    vm.wait_for(
+        r"phase provision failed: the portal refused the enrollment token: the enrollment token is not known to this portal",
+        BOOT,
+    )
+    .unwrap();
+    vm.kill();
+    assert_eq!(before, portal.dump(), "the refused enrollment left the portal's database untouched");
+}
+
+#[test]
+fn an_unreachable_portal_is_named_and_retried() {
+    let built = build_image("qemu-arm64", "test").unwrap();
+    let portal = Portal::start_with(120, &["--san", "10.0.2.100"]);
+    let token = portal.token("berlin", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let img = provisioned_copy(&built.image, dir.path(), &portal, &token);
+    let mut opts = QemuOptions::new(&built);
+    opts.image = img;
+    // No forward to the portal: 10.0.2.100:443 leads nowhere.
+    opts.portal_port = None;
+    let mut vm = Qemu::start(&opts).unwrap();
+    let line = vm.wait_for(r"outpost\[qemu-sensor\]: .*(cannot reach|retrying)", BOOT).unwrap();
+    assert!(line.contains("portal"), "{line}");
+    vm.kill();
+}
+
+#[test]
+fn a_missing_or_malformed_provisioning_file_is_named_on_the_console() {
+    let built = build_image("qemu-arm64", "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("sensor.img");
+    assert!(Command::new("cp").arg("--sparse=always").arg(&built.image).arg(&img).status().unwrap().success());
+    // No outpost.toml at all (the built image carries none).
+    let mut opts = QemuOptions::new(&built);
+    opts.image = img.clone();
+    let mut vm = Qemu::start(&opts).unwrap();
+    vm.wait_for(r"phase provision failed: .*outpost\.toml.*(No such file|cannot read)", BOOT).unwrap();
+    vm.kill();
+    // Malformed TOML.
+    outpost_imagetool::write_boot_file(&img, "outpost.toml", b"[portal\nurl = ").unwrap();
+    let mut vm = Qemu::start(&opts).unwrap();
+    vm.wait_for(r"phase provision failed: outpost\.toml is not valid TOML", BOOT).unwrap();
+    vm.kill();
+}
