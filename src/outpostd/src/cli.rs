@@ -1,5 +1,5 @@
 //! Command line. The image starts `outpostd --config /boot/outpost.toml --data-dir
-//! /data/outpost`; the other flags tune timing for tests.
+//! /data/outpost --executor openvas`; the other flags tune paths and timing.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,8 +12,21 @@ usage: outpostd --config PATH --data-dir DIR [options]
   --data-dir DIR              identity, keys and report spool
   --heartbeat-interval DUR    override the portal's heartbeat interval
   --claim-interval DUR        override the portal's job claim interval
-  --executor dry-run          how jobs run (dry-run: simulated, no probe is sent)
+  --executor KIND             how jobs run: dry-run (simulated, no probe is sent; the
+                              default) or openvas (boot and supervise the OpenVAS stack
+                              and scan through ospd-openvas)
   --dry-run-duration DUR      how long a dry-run job takes (default 10s)
+  --feed-dir DIR              openvas: the feed (plugins/, notus/products/,
+                              notus/advisories/) checked and loaded (default /data/feeds)
+  --ospd-socket PATH          openvas: ospd-openvas' OSP socket
+                              (default /run/ospd/ospd-openvas.sock)
+  --scanner-log-dir DIR       openvas: one log file per scanner component
+                              (default: their output goes to stderr)
+  --redis-dir DIR             openvas: redis' VT cache (default /data/redis)
+  --unsigned-feed             openvas: do not check the feed's signed sha256sums
+                              (for the unsigned demo feed)
+  --ospd-gone-grace DUR       openvas: how long ospd-openvas may be unreachable during a
+                              scan before the job fails (default 2m)
   --config-error-delay DUR    wait before exiting on a bad outpost.toml (default 10s)
   --auth-retry-interval DUR   retry delay when the portal refuses the token (default 60s)
   -h, --help                  this text
@@ -25,6 +38,32 @@ Logs go to stderr; set OUTPOST_LOG (e.g. `debug` or `outpostd=debug,ureq=warn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutorKind {
     DryRun,
+    Openvas,
+}
+
+/// Paths and tuning of the openvas executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScannerArgs {
+    pub feed_dir: PathBuf,
+    pub ospd_socket: PathBuf,
+    pub log_dir: Option<PathBuf>,
+    pub redis_dir: PathBuf,
+    pub unsigned_feed: bool,
+    pub ospd_gone_grace: Duration,
+}
+
+impl Default for ScannerArgs {
+    fn default() -> Self {
+        let device = outpost_scanner::StackConfig::device();
+        ScannerArgs {
+            feed_dir: "/data/feeds".into(),
+            ospd_socket: device.ospd_socket,
+            log_dir: device.log_dir,
+            redis_dir: device.redis_data_dir,
+            unsigned_feed: !device.verify_feed_signatures,
+            ospd_gone_grace: crate::executor::DEFAULT_GONE_GRACE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +76,11 @@ pub struct Args {
     pub dry_run_duration: Duration,
     pub config_error_delay: Duration,
     pub auth_retry_interval: Duration,
+    pub scanner: ScannerArgs,
 }
 
+// Parsed once per process; boxing `Args` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Command {
     Run(Args),
@@ -54,7 +96,7 @@ pub enum CliError {
     Missing(&'static str),
     #[error("{flag}: {value:?} is not a duration such as 30s or 500ms")]
     BadDuration { flag: &'static str, value: String },
-    #[error("--executor: unknown executor {0:?} (available: dry-run)")]
+    #[error("--executor: unknown executor {0:?} (available: dry-run, openvas)")]
     BadExecutor(String),
 }
 
@@ -69,6 +111,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     let mut dry_run_duration = Duration::from_secs(10);
     let mut config_error_delay = Duration::from_secs(10);
     let mut auth_retry_interval = Duration::from_secs(60);
+    let mut scanner = ScannerArgs::default();
 
     while let Some(arg) = p.next()? {
         match arg {
@@ -89,8 +132,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                 let v = p.value()?.string()?;
                 executor = match v.as_str() {
                     "dry-run" => ExecutorKind::DryRun,
+                    "openvas" => ExecutorKind::Openvas,
                     _ => return Err(CliError::BadExecutor(v)),
                 };
+            }
+            Long("feed-dir") => scanner.feed_dir = PathBuf::from(p.value()?),
+            Long("ospd-socket") => scanner.ospd_socket = PathBuf::from(p.value()?),
+            Long("scanner-log-dir") => scanner.log_dir = Some(PathBuf::from(p.value()?)),
+            Long("redis-dir") => scanner.redis_dir = PathBuf::from(p.value()?),
+            Long("unsigned-feed") => scanner.unsigned_feed = true,
+            Long("ospd-gone-grace") => {
+                scanner.ospd_gone_grace = duration(&mut p, "--ospd-gone-grace")?
             }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
@@ -106,6 +158,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
         dry_run_duration,
         config_error_delay,
         auth_retry_interval,
+        scanner,
     }))
 }
 
@@ -199,10 +252,48 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().starts_with("--claim-interval:"), "{e}");
-        let e = run(&["--config", "c", "--data-dir", "d", "--executor", "openvas"]).unwrap_err();
-        assert!(e.to_string().contains("openvas"), "{e}");
+        let e = run(&["--config", "c", "--data-dir", "d", "--executor", "nmap"]).unwrap_err();
+        assert!(e.to_string().contains("dry-run, openvas"), "{e}");
         assert!(run(&["--bogus"]).is_err());
         assert_eq!(run(&["--help"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn openvas_mode_and_its_paths() {
+        let Command::Run(a) =
+            run(&["--config", "c", "--data-dir", "d", "--executor", "openvas"]).unwrap()
+        else {
+            panic!("not a run")
+        };
+        assert_eq!(a.executor, ExecutorKind::Openvas);
+        assert_eq!(a.scanner.feed_dir, PathBuf::from("/data/feeds"));
+        assert_eq!(
+            a.scanner.ospd_socket,
+            PathBuf::from("/run/ospd/ospd-openvas.sock")
+        );
+        assert!(!a.scanner.unsigned_feed);
+        assert_eq!(a.scanner.ospd_gone_grace, Duration::from_secs(120));
+
+        let Command::Run(a) = run(&[
+            "--config=c",
+            "--data-dir=d",
+            "--executor=openvas",
+            "--feed-dir=/srv/feed",
+            "--ospd-socket=/tmp/o.sock",
+            "--scanner-log-dir=/var/log/outpost",
+            "--redis-dir=/tmp/redis",
+            "--unsigned-feed",
+            "--ospd-gone-grace=30s",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.scanner.feed_dir, PathBuf::from("/srv/feed"));
+        assert_eq!(a.scanner.ospd_socket, PathBuf::from("/tmp/o.sock"));
+        assert_eq!(a.scanner.log_dir, Some(PathBuf::from("/var/log/outpost")));
+        assert_eq!(a.scanner.redis_dir, PathBuf::from("/tmp/redis"));
+        assert!(a.scanner.unsigned_feed);
+        assert_eq!(a.scanner.ospd_gone_grace, Duration::from_secs(30));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::api::{ApiError, PortalClient};
 use crate::backoff::Backoff;
 use crate::executor::{JobExecutor, JobReport, Progress, RunningJob};
 use crate::report::{lock, OutageNotice, Reporter};
+use crate::scanner::ScanGate;
 use crate::spool::{self, Spool};
 
 /// The job in hand, shared between the claim loop and the heartbeat thread.
@@ -114,6 +115,8 @@ pub struct Worker {
     pub control: Arc<JobControl>,
     pub reporter: Arc<Reporter>,
     pub settings: JobSettings,
+    /// Closed while the scanner is not ready: no scan job is claimed meanwhile.
+    pub gate: Arc<ScanGate>,
     /// Injected so tests do not wait.
     pub sleep: Box<dyn FnMut(Duration) + Send>,
 }
@@ -138,7 +141,22 @@ impl Worker {
         self.flush_spool();
         let mut backoff = Backoff::portal();
         let mut outage = OutageNotice::new("job claim");
+        let mut paused = false;
         loop {
+            // Claim only what can run now; a claimed job would sit idle on its lease.
+            if !self.gate.is_ready() {
+                if !paused {
+                    paused = true;
+                    self.reporter
+                        .say("job claims paused until the scanner is ready");
+                }
+                self.gate.wait_ready(interval);
+                continue;
+            }
+            if paused {
+                paused = false;
+                self.reporter.say("scanner ready: claiming jobs");
+            }
             match self.claim_once() {
                 // Right after a job, look for the next one without waiting.
                 Ok(true) => {
@@ -454,6 +472,7 @@ mod tests {
                 status_interval: Duration::ZERO,
                 slow_retry: Duration::from_secs(60),
             },
+            gate: Arc::new(ScanGate::open()),
             sleep: Box::new(move |d| s2.lock().unwrap().push(d)),
         };
         Setup {
@@ -689,6 +708,44 @@ mod tests {
         assert!(uploads(&s.t, 12).is_empty());
         assert!(s.worker.spool.pending().unwrap().is_empty());
         assert_eq!(s.worker.control.activity(), Activity::Idle);
+    }
+
+    #[test]
+    fn a_scan_past_its_deadline_is_stopped_in_ospd() {
+        use crate::executor::fake_ospd::{FakeOspd, DELETED, STARTED, STOPPED, STOP_OK};
+        let mut fake = FakeOspd::start(vec![STARTED, STOP_OK, STOPPED, DELETED]);
+        let mut s = setup(Duration::ZERO);
+        s.worker.executor = Arc::new(crate::executor::OpenvasExecutor::new(
+            outpost_osp::OspClient::new(&fake.path),
+            crate::scope::Scope::new(&["10.9.0.0/24".to_owned()]).unwrap(),
+            crate::executor::DEFAULT_GONE_GRACE,
+        ));
+        let mut j = job(14);
+        let JobSpec::Scan(spec) = &mut j.spec;
+        spec.deadline_s = 0;
+        spec.families = vec!["General".into()];
+        s.t.default_for(
+            &paths::job_status(14),
+            ok_json(&JobStatusResponse {
+                cancel_requested: false,
+            }),
+        );
+        s.t.push(&paths::report(14), Ok(ack()));
+        s.worker.run_job(j);
+        let cmds = fake.commands();
+        assert!(cmds[0].starts_with("<start_scan "), "{cmds:?}");
+        assert!(cmds[1].starts_with("<stop_scan "), "{cmds:?}");
+        assert!(cmds[3].starts_with("<delete_scan "), "{cmds:?}");
+        match statuses(&s.t, 14).last() {
+            Some(JobStatusUpdate::Failed { reason }) => {
+                assert!(reason.contains("deadline"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let up = uploads(&s.t, 14);
+        assert_eq!(up[0].outcome, ReportOutcome::Failed);
+        assert!(up[0].partial);
+        assert!(up[0].content.contains(r#"status="stopped""#));
     }
 
     #[test]

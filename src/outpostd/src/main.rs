@@ -9,6 +9,11 @@
 //! - `outpost[NAME]: registered as SENSOR_ID` (fresh enrollment) or
 //!   `outpost[NAME]: registered as SENSOR_ID (stored identity reused)` (restart).
 //! - `outpost[NAME]: job ID: ...`: claim, finish, cancel, failure, report upload.
+//! - With `--executor openvas`, after `wg_up`: `phase feed_sync skipped|failed`,
+//!   `phase feed_ready done|failed`, `phase scanner_boot started|done|failed`,
+//!   `phase ready done: ospd-openvas loaded N VTs in S s`, each with its reason, plus
+//!   `scanner: ...` lines for the stack's processes. Jobs are claimed only once `ready`
+//!   is reached, and again only after a restarted stack has reloaded its VTs.
 //!
 //! Diagnostics go to stderr through `tracing`, filtered by `OUTPOST_LOG`.
 
@@ -26,6 +31,8 @@ mod metrics;
 mod register;
 mod report;
 mod ring;
+mod scanner;
+mod scope;
 mod spool;
 mod sysfacts;
 mod transport;
@@ -41,7 +48,7 @@ use outpost_wire::provision::Provision;
 
 use crate::api::PortalClient;
 use crate::cli::{Args, Command, ExecutorKind};
-use crate::executor::{DryRunExecutor, JobExecutor};
+use crate::executor::{DryRunExecutor, JobExecutor, OpenvasExecutor};
 use crate::report::{Console, Reporter};
 use crate::transport::{Transport, UreqTransport};
 
@@ -148,10 +155,33 @@ fn run() -> anyhow::Result<()> {
     let client = PortalClient::new(transport, reg.api_key.clone());
     let control = Arc::new(jobs::JobControl::default());
 
+    let gate = Arc::new(match args.executor {
+        ExecutorKind::DryRun => scanner::ScanGate::open(),
+        ExecutorKind::Openvas => scanner::ScanGate::closed(),
+    });
     let executor: Arc<dyn JobExecutor> = match args.executor {
         ExecutorKind::DryRun => {
             reporter.say("executor: dry run (jobs are simulated; no probe is sent)");
             Arc::new(DryRunExecutor::new(args.dry_run_duration))
+        }
+        ExecutorKind::Openvas => {
+            let scope = scope::Scope::new(&provision.scope).context("scan scope")?;
+            if provision.scope.is_empty() {
+                reporter.message(
+                    outpost_wire::log::Level::Warn,
+                    "outpost.toml sets no [scope] allowed: every scan job will be refused",
+                );
+            } else {
+                reporter.say(&format!(
+                    "executor: openvas, scope {}",
+                    provision.scope.join(", ")
+                ));
+            }
+            Arc::new(OpenvasExecutor::new(
+                outpost_osp::OspClient::new(&args.scanner.ospd_socket),
+                scope,
+                args.scanner.ospd_gone_grace,
+            ))
         }
     };
 
@@ -177,6 +207,16 @@ fn run() -> anyhow::Result<()> {
             .context("starting the heartbeat thread")?;
     }
 
+    // After the heartbeat and log threads, so the portal sees the scanner boot live.
+    if args.executor == ExecutorKind::Openvas {
+        scanner::boot::spawn(
+            boot_config(&args.scanner, &provision),
+            reporter.clone(),
+            gate.clone(),
+        )
+        .context("starting the scanner boot thread")?;
+    }
+
     let mut worker = jobs::Worker {
         client,
         executor,
@@ -189,10 +229,29 @@ fn run() -> anyhow::Result<()> {
             status_interval: heartbeat_every,
             slow_retry: args.auth_retry_interval,
         },
+        gate,
         sleep: Box::new(std::thread::sleep),
     };
     worker.claim_loop(claim_every);
     Ok(())
+}
+
+/// The stack in the device layout, with the feed, socket and log paths from the flags.
+/// The stack loads the very files `feed_ready` judged (`--feed-dir`).
+fn boot_config(s: &cli::ScannerArgs, provision: &Provision) -> scanner::boot::BootConfig {
+    let feed = outpost_feed::FeedPaths::under(&s.feed_dir);
+    let mut stack = outpost_scanner::StackConfig::device();
+    stack.feed = feed.clone();
+    stack.ospd_socket = s.ospd_socket.clone();
+    stack.log_dir = s.log_dir.clone();
+    stack.redis_data_dir = s.redis_dir.clone();
+    stack.verify_feed_signatures = !s.unsigned_feed;
+    scanner::boot::BootConfig {
+        stack,
+        feed,
+        thresholds: provision.feed.clone(),
+        vts_wait: outpost_scanner::VtsWait::default(),
+    }
 }
 
 /// Prints the one console line for a provisioning failure, waits so a respawning init

@@ -1,11 +1,15 @@
 //! How a claimed job is carried out. The job runner drives a [`RunningJob`] by polling
 //! it, so an executor needs no threads of its own and cancellation is a plain call.
-//! Today there is one executor, [`DryRunExecutor`], that sends no packet; the OpenVAS
-//! executor (OSP to ospd-openvas) implements the same traits later.
+//! [`DryRunExecutor`] sends no packet; [`OpenvasExecutor`] runs the job as an OSP scan
+//! on the local ospd-openvas.
 
 mod dry_run;
+#[cfg(test)]
+pub mod fake_ospd;
+mod openvas;
 
 pub use dry_run::DryRunExecutor;
+pub use openvas::{OpenvasExecutor, DEFAULT_GONE_GRACE};
 
 use outpost_wire::sensor::{Job, ReportOutcome, ReportSummary};
 

@@ -1,0 +1,314 @@
+//! The I/O shell around [`super::phases::Machine`]: inspects the feed, starts the
+//! scanner stack's supervisor, waits for ospd-openvas' VTs, and turns supervisor
+//! events into facts. Runs on its own thread so heartbeats and the log keep flowing
+//! while the scanner boots; the supervisor lives as long as that thread (for ever).
+
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use outpost_feed::{inspect, FeedPaths, FeedThresholds};
+use outpost_osp::OspClient;
+use outpost_scanner::{
+    wait_for_vts, Event, Passwd, StackConfig, Supervisor, VtsProgress, VtsWait, OSPD_OPENVAS,
+};
+use outpost_wire::log::Level;
+
+use super::phases::{Action, Fact, Machine, Step};
+use super::ScanGate;
+use crate::report::{lock, Reporter};
+
+/// Least time between two "VTs loading" console lines.
+const VTS_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
+pub struct BootConfig {
+    pub stack: StackConfig,
+    /// The feed as checked by `feed_sync`/`feed_ready` (the same files the stack loads).
+    pub feed: FeedPaths,
+    pub thresholds: FeedThresholds,
+    pub vts_wait: VtsWait,
+}
+
+/// What the supervisor reports, as a fact for the phase machine (if it is one).
+pub fn fact_for(event: &Event) -> Option<Fact> {
+    match event {
+        Event::AllReady => Some(Fact::StackReady),
+        Event::Died { .. }
+        | Event::Restarting { .. }
+        | Event::Stopping { .. }
+        | Event::NotReady { .. }
+        | Event::SpawnFailed { .. } => Some(Fact::StackLost {
+            why: event.to_string(),
+        }),
+        Event::GaveUp { .. } => Some(Fact::StackGaveUp {
+            why: event.to_string(),
+        }),
+        Event::Started { .. }
+        | Event::Ready { .. }
+        | Event::ProbeFailed { .. }
+        | Event::Stopped { .. } => None,
+    }
+}
+
+/// The portal log level for a supervisor event.
+pub fn level_for(event: &Event) -> Level {
+    match event {
+        Event::Died { .. }
+        | Event::Restarting { .. }
+        | Event::GaveUp { .. }
+        | Event::NotReady { .. }
+        | Event::SpawnFailed { .. }
+        | Event::ProbeFailed { .. } => Level::Warn,
+        _ => Level::Info,
+    }
+}
+
+/// Starts the boot thread.
+pub fn spawn(
+    cfg: BootConfig,
+    reporter: Arc<Reporter>,
+    gate: Arc<ScanGate>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("scanner-boot".into())
+        .spawn(move || Shell::new(cfg, reporter, gate).run())
+}
+
+struct Shell {
+    cfg: BootConfig,
+    reporter: Arc<Reporter>,
+    gate: Arc<ScanGate>,
+    machine: Machine,
+    tx: Sender<Fact>,
+    rx: mpsc::Receiver<Fact>,
+    /// Kept here: dropping it would stop the stack.
+    supervisor: Option<Supervisor>,
+    /// When ospd-openvas last started, to time its VT load.
+    ospd_started: Arc<Mutex<Option<Instant>>>,
+    recheck_at: Option<Instant>,
+}
+
+impl Shell {
+    fn new(cfg: BootConfig, reporter: Arc<Reporter>, gate: Arc<ScanGate>) -> Shell {
+        let (tx, rx) = mpsc::channel();
+        let machine = Machine::new(cfg.thresholds.clone());
+        Shell {
+            cfg,
+            reporter,
+            gate,
+            machine,
+            tx,
+            rx,
+            supervisor: None,
+            ospd_started: Arc::new(Mutex::new(None)),
+            recheck_at: None,
+        }
+    }
+
+    fn run(mut self) {
+        let first = self.inspect_feed();
+        self.apply(first);
+        loop {
+            // Nothing to time: wake now and then anyway; a fact arrives on the channel.
+            let timeout = self
+                .recheck_at
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let fact = match self.rx.recv_timeout(timeout) {
+                Ok(fact) => fact,
+                Err(RecvTimeoutError::Timeout) => match self.recheck_at {
+                    Some(t) if t <= Instant::now() => {
+                        self.recheck_at = None;
+                        self.inspect_feed()
+                    }
+                    _ => continue,
+                },
+                // `self.tx` lives as long as this loop: cannot happen.
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            self.apply(fact);
+        }
+    }
+
+    fn inspect_feed(&self) -> Fact {
+        Fact::Feed(inspect(&self.cfg.feed, SystemTime::now()).map_err(|e| e.to_string()))
+    }
+
+    fn apply(&mut self, fact: Fact) {
+        tracing::debug!(?fact, "scanner boot fact");
+        let Step { reports, actions } = self.machine.on(fact);
+        for r in reports {
+            self.reporter.phase(r.phase, r.outcome, r.reason.as_deref());
+        }
+        self.gate.set(self.machine.scan_ready());
+        for a in actions {
+            match a {
+                Action::StartStack => self.start_stack(),
+                Action::WaitVts {
+                    generation,
+                    expected,
+                    delay,
+                } => self.wait_vts(generation, expected, delay),
+                Action::RecheckFeed { delay } => self.recheck_at = Some(Instant::now() + delay),
+            }
+        }
+    }
+
+    fn start_stack(&mut self) {
+        let stack = &self.cfg.stack;
+        let needs_accounts = stack.users.redis.is_some()
+            || stack.users.mosquitto.is_some()
+            || stack.users.gvm.is_some();
+        let started = (|| {
+            let passwd = if needs_accounts {
+                Some(Passwd::system()?)
+            } else {
+                None
+            };
+            stack.write_configs(passwd.as_ref())?;
+            let tx = self.tx.clone();
+            let reporter = self.reporter.clone();
+            let ospd_started = self.ospd_started.clone();
+            let on_event = move |e: &Event| {
+                if let Event::Started { component, .. } = e {
+                    if component == OSPD_OPENVAS {
+                        *lock(&ospd_started) = Some(Instant::now());
+                    }
+                }
+                reporter.message(level_for(e), &format!("scanner: {e}"));
+                if let Some(f) = fact_for(e) {
+                    // The boot thread owns the receiver for ever; a failed send is moot.
+                    let _ = tx.send(f);
+                }
+            };
+            Supervisor::start_with(stack.components(), passwd.as_ref(), on_event)
+        })();
+        match started {
+            Ok(s) => self.supervisor = Some(s),
+            Err(e) => {
+                let why = format!("the scanner stack could not be started: {e}");
+                let _ = self.tx.send(Fact::StackFailed { why });
+            }
+        }
+    }
+
+    fn wait_vts(&self, generation: u64, expected: u64, delay: Duration) {
+        let tx = self.tx.clone();
+        let client = OspClient::new(&self.cfg.stack.ospd_socket);
+        let wait = self.cfg.vts_wait.clone();
+        let reporter = self.reporter.clone();
+        let ospd_started = self.ospd_started.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vts-wait".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                reporter.say(&format!("waiting for ospd-openvas to load {expected} VTs"));
+                let mut last_line: Option<Instant> = None;
+                let mut last_count = None;
+                let result = wait_for_vts(&client, expected, &wait, |p| {
+                    let VtsProgress::Loaded(n) = p else { return };
+                    let due = last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY);
+                    if due && last_count != Some(*n) {
+                        last_line = Some(Instant::now());
+                        last_count = Some(*n);
+                        reporter.say(&format!("ospd-openvas has {n} of {expected} VTs loaded"));
+                    }
+                });
+                let took = lock(&ospd_started).map(|t| t.elapsed()).unwrap_or_default();
+                let fact = match result {
+                    Ok(count) => Fact::VtsLoaded {
+                        generation,
+                        count,
+                        took,
+                    },
+                    Err(e) => Fact::VtsFailed {
+                        generation,
+                        why: e.to_string(),
+                    },
+                };
+                let _ = tx.send(fact);
+            });
+        if let Err(e) = spawned {
+            let _ = self.tx.send(Fact::VtsFailed {
+                generation,
+                why: format!("cannot start the VT wait: {e}"),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_feed_dir_is_refused_and_nothing_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stack = StackConfig::device();
+        // Were anything started, it would fail loudly on these paths.
+        stack.config_dir = dir.path().join("run");
+        stack.ospd_socket = dir.path().join("ospd.sock");
+        let reporter = Arc::new(crate::report::capture("s"));
+        let gate = Arc::new(ScanGate::closed());
+        let cfg = BootConfig {
+            stack,
+            feed: FeedPaths::under(dir.path().join("feeds")),
+            thresholds: FeedThresholds::default(),
+            vts_wait: VtsWait::default(),
+        };
+        // The thread runs for the test binary's lifetime; it only rechecks the feed.
+        spawn(cfg, reporter.clone(), gate.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reporter.captured().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines = reporter.captured();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0]
+            .starts_with("outpost[s]: phase feed_sync failed: sync needed: no NASL scripts"));
+        assert!(lines[0].ends_with("network feed sync is not implemented yet"));
+        assert!(lines[1].starts_with("outpost[s]: phase feed_ready failed: no NASL scripts"));
+        assert!(lines[1].ends_with("checking again every 60 s"));
+        assert!(!gate.is_ready());
+        assert!(!dir.path().join("run").exists(), "no config was written");
+    }
+
+    #[test]
+    fn supervisor_events_map_to_facts_and_levels() {
+        let died = Event::Died {
+            component: OSPD_OPENVAS.into(),
+            status: "exit code 1".into(),
+        };
+        assert_eq!(
+            fact_for(&died),
+            Some(Fact::StackLost {
+                why: "ospd-openvas died: exit code 1".into()
+            })
+        );
+        assert_eq!(level_for(&died), Level::Warn);
+        assert_eq!(fact_for(&Event::AllReady), Some(Fact::StackReady));
+        assert_eq!(level_for(&Event::AllReady), Level::Info);
+        let gave_up = Event::GaveUp {
+            component: "redis".into(),
+            failures: 5,
+        };
+        assert!(matches!(fact_for(&gave_up), Some(Fact::StackGaveUp { .. })));
+        assert_eq!(level_for(&gave_up), Level::Warn);
+        let restarting = Event::Restarting {
+            component: "redis".into(),
+            delay: Duration::from_secs(2),
+            restarts: 1,
+        };
+        assert!(matches!(
+            fact_for(&restarting),
+            Some(Fact::StackLost { .. })
+        ));
+        assert_eq!(level_for(&restarting), Level::Warn);
+        let started = Event::Started {
+            component: "redis".into(),
+            pid: 9,
+        };
+        assert_eq!(fact_for(&started), None);
+        assert_eq!(level_for(&started), Level::Info);
+    }
+}
