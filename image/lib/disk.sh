@@ -29,6 +29,10 @@ data_partition() {
 	rm -rf "$tree" "$out"
 	mkdir -p "$tree"/overlay/{etc,var}/{upper,work} "$tree/outpost" "$tree/feeds"
 	chmod 0700 "$tree/outpost"
+	# The demo feed this project writes (image/feed-demo), so a fresh card can reach
+	# `ready`; production sensors sync the Greenbone community feed or a mirror instead.
+	cp -r "$ROOT/image/feed-demo/plugins" "$ROOT/image/feed-demo/notus" "$tree/feeds/"
+	chmod -R a+rX "$tree/feeds"
 	mke2fs -q -t ext4 -L outpost-data -d "$tree" -E root_owner=0:0 -U random \
 		-O ^metadata_csum_seed "$out" "${DATA_MIB}M" || die "mke2fs failed"
 }

@@ -23,6 +23,7 @@ mod cli;
 mod enroll;
 mod executor;
 mod fsutil;
+mod health;
 mod heartbeat;
 mod identity;
 mod jobs;
@@ -159,6 +160,12 @@ fn run() -> anyhow::Result<()> {
         ExecutorKind::DryRun => scanner::ScanGate::open(),
         ExecutorKind::Openvas => scanner::ScanGate::closed(),
     });
+    // Commit this boot (A/B) once healthy: at once in dry-run mode, at `ready` otherwise.
+    health::spawn_commit(
+        gate.clone(),
+        reporter.clone(),
+        std::path::Path::new("/boot"),
+    );
     let executor: Arc<dyn JobExecutor> = match args.executor {
         ExecutorKind::DryRun => {
             reporter.say("executor: dry run (jobs are simulated; no probe is sent)");

@@ -22,7 +22,10 @@ fn free_udp() -> u16 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let built = build_image("qemu-arm64", "production")?;
-    let portal = Portal::start_with(120, &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"]);
+    let portal = Portal::start_with(
+        120,
+        &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"],
+    );
     let (qemu_port, relay_port) = (free_udp(), free_udp());
     let mut relay = Relay::bind(RelayConfig {
         listen: format!("127.0.0.1:{relay_port}").parse()?,
@@ -39,7 +42,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = tempfile::tempdir()?;
     let img = dir.path().join("sensor.img");
-    if !Command::new("cp").arg("--sparse=always").arg(&built.image).arg(&img).status()?.success() {
+    if !Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&built.image)
+        .arg(&img)
+        .status()?
+        .success()
+    {
         return Err("copying the image failed".into());
     }
     let p = Provision {
@@ -60,7 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     opts.udp_relay = Some((qemu_port, relay_port));
     let t0 = Instant::now();
     let mut vm = Qemu::start(&opts)?;
-    vm.wait_for(r"outpost\[bench\]: phase wg_up done", Duration::from_secs(600))?;
+    vm.wait_for(
+        r"outpost\[bench\]: phase wg_up done",
+        Duration::from_secs(600),
+    )?;
     let wg = t0.elapsed().as_secs_f64();
     vm.kill();
     stop.store(true, Ordering::Relaxed);

@@ -20,7 +20,11 @@ use outpost_wire::Secret;
 const BOOT: Duration = Duration::from_secs(300);
 
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The relay that gives the guest's eth1 (10.0.3.2) a way to 10.0.3.1:51820 only.
@@ -46,7 +50,11 @@ impl RelayThread {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         std::thread::spawn(move || relay.run(|| s.load(Ordering::Relaxed)));
-        RelayThread { stop, qemu_port, relay_port }
+        RelayThread {
+            stop,
+            qemu_port,
+            relay_port,
+        }
     }
 }
 
@@ -63,7 +71,12 @@ impl Drop for RelayThread {
 /// A private, provisioned copy of the built image (sparse copy: fast).
 fn provisioned_copy(src: &Path, dir: &Path, portal: &Portal, token: &str) -> PathBuf {
     let img = dir.join("sensor.img");
-    let ok = Command::new("cp").arg("--sparse=always").arg(src).arg(&img).status().unwrap();
+    let ok = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(&img)
+        .status()
+        .unwrap();
     assert!(ok.success());
     let p = Provision {
         portal_url: "https://10.0.2.100:443".into(),
@@ -82,7 +95,10 @@ fn provisioned_copy(src: &Path, dir: &Path, portal: &Portal, token: &str) -> Pat
 #[test]
 fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
     let built = build_image("qemu-arm64", "test").unwrap();
-    let portal = Portal::start_with(120, &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"]);
+    let portal = Portal::start_with(
+        120,
+        &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"],
+    );
     let relay = RelayThread::start(portal.wg_port);
     let token = portal.token("berlin", 1);
     let dir = tempfile::tempdir().unwrap();
@@ -95,8 +111,11 @@ fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
     let mut vm = Qemu::start(&opts).unwrap();
 
     // What a person sees on the serial console.
-    let reg = vm.wait_for(r"outpost\[qemu-sensor\]: registered as sn_", BOOT).unwrap();
-    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT).unwrap();
+    let reg = vm
+        .wait_for(r"outpost\[qemu-sensor\]: registered as sn_", BOOT)
+        .unwrap();
+    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT)
+        .unwrap();
     let id = reg
         .split("registered as ")
         .nth(1)
@@ -111,9 +130,16 @@ fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
     });
     assert_eq!(s["name"], "qemu-sensor");
     assert_eq!(s["site"], "berlin");
-    assert!(s["metrics"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(
+        s["metrics"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
     let log = portal.ctl_json(&["sensor", "log", &id]);
-    let wg_done = log.as_array().unwrap().iter().any(|e| e["phase"] == "wg_up" && e["outcome"] == "done");
+    let wg_done = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["phase"] == "wg_up" && e["outcome"] == "done");
     assert!(wg_done, "wg_up done reached the portal: {log}");
     let first = s["last_heartbeat"].as_i64().unwrap();
     eventually("a later heartbeat", Duration::from_secs(120), || {
@@ -123,8 +149,10 @@ fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
 
     // A reboot keeps the identity: no second registration (the token had one use).
     vm.reboot(BOOT).unwrap();
-    vm.wait_for(r"registered as sn_\S+ \(stored identity reused\)", BOOT).unwrap();
-    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT).unwrap();
+    vm.wait_for(r"registered as sn_\S+ \(stored identity reused\)", BOOT)
+        .unwrap();
+    vm.wait_for(r"outpost\[qemu-sensor\]: phase wg_up done", BOOT)
+        .unwrap();
     let sensors = portal.ctl_json(&["sensor", "list"]);
     assert_eq!(sensors.as_array().unwrap().len(), 1, "{sensors}");
     vm.kill();
@@ -133,10 +161,18 @@ fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
 #[test]
 fn a_wrong_token_is_named_on_the_console_and_changes_nothing_at_the_portal() {
     let built = build_image("qemu-arm64", "test").unwrap();
-    let portal = Portal::start_with(120, &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"]);
+    let portal = Portal::start_with(
+        120,
+        &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"],
+    );
     let before = portal.dump();
     let dir = tempfile::tempdir().unwrap();
-    let img = provisioned_copy(&built.image, dir.path(), &portal, "otk_this_token_was_never_issued");
+    let img = provisioned_copy(
+        &built.image,
+        dir.path(),
+        &portal,
+        "otk_this_token_was_never_issued",
+    );
     let mut opts = QemuOptions::new(&built);
     opts.image = img;
     opts.portal_port = Some(portal.port);
@@ -147,7 +183,11 @@ fn a_wrong_token_is_named_on_the_console_and_changes_nothing_at_the_portal() {
     )
     .unwrap();
     vm.kill();
-    assert_eq!(before, portal.dump(), "the refused enrollment left the portal's database untouched");
+    assert_eq!(
+        before,
+        portal.dump(),
+        "the refused enrollment left the portal's database untouched"
+    );
 }
 
 #[test]
@@ -162,7 +202,9 @@ fn an_unreachable_portal_is_named_and_retried() {
     // No forward to the portal: 10.0.2.100:443 leads nowhere.
     opts.portal_port = None;
     let mut vm = Qemu::start(&opts).unwrap();
-    let line = vm.wait_for(r"outpost\[qemu-sensor\]: .*(cannot reach|retrying)", BOOT).unwrap();
+    let line = vm
+        .wait_for(r"outpost\[qemu-sensor\]: .*(cannot reach|retrying)", BOOT)
+        .unwrap();
     assert!(line.contains("portal"), "{line}");
     vm.kill();
 }
@@ -172,16 +214,30 @@ fn a_missing_or_malformed_provisioning_file_is_named_on_the_console() {
     let built = build_image("qemu-arm64", "test").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("sensor.img");
-    assert!(Command::new("cp").arg("--sparse=always").arg(&built.image).arg(&img).status().unwrap().success());
+    assert!(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&built.image)
+        .arg(&img)
+        .status()
+        .unwrap()
+        .success());
     // No outpost.toml at all (the built image carries none).
     let mut opts = QemuOptions::new(&built);
     opts.image = img.clone();
     let mut vm = Qemu::start(&opts).unwrap();
-    vm.wait_for(r"phase provision failed: .*outpost\.toml.*(No such file|cannot read)", BOOT).unwrap();
+    vm.wait_for(
+        r"phase provision failed: .*outpost\.toml.*(No such file|cannot read)",
+        BOOT,
+    )
+    .unwrap();
     vm.kill();
     // Malformed TOML.
     outpost_imagetool::write_boot_file(&img, "outpost.toml", b"[portal\nurl = ").unwrap();
     let mut vm = Qemu::start(&opts).unwrap();
-    vm.wait_for(r"phase provision failed: outpost\.toml is not valid TOML", BOOT).unwrap();
+    vm.wait_for(
+        r"phase provision failed: outpost\.toml is not valid TOML",
+        BOOT,
+    )
+    .unwrap();
     vm.kill();
 }
