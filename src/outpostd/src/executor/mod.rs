@@ -49,3 +49,19 @@ pub trait RunningJob: Send {
     /// The report, after `poll` said `Finished` or after `cancel`.
     fn report(self: Box<Self>) -> JobReport;
 }
+
+/// Escapes text for XML attributes and content (both executors write OSP-shaped reports).
+pub(crate) fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

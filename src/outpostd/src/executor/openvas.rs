@@ -18,7 +18,7 @@ use outpost_wire::sensor::{
     AliveTest, Credential, Job, JobSpec, ReportOutcome, ReportSummary, ScanSpec, SeverityCounts,
 };
 
-use super::{ExecError, JobExecutor, JobReport, Progress, RunningJob};
+use super::{xml_escape as esc, ExecError, JobExecutor, JobReport, Progress, RunningJob};
 use crate::scope::Scope;
 
 /// How long ospd-openvas may be unreachable during a scan before the job fails. The
@@ -425,22 +425,6 @@ fn osp_xml(
     }
     x.push_str("</results></scan></get_scans_response>");
     x
-}
-
-/// Escapes text for XML attributes and content.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
