@@ -108,7 +108,8 @@ pub struct Qemu {
     /// Byte offset in the serial log up to which `wait_for` has consumed.
     cursor: usize,
     shell: shell::Shell,
-    _slot: MutexGuard<'static, ()>,
+    /// Held while QEMU runs; released by `kill` so the next machine may start.
+    slot: Option<MutexGuard<'static, ()>>,
 }
 
 impl Qemu {
@@ -170,7 +171,7 @@ impl Qemu {
             serial,
             cursor: 0,
             shell: shell::Shell::new(sock),
-            _slot: slot,
+            slot: Some(slot),
         })
     }
 
@@ -245,6 +246,7 @@ impl Qemu {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.slot = None;
     }
 
     /// Directory with the serial log, QEMU's output and the overlay disk.
