@@ -151,12 +151,31 @@ rootfs_trim() {
 	find "$rootfs" -name __pycache__ -type d -prune -exec rm -rf {} +
 }
 
+# What ldconfig's trigger would have made: a SONAME link for every shared library that
+# ships only its full version (e.g. libpicohttpparser.so.1 -> .so.1.2, which mosquitto
+# needs). The host's readelf reads the arm64 headers.
+soname_links() {
+	local rootfs="$1" lib dir soname n=0
+	while IFS= read -r -d '' lib; do
+		soname=$(readelf -d "$lib" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+		[ -n "$soname" ] || continue
+		dir=$(dirname "$lib")
+		if [ ! -e "$dir/$soname" ] && [ "$(basename "$lib")" != "$soname" ]; then
+			ln -s "$(basename "$lib")" "$dir/$soname"
+			n=$((n + 1))
+		fi
+	done < <(find "$rootfs/usr/lib" "$rootfs/lib" -type f -name '*.so.*' -print0 2>/dev/null)
+	log "SONAME links made: $n"
+}
+
 rootfs_finalize() {
 	local rootfs="$1"
 	# ld.so cache by the target's ldconfig, when the image has one (libc-bin is
 	# not in the set: Debian's loader searches the multiarch dirs by default)
 	if [ -x "$rootfs/usr/sbin/ldconfig" ]; then
 		run_target "$rootfs" /usr/sbin/ldconfig || die "ldconfig failed"
+	else
+		soname_links "$rootfs"
 	fi
 	# Python byte code by the target's interpreter (the host python3 is another
 	# version). Under emulation this takes minutes, so the result is cached,
