@@ -11,6 +11,7 @@ mod image;
 mod shell;
 
 pub use image::{build_image, repo_root, BuiltImage};
+pub mod lab;
 
 use std::fs;
 use std::io::Read;

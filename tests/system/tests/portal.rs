@@ -4,105 +4,31 @@
 //! `outpost-netrelay`, which forwards only that one port) and heartbeats. Nothing leaves
 //! this machine: QEMU's user network runs with restrict=on.
 
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_e2e_tests::{eventually, Portal};
-use outpost_netrelay::{Relay, RelayConfig};
+use outpost_system_tests::lab::{provisioned_copy, RelayThread, PORTAL_ARGS};
 use outpost_system_tests::{build_image, Qemu, QemuOptions};
-use outpost_wire::provision::{FeedThresholds, Provision};
-use outpost_wire::Secret;
+use outpost_wire::provision::FeedThresholds;
 
 const BOOT: Duration = Duration::from_secs(300);
-
-fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The relay that gives the guest's eth1 (10.0.3.2) a way to 10.0.3.1:51820 only.
-struct RelayThread {
-    stop: Arc<AtomicBool>,
-    qemu_port: u16,
-    relay_port: u16,
-}
-
-impl RelayThread {
-    fn start(gateway_port: u16) -> RelayThread {
-        let (qemu_port, relay_port) = (free_udp(), free_udp());
-        let mut relay = Relay::bind(RelayConfig {
-            listen: format!("127.0.0.1:{relay_port}").parse().unwrap(),
-            qemu: format!("127.0.0.1:{qemu_port}").parse().unwrap(),
-            address: "10.0.3.1".parse().unwrap(),
-            prefix: 24,
-            mac: smoltcp_mac(),
-            port: 51820,
-            target: format!("127.0.0.1:{gateway_port}").parse().unwrap(),
-        })
-        .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || relay.run(|| s.load(Ordering::Relaxed)));
-        RelayThread {
-            stop,
-            qemu_port,
-            relay_port,
-        }
-    }
-}
-
-fn smoltcp_mac() -> outpost_netrelay::EthernetAddress {
-    outpost_netrelay::EthernetAddress([0x02, 0x00, 0x0a, 0x00, 0x03, 0x01])
-}
-
-impl Drop for RelayThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A private, provisioned copy of the built image (sparse copy: fast).
-fn provisioned_copy(src: &Path, dir: &Path, portal: &Portal, token: &str) -> PathBuf {
-    let img = dir.join("sensor.img");
-    let ok = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(src)
-        .arg(&img)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let p = Provision {
-        portal_url: "https://10.0.2.100:443".into(),
-        ca_cert_pem: portal.ca_pem(),
-        name: "qemu-sensor".into(),
-        site: "berlin".into(),
-        token: Secret::new(token),
-        scope: vec!["10.9.0.0/24".into()],
-        feed: FeedThresholds::default(),
-    };
-    outpost_imagetool::provision(&img, &p.render()).unwrap();
-    outpost_imagetool::write_boot_file(&img, "network.conf", b"eth1 10.0.3.2/24\n").unwrap();
-    img
-}
 
 #[test]
 fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
     let built = build_image("qemu-arm64", "test").unwrap();
-    let portal = Portal::start_with(
-        120,
-        &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"],
-    );
+    let portal = Portal::start_with(120, &PORTAL_ARGS);
     let relay = RelayThread::start(portal.wg_port);
     let token = portal.token("berlin", 1);
     let dir = tempfile::tempdir().unwrap();
-    let img = provisioned_copy(&built.image, dir.path(), &portal, &token);
+    let img = provisioned_copy(
+        &built.image,
+        dir.path(),
+        &portal,
+        "qemu-sensor",
+        &token,
+        FeedThresholds::default(),
+    );
 
     let mut opts = QemuOptions::new(&built);
     opts.image = img;
@@ -162,17 +88,16 @@ fn provisions_by_token_reaches_wg_up_heartbeats_and_keeps_its_identity() {
 #[test]
 fn a_wrong_token_is_named_on_the_console_and_changes_nothing_at_the_portal() {
     let built = build_image("qemu-arm64", "test").unwrap();
-    let portal = Portal::start_with(
-        120,
-        &["--san", "10.0.2.100", "--wg-endpoint", "10.0.3.1:51820"],
-    );
+    let portal = Portal::start_with(120, &PORTAL_ARGS);
     let before = portal.dump();
     let dir = tempfile::tempdir().unwrap();
     let img = provisioned_copy(
         &built.image,
         dir.path(),
         &portal,
+        "qemu-sensor",
         "otk_this_token_was_never_issued",
+        FeedThresholds::default(),
     );
     let mut opts = QemuOptions::new(&built);
     opts.image = img;
@@ -197,7 +122,14 @@ fn an_unreachable_portal_is_named_and_retried() {
     let portal = Portal::start_with(120, &["--san", "10.0.2.100"]);
     let token = portal.token("berlin", 1);
     let dir = tempfile::tempdir().unwrap();
-    let img = provisioned_copy(&built.image, dir.path(), &portal, &token);
+    let img = provisioned_copy(
+        &built.image,
+        dir.path(),
+        &portal,
+        "qemu-sensor",
+        &token,
+        FeedThresholds::default(),
+    );
     let mut opts = QemuOptions::new(&built);
     opts.image = img;
     // No forward to the portal: 10.0.2.100:443 leads nowhere.
