@@ -69,7 +69,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/admin/sensors/{id}",
             get(get_sensor).delete(delete_sensor),
         )
-        .route("/api/admin/sensors/{id}/log", get(sensor_log));
+        .route("/api/admin/sensors/{id}/log", get(sensor_log))
+        .route("/api/admin/sensors/{id}/rotate-key", post(request_rotation));
     Router::new()
         .merge(sensor)
         .merge(admin)
@@ -376,10 +377,11 @@ async fn heartbeat(
     let hb: HeartbeatRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
     check_field(&hb.agent_version, "agent_version", 256)?;
     let lease = st.settings.lease.as_secs() as i64;
-    let cancel_jobs = st.store.heartbeat(&sensor.id, &hb, now(), lease).await?;
+    let (cancel_jobs, rotate_wg_key) = st.store.heartbeat(&sensor.id, &hb, now(), lease).await?;
     Ok(Json(HeartbeatResponse {
         server_time: now(),
         cancel_jobs,
+        rotate_wg_key,
     }))
 }
 
@@ -658,6 +660,28 @@ async fn get_sensor(
         .find(|s| s.id == id)
         .ok_or_else(|| ApiError::not_found(format!("sensor {id} does not exist")))?;
     Ok(Json(sensor).into_response())
+}
+
+/// Operator request: the sensor rotates its WireGuard key when its next heartbeat answer
+/// says so. Answered 202; the flag clears once the sensor's new key is stored.
+async fn request_rotation(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    admin_auth(&st, &headers)?;
+    if st.gateway.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "this portal runs no WireGuard gateway; sensors have no key to rotate",
+        ));
+    }
+    if st.store.request_key_rotation(&id).await? {
+        tracing::info!(sensor = %id, "WireGuard key rotation requested");
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::not_found(format!("sensor {id} does not exist")))
+    }
 }
 
 async fn delete_sensor(

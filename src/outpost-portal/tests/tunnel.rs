@@ -13,8 +13,8 @@ use outpost_tunnel::ureq_transport::TunnelConnector;
 use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{CreateToken, TokenCreated};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, Metrics, RegisterRequest, RegisterResponse,
-    RotateKeyRequest, TunnelConfig,
+    Activity, Capability, HeartbeatRequest, HeartbeatResponse, Metrics, RegisterRequest,
+    RegisterResponse, RotateKeyRequest, TunnelConfig,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 use ureq::unversioned::resolver::DefaultResolver;
@@ -104,7 +104,16 @@ fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> Regis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_api_through_the_gateway() {
-    let tp = start_portal(Backend::Sqlite, |s| {
+    through_the_gateway(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_api_through_the_gateway_postgres() {
+    through_the_gateway(Backend::Postgres).await
+}
+
+async fn through_the_gateway(backend: Backend) {
+    let tp = start_portal(backend, |s| {
         s.tunnel = Some(TunnelSettings::new(
             "127.0.0.1:0".parse().unwrap(),
             String::new(),
@@ -178,6 +187,34 @@ fn run(tp: &TestPortal) {
     let e: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(e.error, ErrorCode::Forbidden);
 
+    // The operator asks for a rotation: the sensor learns it from its heartbeat answer.
+    let (status, body) = post(
+        &direct,
+        &format!("{}/api/admin/sensors/sn_nope/rotate-key", tp.portal.url),
+        &tp.admin_token,
+        &(),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        &direct,
+        &format!(
+            "{}/api/admin/sensors/{}/rotate-key",
+            tp.portal.url, a.sensor_id
+        ),
+        &tp.admin_token,
+        &(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post(
+        &via_a,
+        &format!("{api}/api/sensor/heartbeat"),
+        a.api_key.expose(),
+        &heartbeat(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let hb: HeartbeatResponse = serde_json::from_str(&body).unwrap();
+    assert!(hb.rotate_wg_key, "{body}");
+
     // Key rotation: same identity and address, the old key stops working.
     let new_key = PrivateKey::generate();
     let (status, body) = post(
@@ -202,6 +239,11 @@ fn run(tp: &TestPortal) {
         &heartbeat(),
     );
     assert_eq!(status, 200, "{body}");
+    let hb: HeartbeatResponse = serde_json::from_str(&body).unwrap();
+    assert!(
+        !hb.rotate_wg_key,
+        "the stored new key cleared the request: {body}"
+    );
     let old = DeviceTunnel::start(DeviceConfig::new(
         key_a,
         tun.portal_public_key.parse().unwrap(),

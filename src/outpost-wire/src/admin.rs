@@ -25,6 +25,9 @@ pub mod paths {
     pub fn sensor_log(id: &str) -> String {
         format!("/api/admin/sensors/{id}/log")
     }
+    pub fn rotate_key(id: &str) -> String {
+        format!("/api/admin/sensors/{id}/rotate-key")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -131,6 +131,9 @@ pub struct HeartbeatResponse {
     /// Jobs leased to this sensor that an operator cancelled; the sensor stops them.
     #[serde(default)]
     pub cancel_jobs: Vec<i64>,
+    /// An operator asked this sensor to rotate its WireGuard key (`POST` [`crate::paths::WG_KEY`]).
+    #[serde(default)]
+    pub rotate_wg_key: bool,
 }
 
 /// `POST /api/sensor/claim`, every 5 s. Answered `204 No Content` or 200 with a [`Job`].

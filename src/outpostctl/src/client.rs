@@ -110,6 +110,22 @@ impl Client {
         decode(resp)
     }
 
+    /// `POST` without a body, for actions answered with an empty 2xx.
+    pub fn post_action(&self, path: &str) -> Result<()> {
+        let resp = self
+            .agent
+            .post(&self.url(path))
+            .header("authorization", &self.auth())
+            .header(API_VERSION_HEADER, &API_VERSION.to_string())
+            .send_empty()
+            .with_context(|| format!("POST {}", self.url(path)))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        bail!("{}", error_text(status, resp))
+    }
+
     pub fn delete(&self, path: &str) -> Result<()> {
         let resp = self
             .agent

@@ -148,6 +148,10 @@ enum SensorCmd {
     Delete {
         id: String,
     },
+    /// Ask the sensor to rotate its WireGuard key at its next heartbeat.
+    RotateKey {
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -306,6 +310,12 @@ fn run(cli: Cli) -> Result<()> {
             c.delete(&paths::sensor(&id))?;
             if !json {
                 println!("sensor {id} deleted");
+            }
+        }
+        PortalCmd::Sensor(SensorCmd::RotateKey { id }) => {
+            c.post_action(&paths::rotate_key(&id))?;
+            if !json {
+                println!("sensor {id}: key rotation requested (done at its next heartbeat)");
             }
         }
         PortalCmd::Report { job } => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
-    RegisterRequest, RegisterResponse, ReportAck, ReportUpload,
+    RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
 };
 use outpost_wire::{paths, ErrorBody, ErrorCode, Secret};
 use serde::de::DeserializeOwned;
@@ -91,6 +91,12 @@ impl PortalClient {
 
     pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, ApiError> {
         decode(&self.post(paths::HEARTBEAT, req, None)?)
+    }
+
+    /// Tells the portal the sensor's new WireGuard public key; answered with the tunnel
+    /// settings to use with it.
+    pub fn rotate_key(&self, req: &RotateKeyRequest) -> Result<TunnelConfig, ApiError> {
+        decode(&self.post(paths::WG_KEY, req, None)?)
     }
 
     /// `None` when the portal has no job for this sensor (204).

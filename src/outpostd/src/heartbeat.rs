@@ -11,6 +11,7 @@ use crate::api::{ApiError, PortalClient};
 use crate::jobs::JobControl;
 use crate::register::AGENT_VERSION;
 use crate::report::{OutageNotice, Reporter};
+use crate::rotate::{self, Rotation};
 
 pub struct Heartbeat {
     pub client: PortalClient,
@@ -18,6 +19,8 @@ pub struct Heartbeat {
     pub reporter: Arc<Reporter>,
     /// Metrics and uptime source; sysinfo on the device, a stub in tests.
     pub metrics: Box<dyn FnMut() -> (Metrics, u64) + Send>,
+    /// Key rotation on the portal's request; `None` without a tunnel (nothing to rotate).
+    pub rotation: Option<Rotation>,
 }
 
 impl Heartbeat {
@@ -46,12 +49,45 @@ impl Heartbeat {
         Ok(resp)
     }
 
+    /// Rotates the WireGuard key if possible now; `true` when the new key is stored.
+    /// The portal keeps asking until it has the new key, so a deferral or failure here is
+    /// retried at a later heartbeat.
+    pub fn rotate_key(&mut self) -> bool {
+        let Some(rotation) = self.rotation.as_mut() else {
+            tracing::warn!("the portal asked for a key rotation but this sensor has no tunnel");
+            return false;
+        };
+        // The restart that follows would kill a running scan; rotate between jobs.
+        if self.control.activity() != outpost_wire::sensor::Activity::Idle {
+            tracing::info!("key rotation requested; waiting for the running job to end");
+            return false;
+        }
+        match rotation.rotate(&self.client) {
+            Ok(()) => true,
+            Err(e) => {
+                self.reporter.message(
+                    outpost_wire::log::Level::Warn,
+                    &format!("WireGuard key rotation failed, keeping the current key: {e}"),
+                );
+                false
+            }
+        }
+    }
+
     /// Beats now and then every `interval`, forever.
     pub fn run(mut self, interval: Duration) {
         let mut outage = OutageNotice::new("heartbeat");
         loop {
             match self.beat_once() {
-                Ok(_) => outage.ok(&self.reporter),
+                Ok(resp) => {
+                    outage.ok(&self.reporter);
+                    if resp.rotate_wg_key && self.rotate_key() {
+                        self.reporter.say("WireGuard key rotated; reconnecting");
+                        std::thread::sleep(rotate::EXIT_DELAY);
+                        // The tunnel runs on the old key; init respawns us on the new one.
+                        std::process::exit(rotate::EXIT_KEY_ROTATED);
+                    }
+                }
                 Err(e) => outage.failed(&self.reporter, &e),
             }
             std::thread::sleep(interval);
@@ -84,6 +120,7 @@ mod tests {
                     77,
                 )
             }),
+            rotation: None,
         }
     }
 
@@ -95,6 +132,7 @@ mod tests {
             ok_json(&HeartbeatResponse {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![],
+                rotate_wg_key: false,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -120,6 +158,7 @@ mod tests {
             ok_json(&HeartbeatResponse {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![9],
+                rotate_wg_key: false,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -134,5 +173,45 @@ mod tests {
         let sent: HeartbeatRequest =
             serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[1].body).unwrap();
         assert_eq!(sent.activity, Activity::Scanning);
+    }
+
+    #[test]
+    fn rotation_waits_for_the_running_job() {
+        let t = Arc::new(FakeTransport::default());
+        t.default_for(
+            paths::WG_KEY,
+            ok_json(&crate::rotate::tests::tunnel("100.96.0.2")),
+        );
+        let (_tmp, rotation, _, old) = crate::rotate::tests::setup(&t);
+        let control = Arc::new(JobControl::default());
+        let mut hb = beat(&t, &control);
+        hb.rotation = Some(rotation);
+        control.begin(4);
+        assert!(!hb.rotate_key());
+        assert!(t.seen_on(paths::WG_KEY).is_empty(), "no rotation mid-job");
+        control.end();
+        assert!(hb.rotate_key());
+        let rotated = hb.rotation.as_ref().unwrap().reg.wg_public_key.clone();
+        assert_ne!(rotated, old);
+    }
+
+    #[test]
+    fn a_refused_rotation_is_said_on_the_console() {
+        let t = Arc::new(FakeTransport::default());
+        let (_tmp, rotation, _, _) = crate::rotate::tests::setup(&t);
+        let control = Arc::new(JobControl::default());
+        let reporter = Arc::new(capture("b"));
+        let mut hb = beat(&t, &control);
+        hb.reporter = reporter.clone();
+        hb.rotation = Some(rotation);
+        // The fake answers 404 on an unscripted path.
+        assert!(!hb.rotate_key());
+        let lines = reporter.captured();
+        assert!(
+            lines.iter().any(|l| l
+                .contains("WireGuard key rotation failed, keeping the current key")
+                && l.contains("404")),
+            "{lines:?}"
+        );
     }
 }

@@ -71,6 +71,10 @@ impl DataDir {
     pub fn identity_path(&self) -> PathBuf {
         self.root.join("identity.json")
     }
+    /// A rotated key between "portal accepted it" and "it replaced `wg.key`".
+    pub fn next_key_path(&self) -> PathBuf {
+        self.root.join("wg.key.next")
+    }
     pub fn spool_dir(&self) -> PathBuf {
         self.root.join("spool")
     }
@@ -82,6 +86,17 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
+    /// A fresh key pair from the operating system's randomness.
+    pub fn generate() -> Result<DeviceKey, IdentityError> {
+        let mut bytes = [0u8; 32];
+        rand_core::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| IdentityError::Random(e.to_string()))?;
+        // StaticSecret clamps the scalar, as `wg genkey` does.
+        Ok(DeviceKey {
+            secret: StaticSecret::from(bytes),
+        })
+    }
     /// Public key, base64 as `wg pubkey` prints it.
     pub fn public_b64(&self) -> String {
         B64.encode(PublicKey::from(&self.secret).as_bytes())
@@ -101,6 +116,7 @@ impl std::fmt::Debug for DeviceKey {
 /// Loads `wg.key`, or generates and stores a fresh key pair on first start.
 /// Returns the key and whether it was just created.
 pub fn load_or_create_key(dir: &DataDir) -> Result<(DeviceKey, bool), IdentityError> {
+    recover_rotation(dir)?;
     let path = dir.key_path();
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -118,19 +134,58 @@ pub fn load_or_create_key(dir: &DataDir) -> Result<(DeviceKey, bool), IdentityEr
             Ok((key, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            rand_core::OsRng
-                .try_fill_bytes(&mut bytes)
-                .map_err(|e| IdentityError::Random(e.to_string()))?;
-            // StaticSecret clamps the scalar, as `wg genkey` does.
-            let key = DeviceKey {
-                secret: StaticSecret::from(bytes),
-            };
+            let key = DeviceKey::generate()?;
             let text = format!("{}\n", key.private_b64().expose());
             fsutil::atomic_write(&path, text.as_bytes()).map_err(io(&path))?;
             Ok((key, true))
         }
         Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Stores a rotated key the portal has accepted, together with the registration that now
+/// names its public key. Two files cannot be replaced in one step, so the key goes to
+/// `wg.key.next` first, then `identity.json`, then the rename over `wg.key`; after a
+/// crash anywhere, [`recover_rotation`] finds a matching pair and no re-enrollment follows.
+pub fn commit_rotation(
+    dir: &DataDir,
+    key: &DeviceKey,
+    reg: &Registration,
+) -> Result<(), IdentityError> {
+    let next = dir.next_key_path();
+    let text = format!("{}\n", key.private_b64().expose());
+    fsutil::atomic_write(&next, text.as_bytes()).map_err(io(&next))?;
+    save_registration(dir, reg)?;
+    promote_next_key(dir)
+}
+
+fn promote_next_key(dir: &DataDir) -> Result<(), IdentityError> {
+    let (next, path) = (dir.next_key_path(), dir.key_path());
+    std::fs::rename(&next, &path).map_err(io(&path))?;
+    fsutil::sync_dir(dir.root()).map_err(io(dir.root()))
+}
+
+/// Finishes a rotation a crash interrupted: `wg.key.next` becomes `wg.key` when the stored
+/// registration already names its public key; otherwise the rotation never committed and
+/// the old key stays.
+fn recover_rotation(dir: &DataDir) -> Result<(), IdentityError> {
+    let next = dir.next_key_path();
+    let text = match std::fs::read_to_string(&next) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&next)(e)),
+    };
+    let committed = match (parse_key(text.trim()), load_registration(dir)?) {
+        (Some(key), Some(reg)) => reg.wg_public_key == key.public_b64(),
+        _ => false,
+    };
+    if committed {
+        tracing::warn!("finishing a WireGuard key rotation interrupted by a restart");
+        promote_next_key(dir)
+    } else {
+        tracing::warn!("discarding a WireGuard key rotation that never completed");
+        std::fs::remove_file(&next).map_err(io(&next))?;
+        fsutil::sync_dir(dir.root()).map_err(io(dir.root()))
     }
 }
 
@@ -265,6 +320,56 @@ mod tests {
         save_registration(&dir, &reg()).unwrap();
         assert_eq!(fsutil::mode_of(&dir.identity_path()).unwrap(), 0o600);
         assert_eq!(load_registration(&dir).unwrap(), Some(reg()));
+    }
+
+    #[test]
+    fn committed_rotation_survives_a_crash_before_the_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (old, _) = load_or_create_key(&dir).unwrap();
+        let new = DeviceKey::generate().unwrap();
+        let mut r = reg();
+        r.wg_public_key = new.public_b64();
+        // The state a power cut after `identity.json` but before the rename leaves.
+        let text = format!("{}\n", new.private_b64().expose());
+        fsutil::atomic_write(&dir.next_key_path(), text.as_bytes()).unwrap();
+        save_registration(&dir, &r).unwrap();
+        let (loaded, created) = load_or_create_key(&dir).unwrap();
+        assert!(!created);
+        assert_eq!(loaded.public_b64(), new.public_b64());
+        assert_ne!(loaded.public_b64(), old.public_b64());
+        assert!(!dir.next_key_path().exists());
+    }
+
+    #[test]
+    fn uncommitted_rotation_keeps_the_old_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (old, _) = load_or_create_key(&dir).unwrap();
+        let mut r = reg();
+        r.wg_public_key = old.public_b64();
+        save_registration(&dir, &r).unwrap();
+        let new = DeviceKey::generate().unwrap();
+        let text = format!("{}\n", new.private_b64().expose());
+        fsutil::atomic_write(&dir.next_key_path(), text.as_bytes()).unwrap();
+        let (loaded, _) = load_or_create_key(&dir).unwrap();
+        assert_eq!(loaded.public_b64(), old.public_b64());
+        assert!(!dir.next_key_path().exists());
+    }
+
+    #[test]
+    fn commit_rotation_replaces_key_and_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        load_or_create_key(&dir).unwrap();
+        let new = DeviceKey::generate().unwrap();
+        let mut r = reg();
+        r.wg_public_key = new.public_b64();
+        commit_rotation(&dir, &new, &r).unwrap();
+        let (loaded, _) = load_or_create_key(&dir).unwrap();
+        assert_eq!(loaded.public_b64(), new.public_b64());
+        assert_eq!(load_registration(&dir).unwrap(), Some(r));
+        assert_eq!(fsutil::mode_of(&dir.key_path()).unwrap(), 0o600);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - `outpost[NAME]: registered as SENSOR_ID` (fresh enrollment) or
 //!   `outpost[NAME]: registered as SENSOR_ID (stored identity reused)` (restart).
 //! - `outpost[NAME]: job ID: ...`: claim, finish, cancel, failure, report upload.
+//! - `outpost[NAME]: WireGuard key rotated; reconnecting`: an operator-requested key
+//!   rotation is stored; the daemon exits with code 3 and init respawns it on the new
+//!   key. A failed rotation prints `WireGuard key rotation failed, keeping ...: REASON`.
 //! - With `--executor openvas`, after `wg_up`: `phase feed_sync skipped|failed`,
 //!   `phase feed_ready done|failed`, `phase scanner_boot started|done|failed`,
 //!   `phase ready done: ospd-openvas loaded N VTs in S s`, each with its reason, plus
@@ -32,6 +35,7 @@ mod metrics;
 mod register;
 mod report;
 mod ring;
+mod rotate;
 mod scanner;
 mod scope;
 mod spool;
@@ -207,6 +211,10 @@ fn run() -> anyhow::Result<()> {
             control: control.clone(),
             reporter: reporter.clone(),
             metrics: Box::new(move || (collector.collect(), metrics::uptime_s())),
+            rotation: reg.tunnel.is_some().then(|| rotate::Rotation {
+                data: data.clone(),
+                reg: reg.clone(),
+            }),
         };
         std::thread::Builder::new()
             .name("heartbeat".into())

@@ -203,3 +203,69 @@ fn bad_provisioning_is_named_and_changes_nothing() {
         "invalid attempts left the portal's database untouched"
     );
 }
+
+fn stored_wg_key(portal: &Portal, id: &str) -> String {
+    let conn = rusqlite::Connection::open(portal.sqlite()).unwrap();
+    conn.query_row(
+        "SELECT wg_public_key FROM sensors WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn operator_rotates_the_wireguard_key() {
+    let portal = Portal::start(120);
+    let token = portal.token("berlin", 1);
+    let sensor = Sensor::new(&portal, "branch-4", "berlin", &token);
+    let mut agent = sensor.start(&[]);
+    let id = registered_id(&agent.out.wait_for("registered as sn_", T));
+    agent
+        .out
+        .wait_for(r"outpost\[branch-4\]: phase wg_up done", T);
+    let old_key = stored_wg_key(&portal, &id);
+
+    portal.ctl(&["sensor", "rotate-key", &id]);
+    agent.out.wait_for(
+        r"outpost\[branch-4\]: WireGuard key rotated; reconnecting",
+        T,
+    );
+    let status = agent.wait_exit(T);
+    assert_eq!(status.code(), Some(3), "the distinct rotation exit code");
+    let new_key = stored_wg_key(&portal, &id);
+    assert_ne!(new_key, old_key, "the portal stores the new key");
+
+    // Init's respawn: the same data directory, now holding the new key.
+    let agent2 = sensor.start(&[]);
+    agent2.out.wait_for(
+        &format!(r"outpost\[branch-4\]: registered as {id} \(stored identity reused\)"),
+        T,
+    );
+    agent2
+        .out
+        .wait_for(r"outpost\[branch-4\]: phase wg_up done", T);
+    // Control traffic flows through the new tunnel: heartbeats keep arriving.
+    let before = sensor_status(&portal, &id)["last_heartbeat"]
+        .as_i64()
+        .unwrap_or(0);
+    eventually("a heartbeat through the new tunnel", T, || {
+        let s = sensor_status(&portal, &id);
+        (s["last_heartbeat"].as_i64().unwrap_or(0) > before).then_some(())
+    });
+    assert!(
+        agent2
+            .out
+            .all()
+            .iter()
+            .all(|l| !l.contains("rotation failed")),
+        "{:?}",
+        agent2.out.all()
+    );
+    assert_eq!(stored_wg_key(&portal, &id), new_key, "no second rotation");
+    let conn = rusqlite::Connection::open(portal.sqlite()).unwrap();
+    let sensors: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sensors", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sensors, 1, "no second registration");
+}

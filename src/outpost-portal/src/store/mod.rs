@@ -270,14 +270,14 @@ impl Store {
     }
 
     /// Records the heartbeat, extends the leases of the sensor's running jobs and returns
-    /// the ids of those an operator asked to cancel.
+    /// the ids of those an operator asked to cancel, and whether a key rotation is pending.
     pub async fn heartbeat(
         &self,
         sensor: &str,
         hb: &HeartbeatRequest,
         now: i64,
         lease_s: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<(Vec<i64>, bool), StoreError> {
         let metrics = json(&hb.metrics)?;
         match self {
             Store::Sqlite(s) => s.heartbeat(sensor, hb, &metrics, now, lease_s).await,
@@ -413,6 +413,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.sensor_log(sensor, limit).await,
             Store::Postgres(s) => s.sensor_log(sensor, limit).await,
+        }
+    }
+
+    /// Asks the sensor (through its next heartbeat) to rotate its WireGuard key; the flag
+    /// clears in [`Store::rotate_key`]. `false` when no such sensor exists.
+    pub async fn request_key_rotation(&self, sensor: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.request_key_rotation(sensor).await,
+            Store::Postgres(s) => s.request_key_rotation(sensor).await,
         }
     }
 

@@ -83,6 +83,10 @@ CREATE INDEX sensor_log_by_sensor ON sensor_log (sensor_id, id);
 ALTER TABLE sensors ADD COLUMN tunnel_address TEXT;
 CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
 "#,
+    // Set by an operator's rotate-key request; cleared when the sensor's new key lands.
+    r#"
+ALTER TABLE sensors ADD COLUMN rotate_key_requested BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 const JOB_COLUMNS: &str =
@@ -282,7 +286,7 @@ impl PgStore {
             .map(|r| r.get(0));
         if old.is_some() {
             tx.execute(
-                "UPDATE sensors SET wg_public_key = $2 WHERE id = $1",
+                "UPDATE sensors SET wg_public_key = $2, rotate_key_requested = FALSE WHERE id = $1",
                 &[&sensor, &new_key],
             )
             .await?;
@@ -298,7 +302,7 @@ impl PgStore {
         metrics: &str,
         now: i64,
         lease_s: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<(Vec<i64>, bool), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let phase = hb.phase.map(|p| p.as_str());
@@ -330,8 +334,15 @@ impl PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let rotate: Option<bool> = tx
+            .query_opt(
+                "SELECT rotate_key_requested FROM sensors WHERE id = $1",
+                &[&sensor],
+            )
+            .await?
+            .map(|r| r.get(0));
         tx.commit().await?;
-        Ok(cancel)
+        Ok((cancel, rotate.unwrap_or(false)))
     }
 
     pub async fn claim(
@@ -654,6 +665,18 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    pub async fn request_key_rotation(&self, sensor: &str) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE sensors SET rotate_key_requested = TRUE WHERE id = $1",
+                &[&sensor],
+            )
+            .await?;
+        Ok(n > 0)
     }
 
     pub async fn delete_sensor(&self, sensor: &str) -> Result<bool, StoreError> {

@@ -83,6 +83,10 @@ CREATE INDEX sensor_log_by_sensor ON sensor_log (sensor_id, id);
 ALTER TABLE sensors ADD COLUMN tunnel_address TEXT;
 CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
 "#,
+    // Set by an operator's rotate-key request; cleared when the sensor's new key lands.
+    r#"
+ALTER TABLE sensors ADD COLUMN rotate_key_requested INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 const JOB_COLUMNS: &str =
@@ -256,7 +260,7 @@ impl SqliteStore {
                 .optional()?;
             if old.is_some() {
                 tx.execute(
-                    "UPDATE sensors SET wg_public_key = ?2 WHERE id = ?1",
+                    "UPDATE sensors SET wg_public_key = ?2, rotate_key_requested = 0 WHERE id = ?1",
                     params![sensor, new_key],
                 )?;
             }
@@ -273,7 +277,7 @@ impl SqliteStore {
         metrics: &str,
         now: i64,
         lease_s: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<(Vec<i64>, bool), StoreError> {
         let sensor = sensor.to_owned();
         let activity = hb.activity.as_str();
         let phase = hb.phase.map(|p| p.as_str());
@@ -298,8 +302,15 @@ impl SqliteStore {
                 let ids = st.query_map(params![sensor], |r| r.get(0))?;
                 ids.collect::<Result<Vec<i64>, _>>()?
             };
+            let rotate: Option<bool> = tx
+                .query_row(
+                    "SELECT rotate_key_requested FROM sensors WHERE id = ?1",
+                    params![sensor],
+                    |r| r.get(0),
+                )
+                .optional()?;
             tx.commit()?;
-            Ok(cancel)
+            Ok((cancel, rotate.unwrap_or(false)))
         })
         .await
     }
@@ -637,6 +648,18 @@ impl SqliteStore {
                 })
             })
             .collect()
+        })
+        .await
+    }
+
+    pub async fn request_key_rotation(&self, sensor: &str) -> Result<bool, StoreError> {
+        let sensor = sensor.to_owned();
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE sensors SET rotate_key_requested = 1 WHERE id = ?1",
+                params![sensor],
+            )?;
+            Ok(n > 0)
         })
         .await
     }
