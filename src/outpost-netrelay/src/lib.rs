@@ -13,8 +13,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant as SmolInstant;
-use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
 pub use smoltcp::wire::{EthernetAddress, Ipv4Address};
+use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
 
 /// Most guest endpoints tracked at once; the guest has one WireGuard socket.
 const MAX_FLOWS: usize = 16;
@@ -213,11 +213,8 @@ impl Relay {
         }
         let mut back: Vec<(Vec<u8>, IpEndpoint)> = Vec::new();
         for (ep, s) in &self.flows {
-            loop {
-                match s.recv(&mut frame) {
-                    Ok(n) => back.push((frame[..n].to_vec(), *ep)),
-                    Err(_) => break,
-                }
+            while let Ok(n) = s.recv(&mut frame) {
+                back.push((frame[..n].to_vec(), *ep));
             }
         }
         {

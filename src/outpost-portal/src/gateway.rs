@@ -73,7 +73,7 @@ pub async fn serve(gw: Arc<Gateway>, acceptor: TlsAcceptor, app: axum::Router) {
         match gw.accept_async().await {
             Ok(stream) => {
                 let peer: PeerIdentity = stream.peer();
-                let app = app.clone().layer(axum::Extension(peer.clone()));
+                let app = app.clone().layer(axum::Extension(peer));
                 let label = format!("tunnel:{}", peer.tunnel_addr);
                 tokio::spawn(crate::server::serve_stream(
                     stream,

@@ -100,11 +100,7 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
 pub fn flash(image: PathBuf, device: PathBuf) -> Result<()> {
     let mut last = (None, 0u64);
     let report = outpost_imagetool::flash(&image, &device, |p: FlashProgress| {
-        let pct = if p.total == 0 {
-            100
-        } else {
-            p.done * 100 / p.total
-        };
+        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
         let phase = match p.phase {
             FlashPhase::Write => "writing",
             FlashPhase::Verify => "verifying",
