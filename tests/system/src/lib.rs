@@ -240,8 +240,9 @@ impl Qemu {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // the whole process group: run-qemu and the QEMU it started
+            // `--` so the negative process-group id is not read as an option
             let _ = Command::new("kill")
-                .arg("-KILL")
+                .args(["-s", "KILL", "--"])
                 .arg(format!("-{}", child.id()))
                 .status();
             let _ = child.kill();
