@@ -352,9 +352,17 @@ impl StackConfig {
         if !self.verify_feed_signatures {
             ospd = ospd.args(["--disable-notus-hashsum-verification", "true"]);
         }
+        // Without --log-file ospd-openvas logs to syslog, and an appliance without a
+        // syslog daemon has no /dev/log: it would exit at start.
+        ospd = ospd.args(["--log-file", "/var/log/gvm/ospd-openvas.log"]);
         ospd.run_as = self.users.gvm.clone();
         ospd.log_file = log(OSPD_OPENVAS);
-        let mut ospd_dirs = vec![run_dir(&self.ospd_run_dir, 0o2775)];
+        // /var/log/gvm: Debian's tmpfiles.d resets it to root at every boot, but ospd-openvas
+        // and the openvas it starts write their logs there as _gvm.
+        let mut ospd_dirs = vec![
+            run_dir(&self.ospd_run_dir, 0o2775),
+            run_dir(Path::new("/var/log/gvm"), 0o2775),
+        ];
         if let Some(sock_dir) = self.ospd_socket.parent() {
             if sock_dir != self.ospd_run_dir {
                 ospd_dirs.push(run_dir(sock_dir, 0o2775));
@@ -491,6 +499,11 @@ mod tests {
             Some("/var/lib/notus/advisories")
         );
         assert_eq!(arg_after(ospd, "--lock-file-dir"), Some("/run/ospd"));
+        assert_eq!(
+            arg_after(ospd, "--log-file"),
+            Some("/var/log/gvm/ospd-openvas.log"),
+            "ospd-openvas must not depend on a syslog daemon"
+        );
         assert_eq!(
             arg_after(ospd, "--disable-notus-hashsum-verification"),
             Some("true")
