@@ -536,12 +536,7 @@ async fn create_job(State(st): St, headers: HeaderMap, body: Body) -> Result<Res
     check_field(&req.site, "site", 63)?;
     validate_spec(&req.spec)?;
     let id = st.store.create_job(&req.site, &req.spec, now()).await?;
-    let info = st
-        .store
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} vanished")))?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    Ok((StatusCode::CREATED, Json(job_info(&st, id).await?)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -559,6 +554,14 @@ async fn list_jobs(
     Ok(Json(st.store.jobs(limit).await?).into_response())
 }
 
+/// A job for the admin API, or 404 naming it.
+async fn job_info(st: &AppState, id: i64) -> Result<outpost_wire::admin::JobInfo, ApiError> {
+    st.store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))
+}
+
 async fn get_job(
     State(st): St,
     Path(id): Path<String>,
@@ -566,12 +569,7 @@ async fn get_job(
 ) -> Result<Response, ApiError> {
     admin_auth(&st, &headers)?;
     let id = job_id(&id)?;
-    let job = st
-        .store
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
-    Ok(Json(job).into_response())
+    Ok(Json(job_info(&st, id).await?).into_response())
 }
 
 async fn cancel_job(
@@ -587,14 +585,7 @@ async fn cancel_job(
             ErrorCode::Conflict,
             format!("job {id} already ended ({})", state.as_str()),
         )),
-        Some(_) => {
-            let job = st
-                .store
-                .job(id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
-            Ok(Json(job).into_response())
-        }
+        Some(_) => Ok(Json(job_info(&st, id).await?).into_response()),
     }
 }
 
