@@ -4,7 +4,10 @@
 #
 # Boot state: /bootstate.0 and /bootstate.1 on the FAT partition, 4096 bytes
 # each, `env export -c` format (CRC32 + NUL-separated name=value).
-# Variables: BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT, BOOT_SEQ (all decimal).
+# Variables: BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT, BOOT_SEQ (all decimal), and
+# BOOT_TRIAL: the slot made active by an update and not marked good since (A or
+# B; "none" or missing otherwise). Booting that slot adds outpost.trial=1 to the
+# kernel command line, which arms the trial watchdog in the root filesystem.
 #
 # U-Boot's setexpr and itest read numbers as hex, while the state is decimal,
 # so numbers go through dec2num / num2dec below (base 10 arithmetic in hex).
@@ -31,7 +34,8 @@ for i in 0 1; do
 	setenv BOOT_A_LEFT
 	setenv BOOT_B_LEFT
 	setenv BOOT_SEQ
-	if fatload ${devtype} ${devnum}:${bootpart} ${loadaddr} bootstate.${i} && env import -c ${loadaddr} ${bs_size} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT BOOT_SEQ; then
+	setenv BOOT_TRIAL
+	if fatload ${devtype} ${devnum}:${bootpart} ${loadaddr} bootstate.${i} && env import -c ${loadaddr} ${bs_size} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT BOOT_SEQ BOOT_TRIAL; then
 		setenv dec "${BOOT_SEQ}"
 		run dec2num
 		if test "${dec_ok}" = 0; then setenv num 0; fi
@@ -41,6 +45,7 @@ for i in 0 1; do
 			setenv bs_order "${BOOT_ORDER}"
 			setenv bs_a "${BOOT_A_LEFT}"
 			setenv bs_b "${BOOT_B_LEFT}"
+			setenv bs_trial "${BOOT_TRIAL}"
 		fi
 	else
 		echo "outpost-boot: bootstate.${i} missing or invalid, ignored"
@@ -52,21 +57,25 @@ if test "${bs_winner}" = none; then
 	setenv BOOT_ORDER "A B"
 	setenv BOOT_A_LEFT 3
 	setenv BOOT_B_LEFT 3
+	setenv BOOT_TRIAL none
 	setenv bs_winseq 0
 	setenv bs_target 0
 else
 	setenv BOOT_ORDER "${bs_order}"
 	setenv BOOT_A_LEFT "${bs_a}"
 	setenv BOOT_B_LEFT "${bs_b}"
+	setenv BOOT_TRIAL "${bs_trial}"
 	# writer rule: never overwrite the current winner
 	if test "${bs_winner}" = 0; then setenv bs_target 1; else setenv bs_target 0; fi
 fi
 if test -z "${BOOT_ORDER}"; then setenv BOOT_ORDER "A B"; fi
+# Copies written before BOOT_TRIAL existed: no trial (and the next write adds it).
+if test -z "${BOOT_TRIAL}"; then setenv BOOT_TRIAL none; fi
 setenv dec "${BOOT_A_LEFT}"; run dec2num; if test "${dec_ok}" = 0; then setenv BOOT_A_LEFT 3; fi
 setenv dec "${BOOT_B_LEFT}"; run dec2num; if test "${dec_ok}" = 0; then setenv BOOT_B_LEFT 3; fi
 
 # Writes the full state with BOOT_SEQ+1 into copy ${bs_target} (same size, in place).
-setenv bs_write 'setexpr num ${bs_winseq} + 1; run num2dec; setenv BOOT_SEQ ${dec}; env export -c -s ${bs_size} ${loadaddr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT BOOT_SEQ; if fatwrite ${devtype} ${devnum}:${bootpart} ${loadaddr} bootstate.${bs_target} ${bs_size}; then echo "outpost-boot: state written to bootstate.${bs_target} (BOOT_SEQ=${BOOT_SEQ})"; else echo "outpost-boot: WARNING: could not write bootstate.${bs_target}"; fi'
+setenv bs_write 'setexpr num ${bs_winseq} + 1; run num2dec; setenv BOOT_SEQ ${dec}; env export -c -s ${bs_size} ${loadaddr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT BOOT_SEQ BOOT_TRIAL; if fatwrite ${devtype} ${devnum}:${bootpart} ${loadaddr} bootstate.${bs_target} ${bs_size}; then echo "outpost-boot: state written to bootstate.${bs_target} (BOOT_SEQ=${BOOT_SEQ})"; else echo "outpost-boot: WARNING: could not write bootstate.${bs_target}"; fi'
 
 echo "outpost-boot: BOOT_ORDER=${BOOT_ORDER} BOOT_A_LEFT=${BOOT_A_LEFT} BOOT_B_LEFT=${BOOT_B_LEFT} (from copy ${bs_winner})"
 
@@ -127,7 +136,14 @@ if test -e ${devtype} ${devnum}:${bootpart} /outpost-debug; then
 	echo "outpost-boot: /outpost-debug present: initramfs rescue shell enabled"
 	setenv outpost_extra outpost.debug
 fi
-setenv bootargs "console=${console} root=PARTUUID=${rootuuid} ro rootwait outpost.slot=${slot} ${outpost_extra}"
+# A slot on trial must prove itself: the watchdog reboots it (using up a try) unless
+# its daemon marks it good in time, even if that daemon never starts.
+setenv outpost_trial
+if test "${BOOT_TRIAL}" = "${slot}"; then
+	echo "outpost-boot: slot ${slot} is on trial (not marked good yet): outpost.trial=1"
+	setenv outpost_trial outpost.trial=1
+fi
+setenv bootargs "console=${console} root=PARTUUID=${rootuuid} ro rootwait outpost.slot=${slot} ${outpost_trial} ${outpost_extra}"
 
 # Device tree: QEMU's (U-Boot's control DT), or on boards that say so the
 # slot's own copy, so kernel and device tree are updated together.

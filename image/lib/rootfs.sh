@@ -81,6 +81,8 @@ rootfs_configure() {
 	cp -a "$ROOT/image/rootfs-overlay/." "$rootfs/"
 	if [ "$variant" = test ]; then
 		cp -a "$ROOT/image/test-overlay/usr/." "$rootfs/usr/"
+		# the demo scan target, for the demo lab (demo-lab up)
+		install -m 0755 "$ROOT/image/feed-demo/target/demo-target.sh" "$rootfs/usr/libexec/outpost/demo-target"
 		cat "$ROOT/image/test-overlay/inittab.append" >>"$rootfs/etc/inittab"
 	fi
 	echo outpost >"$rootfs/etc/hostname.default"

@@ -3,6 +3,8 @@
 use crate::slot::{Slot, UnknownSlot};
 
 const KEY: &str = "outpost.slot=";
+/// What the boot script adds when it boots a slot that is on trial (`BOOT_TRIAL`).
+pub const TRIAL_PARAM: &str = "outpost.trial=1";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {
@@ -23,6 +25,11 @@ pub fn booted_slot(cmdline: &str) -> Result<Slot, CmdlineError> {
     Ok(value.parse()?)
 }
 
+/// Whether the boot script started this boot as a trial of a freshly activated slot.
+pub fn trial_boot(cmdline: &str) -> bool {
+    cmdline.split_ascii_whitespace().any(|w| w == TRIAL_PARAM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,6 +38,13 @@ mod tests {
     fn finds_slot_among_other_parameters() {
         let line = "console=ttyAMA0 root=PARTUUID=4f55d001-03 ro rootwait outpost.slot=B quiet\n";
         assert_eq!(booted_slot(line), Ok(Slot::B));
+    }
+
+    #[test]
+    fn trial_flag() {
+        assert!(trial_boot("ro outpost.slot=B outpost.trial=1 \n"));
+        assert!(!trial_boot("ro outpost.slot=B\n"));
+        assert!(!trial_boot("ro outpost.trial=10 xoutpost.trial=1"));
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub const MAX_SEQ: u32 = i32::MAX as u32;
 
 pub const VAR_ORDER: &str = "BOOT_ORDER";
 pub const VAR_SEQ: &str = "BOOT_SEQ";
+/// `BOOT_TRIAL`: the slot made active for an update and not marked good since (`A` or
+/// `B`), or [`NO_TRIAL`]. The boot script adds `outpost.trial=1` to the kernel command
+/// line when it boots that slot, which arms the trial watchdog.
+pub const VAR_TRIAL: &str = "BOOT_TRIAL";
+/// The value written when no slot is on trial. U-Boot cannot hold an empty variable, and
+/// a listed variable missing from an imported copy makes `env import` print a warning,
+/// so "no trial" is spelled out rather than left out.
+pub const NO_TRIAL: &str = "none";
 
 /// The decoded contents of one boot-state copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +36,10 @@ pub struct BootState {
     pub tries_b: u32,
     /// `BOOT_SEQ`: the copy with the higher value is the current one.
     pub seq: u32,
+    /// `BOOT_TRIAL`: the slot on trial, i.e. made active and not marked good since.
+    /// Missing or anything but `A`/`B` reads as none (older copies have no such variable).
+    #[serde(default)]
+    pub trial: Option<Slot>,
 }
 
 impl Default for BootState {
@@ -38,6 +50,7 @@ impl Default for BootState {
             tries_a: DEFAULT_TRIES,
             tries_b: DEFAULT_TRIES,
             seq: 0,
+            trial: None,
         }
     }
 }
@@ -92,20 +105,32 @@ impl BootState {
 
     /// The running slot passed its health check: give it full tries again and make
     /// sure it is first, so a failed update tried before it is not retried after a
-    /// later counter reset.
+    /// later counter reset. Its trial, if it was on one, is over. (Another slot's trial
+    /// stays: that slot never proved itself, so if it is ever booted again after a
+    /// counter reset it is watched again.)
     pub fn mark_good(&self, booted: Slot) -> Result<BootState, StateError> {
         let mut next = self.successor()?;
         next.put_first(booted);
         next.set_tries(booted, DEFAULT_TRIES);
+        if next.trial == Some(booted) {
+            next.trial = None;
+        }
         Ok(next)
     }
 
-    /// A freshly written and verified slot becomes the one to try next.
+    /// A freshly written and verified slot becomes the one to try next, on trial until
+    /// it is marked good.
     pub fn mark_active(&self, slot: Slot) -> Result<BootState, StateError> {
         let mut next = self.successor()?;
         next.put_first(slot);
         next.set_tries(slot, DEFAULT_TRIES);
+        next.trial = Some(slot);
         Ok(next)
+    }
+
+    /// Whether booting `slot` is a trial boot (the script adds `outpost.trial=1`).
+    pub fn on_trial(&self, slot: Slot) -> bool {
+        self.trial == Some(slot)
     }
 
     /// What the U-Boot script does: walk `BOOT_ORDER`, take the first slot with tries
@@ -151,6 +176,7 @@ impl BootState {
             tries_a: parse_number(vars, Slot::A.tries_var())?,
             tries_b: parse_number(vars, Slot::B.tries_var())?,
             seq: parse_number(vars, VAR_SEQ)?,
+            trial: parse_trial(vars),
         };
         Ok(state)
     }
@@ -162,6 +188,18 @@ impl BootState {
         vars.insert(Slot::A.tries_var().to_string(), self.tries_a.to_string());
         vars.insert(Slot::B.tries_var().to_string(), self.tries_b.to_string());
         vars.insert(VAR_SEQ.to_string(), self.seq.to_string());
+        let trial = self.trial.map_or(NO_TRIAL, Slot::letter);
+        vars.insert(VAR_TRIAL.to_string(), trial.to_string());
+    }
+}
+
+/// Exactly `A` or `B`, as the script compares it with the chosen slot; anything else
+/// (missing in copies written before the variable existed, `none`) is no trial.
+fn parse_trial(vars: &EnvVars) -> Option<Slot> {
+    match vars.get(VAR_TRIAL).map(String::as_str) {
+        Some("A") => Some(Slot::A),
+        Some("B") => Some(Slot::B),
+        _ => None,
     }
 }
 
@@ -220,7 +258,13 @@ mod tests {
             tries_a: a,
             tries_b: b,
             seq,
+            trial: None,
         }
+    }
+
+    fn on_trial(mut s: BootState, slot: Slot) -> BootState {
+        s.trial = Some(slot);
+        s
     }
 
     fn vars(pairs: &[(&str, &str)]) -> EnvVars {
@@ -239,7 +283,49 @@ mod tests {
         assert_eq!(v["BOOT_A_LEFT"], "1");
         assert_eq!(v["BOOT_SEQ"], "41");
         assert_eq!(v["OTHER"], "kept");
+        assert_eq!(v["BOOT_TRIAL"], "none");
         assert_eq!(BootState::from_vars(&v).unwrap(), s);
+        let t = on_trial(s, Slot::B);
+        t.to_vars(&mut v);
+        assert_eq!(v["BOOT_TRIAL"], "B");
+        assert_eq!(BootState::from_vars(&v).unwrap(), t);
+    }
+
+    #[test]
+    fn trial_is_read_leniently_like_the_script() {
+        let mut v = vars(&[
+            ("BOOT_ORDER", "A B"),
+            ("BOOT_A_LEFT", "3"),
+            ("BOOT_B_LEFT", "3"),
+            ("BOOT_SEQ", "1"),
+        ]);
+        // Copies written before the variable existed: no trial, and still valid.
+        assert_eq!(BootState::from_vars(&v).unwrap().trial, None);
+        for junk in ["", "none", "a", "AB", "C"] {
+            v.insert("BOOT_TRIAL".into(), junk.into());
+            assert_eq!(BootState::from_vars(&v).unwrap().trial, None, "{junk:?}");
+        }
+        v.insert("BOOT_TRIAL".into(), "A".into());
+        assert_eq!(BootState::from_vars(&v).unwrap().trial, Some(Slot::A));
+    }
+
+    #[test]
+    fn a_trial_ends_only_when_that_slot_is_marked_good() {
+        let active = state(&[Slot::A, Slot::B], 3, 3, 1)
+            .mark_active(Slot::B)
+            .unwrap();
+        // Booting does not end it: every boot of B is a trial until B proves itself.
+        let (_, booted) = active.simulate_boot().unwrap();
+        assert!(booted.on_trial(Slot::B));
+        // The fallback slot being marked good leaves B's trial standing.
+        let back_on_a = on_trial(state(&[Slot::B, Slot::A], 2, 0, 9), Slot::B)
+            .mark_good(Slot::A)
+            .unwrap();
+        assert_eq!(back_on_a.trial, Some(Slot::B));
+        assert!(!back_on_a.on_trial(Slot::A));
+        // B marked good: committed.
+        let good = booted.mark_good(Slot::B).unwrap();
+        assert_eq!(good, state(&[Slot::B, Slot::A], 3, 3, 4));
     }
 
     #[test]
@@ -321,8 +407,9 @@ mod tests {
     fn mark_active_puts_slot_first_with_full_tries() {
         let s = state(&[Slot::A, Slot::B], 3, 0, 7);
         let n = s.mark_active(Slot::B).unwrap();
-        assert_eq!(n, state(&[Slot::B, Slot::A], 3, 3, 8));
+        assert_eq!(n, on_trial(state(&[Slot::B, Slot::A], 3, 3, 8), Slot::B));
         assert_eq!(n.primary(), Some(Slot::B));
+        assert!(n.on_trial(Slot::B) && !n.on_trial(Slot::A));
         // Works from a single-slot order too.
         let n = state(&[Slot::A], 3, 0, 1).mark_active(Slot::B).unwrap();
         assert_eq!(n.order, vec![Slot::B, Slot::A]);

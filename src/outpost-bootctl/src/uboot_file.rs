@@ -116,6 +116,7 @@ impl UbootFileEnv {
             order = ?next.order,
             tries_a = next.tries_a,
             tries_b = next.tries_b,
+            trial = ?next.trial,
             "{what}"
         );
         Ok(outcome)
@@ -131,7 +132,7 @@ impl UbootFileEnv {
 }
 
 fn same_but_seq(a: &BootState, b: &BootState) -> bool {
-    a.order == b.order && a.tries_a == b.tries_a && a.tries_b == b.tries_b
+    a.order == b.order && a.tries_a == b.tries_a && a.tries_b == b.tries_b && a.trial == b.trial
 }
 
 /// Overwrites `path` from offset 0 without truncating first, so the file keeps its

@@ -26,6 +26,7 @@ fn state(order: &[Slot], a: u32, b: u32, seq: u32) -> BootState {
         tries_a: a,
         tries_b: b,
         seq,
+        trial: None,
     }
 }
 
@@ -82,7 +83,10 @@ fn corrupting_either_copy_falls_back_to_the_other() {
     env.mark_good().unwrap(); // copy 0: seq 1, order A B
     env.mark_active(Slot::B).unwrap(); // copy 1: seq 2, order B A
     let older = state(&[Slot::A, Slot::B], 3, 3, 1);
-    let newer = state(&[Slot::B, Slot::A], 3, 3, 2);
+    let newer = BootState {
+        trial: Some(Slot::B),
+        ..state(&[Slot::B, Slot::A], 3, 3, 2)
+    };
     assert_eq!(env.load().unwrap().state, newer);
 
     let good1 = copy(&env, 1);
@@ -211,6 +215,8 @@ fn full_update_cycle_with_good_update() {
     assert_eq!(env.primary().unwrap(), Slot::B);
     assert_eq!(env.simulate_boot().unwrap(), BootDecision::Boot(Slot::B));
     assert_eq!(env.load().unwrap().state.tries_b, 2);
+    // Until B marks itself good, booting it is a trial (the watchdog is armed).
+    assert!(env.load().unwrap().state.on_trial(Slot::B));
 
     // B comes up healthy.
     let env_b = env_in(tmp.path(), Some(Slot::B));
@@ -218,6 +224,7 @@ fn full_update_cycle_with_good_update() {
     env_b.mark_good().unwrap();
     let s = env_b.load().unwrap().state;
     assert_eq!((s.order.clone(), s.tries_b), (vec![Slot::B, Slot::A], 3));
+    assert_eq!(s.trial, None, "marked good: the trial is over");
     // Every later boot stays on B as long as it keeps marking good.
     for _ in 0..5 {
         assert_eq!(env_b.simulate_boot().unwrap(), BootDecision::Boot(Slot::B));
@@ -245,6 +252,8 @@ fn full_update_cycle_with_bad_update_falls_back_to_a() {
     let s = env.load().unwrap().state;
     assert_eq!(s.order, vec![Slot::A, Slot::B]);
     assert_eq!((s.tries_a, s.tries_b), (3, 0));
+    // B never proved itself: should it ever boot again, it is watched again.
+    assert!(s.on_trial(Slot::B) && !s.on_trial(Slot::A));
     assert_eq!(env.simulate_boot().unwrap(), BootDecision::Boot(Slot::A));
 }
 
@@ -310,8 +319,13 @@ fn repeated_mark_good_does_not_rewrite_the_card() {
     let files = [copy(&env, 0), copy(&env, 1)];
     let seq = env.load().unwrap().state.seq;
     env.mark_good().unwrap();
-    env.mark_active(Slot::A).unwrap();
     assert_eq!(env.load().unwrap().state.seq, seq);
+    assert_eq!([copy(&env, 0), copy(&env, 1)], files);
+    // The same for a second mark_active: B is already first, with full tries, on trial.
+    env.mark_active(Slot::B).unwrap();
+    let files = [copy(&env, 0), copy(&env, 1)];
+    env.mark_active(Slot::B).unwrap();
+    assert_eq!(env.load().unwrap().state.seq, seq + 1);
     assert_eq!([copy(&env, 0), copy(&env, 1)], files);
     // With no valid copy at all, marking good writes even though it changes nothing,
     // so the card holds a real state afterwards.

@@ -277,6 +277,7 @@ fn state(order: &[Slot], a: u32, b: u32, seq: u32) -> BootState {
         tries_a: a,
         tries_b: b,
         seq,
+        trial: None,
     }
 }
 
@@ -319,6 +320,14 @@ fn boot_and_compare(disk: &Path) -> BootDecision {
             assert!(
                 console.contains(&line),
                 "missing {line:?}; console:\n{console}"
+            );
+            // The script and the Rust model agree on which boots are trials.
+            let trial = format!("outpost-boot: slot {slot} is on trial");
+            assert_eq!(
+                console.contains(&trial),
+                before.state.on_trial(slot),
+                "trial flag disagrees with {:?}; console:\n{console}",
+                before.state
             );
         }
         BootDecision::ResetAndReboot => {
@@ -367,6 +376,30 @@ fn fresh_image_boots_a_then_update_to_b_then_good() {
     with_backend(&disk, Slot::B, |env| env.mark_good().unwrap());
     // seq: 1 fresh, 2 boot, 3 good, 4 active, 5 boot, 6 good.
     assert_eq!(load(&disk).state, state(&[Slot::B, Slot::A], 3, 3, 6));
+    assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+}
+
+#[test]
+fn a_trial_slot_is_flagged_until_marked_good_and_old_copies_still_boot() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy as written before BOOT_TRIAL existed (and as the fresh image ships it).
+    let mut vars = EnvVars::new();
+    state(&[Slot::A, Slot::B], 3, 3, 1).to_vars(&mut vars);
+    vars.remove("BOOT_TRIAL");
+    let legacy = envblob::encode(&vars).unwrap();
+    let disk = make_disk(tmp.path(), [Some(&legacy), Some(&[0u8; 4096])]);
+    assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::A));
+    // The script's own write spells out "no trial" from now on.
+    let written = get_copies(&disk)[1].clone().unwrap();
+    assert_eq!(envblob::decode(&written).unwrap()["BOOT_TRIAL"], "none");
+
+    with_backend(&disk, Slot::A, |env| env.mark_active(Slot::B).unwrap());
+    // Every boot of B is a trial until B marks itself good: the first try...
+    assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+    // ...and the second, after the watchdog (or a hang) reset the board.
+    assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+    with_backend(&disk, Slot::B, |env| env.mark_good().unwrap());
+    assert_eq!(load(&disk).state.trial, None);
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
 }
 

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use outpost_wire::admin::{
-    CreateJob, CreateToken, JobState, SensorInfo, SensorStatus, TokenCreated,
+    CreateJob, CreateToken, JobState, SensorInfo, SensorStatus, TokenCreated, TunnelCounters,
 };
 use outpost_wire::log::from_ndjson;
 use outpost_wire::sensor::{
@@ -31,10 +31,10 @@ use outpost_wire::{
     MAX_LOG_BODY, MAX_LOG_EVENTS, MAX_REPORT_BODY,
 };
 
-use crate::auth;
 use crate::error::{job_refusal, ApiError};
 use crate::store::{NewSensor, SensorAuth, SensorRow, Store};
 use crate::Settings;
+use crate::{auth, updates};
 
 pub struct AppState {
     pub store: Store,
@@ -45,9 +45,9 @@ pub struct AppState {
 }
 
 /// Set on requests that arrived through the WireGuard gateway.
-type Via = Option<Extension<PeerIdentity>>;
+pub(crate) type Via = Option<Extension<PeerIdentity>>;
 
-type St = State<Arc<AppState>>;
+pub(crate) type St = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let sensor = Router::new()
@@ -57,7 +57,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::LOG, post(log))
         .route(paths::WG_KEY, post(rotate_key))
         .route("/api/sensor/jobs/{id}/report", post(report))
-        .route("/api/sensor/jobs/{id}/status", post(job_status));
+        .route("/api/sensor/jobs/{id}/status", post(job_status))
+        .route(paths::UPDATE_STATE, post(updates::report_state))
+        .route("/api/sensor/bundles/{id}", get(updates::download));
     let admin = Router::new()
         .route("/api/admin/tokens", post(create_token))
         .route("/api/admin/jobs", post(create_job).get(list_jobs))
@@ -70,7 +72,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_sensor).delete(delete_sensor),
         )
         .route("/api/admin/sensors/{id}/log", get(sensor_log))
-        .route("/api/admin/sensors/{id}/rotate-key", post(request_rotation));
+        .route("/api/admin/sensors/{id}/rotate-key", post(request_rotation))
+        // The upload streams to disk with its own limit (`bundles::MAX_BUNDLE_BODY`).
+        .route(
+            "/api/admin/bundles",
+            post(updates::publish).get(updates::list),
+        )
+        .route("/api/admin/bundles/{id}", get(updates::show))
+        .route("/api/admin/bundles/{id}/assign", post(updates::assign));
     Router::new()
         .merge(sensor)
         .merge(admin)
@@ -144,7 +153,22 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
 /// How far past the limit a body is read (and dropped) before the connection is cut.
 const DRAIN_CAP: usize = 4 * 1024 * 1024;
 
-async fn read_json<T: DeserializeOwned>(
+/// Reads and drops up to [`DRAIN_CAP`] bytes of a body the handler refuses without reading,
+/// so a client still sending it reads the answer instead of a reset connection.
+pub(crate) async fn drain(body: Body) {
+    let mut body = body;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > DRAIN_CAP {
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -157,7 +181,7 @@ async fn read_json<T: DeserializeOwned>(
 /// Authenticates a sensor by its API key and, for requests through the tunnel, checks that
 /// the tunnel is that sensor's own. With a gateway that is required, the sensor API is not
 /// served outside the tunnel.
-async fn sensor_auth(
+pub(crate) async fn sensor_auth(
     state: &AppState,
     headers: &HeaderMap,
     via: &Via,
@@ -189,7 +213,7 @@ async fn sensor_auth(
     Ok(sensor)
 }
 
-fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = auth::bearer(headers)?;
     if auth::digest_eq(&auth::hash(token), &state.admin_hash) {
         Ok(())
@@ -205,11 +229,11 @@ fn job_id(raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("{raw:?} is not a job id")))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     outpost_wire::unix_now()
 }
 
-fn check_field(value: &str, field: &str, max: usize) -> Result<(), ApiError> {
+pub(crate) fn check_field(value: &str, field: &str, max: usize) -> Result<(), ApiError> {
     if value.len() > max || value.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
             "`{field}` must be at most {max} printable characters"
@@ -376,6 +400,12 @@ async fn heartbeat(
     let sensor = sensor_auth(&st, &headers, &via).await?;
     let hb: HeartbeatRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
     check_field(&hb.agent_version, "agent_version", 256)?;
+    if let Some(v) = &hb.firmware_version {
+        check_field(v, "firmware_version", 64)?;
+    }
+    if let Some(slot) = &hb.boot_slot {
+        check_field(slot, "boot_slot", 8)?;
+    }
     let lease = st.settings.lease.as_secs() as i64;
     let (cancel_jobs, rotate_wg_key) = st.store.heartbeat(&sensor.id, &hb, now(), lease).await?;
     Ok(Json(HeartbeatResponse {
@@ -527,6 +557,10 @@ fn validate_spec(spec: &JobSpec) -> Result<(), ApiError> {
             }
             Ok(())
         }
+        // An update must match a published bundle byte for byte; assign makes that so.
+        JobSpec::Update(_) => Err(ApiError::bad_request(
+            "update jobs are made with POST /api/admin/bundles/{id}/assign",
+        )),
     }
 }
 
@@ -535,7 +569,27 @@ async fn create_job(State(st): St, headers: HeaderMap, body: Body) -> Result<Res
     let req: CreateJob = read_json(&headers, body, MAX_JSON_BODY).await?;
     check_field(&req.site, "site", 63)?;
     validate_spec(&req.spec)?;
-    let id = st.store.create_job(&req.site, &req.spec, now()).await?;
+    if let Some(sensor) = &req.sensor_id {
+        check_field(sensor, "sensor_id", 63)?;
+        match st.store.sensor_site(sensor).await? {
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "sensor {sensor} does not exist"
+                )))
+            }
+            Some(site) if site != req.site => {
+                return Err(ApiError::bad_request(format!(
+                    "sensor {sensor} belongs to site {site}, not {}",
+                    req.site
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let id = st
+        .store
+        .create_job_for(&req.site, &req.spec, req.sensor_id.as_deref(), now())
+        .await?;
     Ok((StatusCode::CREATED, Json(job_info(&st, id).await?)).into_response())
 }
 
@@ -629,9 +683,30 @@ async fn sensors_with_status(st: &AppState) -> Result<Vec<SensorInfo>, ApiError>
         .into_iter()
         .map(|row| {
             let status = sensor_status(&row, now, threshold);
-            SensorInfo { status, ..row.info }
+            let tunnel = tunnel_counters(st.gateway.as_deref(), &row.info.wg_public_key);
+            SensorInfo {
+                status,
+                tunnel,
+                ..row.info
+            }
         })
         .collect())
+}
+
+/// The gateway's live counters for the sensor's peer; None without gateway or peer.
+fn tunnel_counters(gw: Option<&Gateway>, key: &str) -> Option<TunnelCounters> {
+    let key = key.parse::<PublicKey>().ok()?;
+    let s = gw?.peer_status(&key)?.stats;
+    Some(TunnelCounters {
+        session_up: s.session_up,
+        handshakes_completed: s.handshakes_completed,
+        rx_packets: s.rx_packets,
+        tx_packets: s.tx_packets,
+        rx_bytes: s.rx_bytes,
+        tx_bytes: s.tx_bytes,
+        dropped_not_for_us: s.dropped.not_for_us,
+        dropped_spoofed_source: s.dropped.spoofed_source,
+    })
 }
 
 async fn list_sensors(State(st): St, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -688,7 +763,7 @@ async fn delete_sensor(
         .into_iter()
         .find(|r| r.info.id == id)
         .map(|r| r.info.wg_public_key);
-    if st.store.delete_sensor(&id).await? {
+    if st.store.delete_sensor(&id, now()).await? {
         if let (Some(gw), Some(key)) = (&st.gateway, key.and_then(|k| k.parse::<PublicKey>().ok()))
         {
             gw.remove_peer(&key);
@@ -732,6 +807,10 @@ mod tests {
                 activity,
                 phase: None,
                 metrics: None,
+                firmware_version: None,
+                boot_slot: None,
+                update: None,
+                tunnel: None,
             },
             running_jobs: running,
         }

@@ -4,12 +4,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod bundles;
 pub mod error;
 pub mod gateway;
 pub mod server;
 pub mod settings;
 pub mod store;
 pub mod tls;
+pub mod updates;
 
 pub use server::{run, Portal};
 pub use settings::Settings;

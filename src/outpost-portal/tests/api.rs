@@ -133,6 +133,7 @@ fn queue(api: &Api, tp: &TestPortal) -> i64 {
         &CreateJob {
             site: "berlin".into(),
             spec: scan_spec(),
+            sensor_id: None,
         },
     );
     assert_eq!(r.status, 201, "{}", r.body);
@@ -302,6 +303,8 @@ async fn job_lifecycle(backend: Backend) {
         uptime_s: 5,
         agent_version: "0.1.0".into(),
         phase: None,
+        firmware_version: None,
+        boot_slot: None,
         metrics: Metrics::default(),
     };
     let r = api.post("/api/sensor/heartbeat", key, &hb);

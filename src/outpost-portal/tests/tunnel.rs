@@ -7,14 +7,18 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{https, start_portal, Backend, TestPortal};
+use common::{build_bundle, https, release_key, start_portal, Api, Backend, TestPortal};
 use outpost_portal::settings::TunnelSettings;
 use outpost_tunnel::ureq_transport::TunnelConnector;
 use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
-use outpost_wire::admin::{CreateToken, TokenCreated};
+use outpost_wire::admin::{
+    AssignBundle, AssignResult, BundleInfo, CreateToken, JobInfo, JobState, SensorInfo,
+    TokenCreated,
+};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, HeartbeatResponse, Metrics, RegisterRequest,
-    RegisterResponse, RotateKeyRequest, TunnelConfig,
+    Activity, Capability, HeartbeatRequest, HeartbeatResponse, Job, JobSpec, Metrics,
+    RegisterRequest, RegisterResponse, RotateKeyRequest, TunnelConfig, UpdateState,
+    UpdateStateReport,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 use ureq::unversioned::resolver::DefaultResolver;
@@ -75,11 +79,23 @@ fn heartbeat() -> HeartbeatRequest {
         uptime_s: 1,
         agent_version: "0.1.0".into(),
         phase: None,
+        firmware_version: None,
+        boot_slot: None,
         metrics: Metrics::default(),
     }
 }
 
 fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> RegisterResponse {
+    register_caps(tp, name, token, key, &[Capability::Scan])
+}
+
+fn register_caps(
+    tp: &TestPortal,
+    name: &str,
+    token: &str,
+    key: &PrivateKey,
+    caps: &[Capability],
+) -> RegisterResponse {
     let direct = https(&tp.ca_pem);
     let req = RegisterRequest {
         name: name.into(),
@@ -89,7 +105,7 @@ fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> Regis
         board: "test".into(),
         hardware_serial: "0".into(),
         agent_version: "0.1.0".into(),
-        capabilities: vec![Capability::Scan],
+        capabilities: caps.to_vec(),
         wg_public_key: key.public_key().to_base64(),
     };
     let (status, body) = post(
@@ -255,4 +271,152 @@ fn run(tp: &TestPortal) {
         old.wait_handshake(Duration::from_secs(3)).is_err(),
         "the rotated-away key gets no handshake"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_download_through_the_gateway() {
+    download_through_the_gateway(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_download_through_the_gateway_postgres() {
+    download_through_the_gateway(Backend::Postgres).await
+}
+
+async fn download_through_the_gateway(backend: Backend) {
+    let tp = start_portal(backend, |s| {
+        s.tunnel = Some(TunnelSettings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            String::new(),
+        ));
+    })
+    .await;
+    let tp = Arc::new(tp);
+    let t2 = tp.clone();
+    tokio::task::spawn_blocking(move || download_run(&t2))
+        .await
+        .unwrap();
+}
+
+/// An update as a sensor runs it, all through its tunnel: claim, a download in two
+/// ranges, progress; then the gateway's counters for it in `sensor show`.
+fn download_run(tp: &TestPortal) {
+    let admin = Api::new(tp);
+    let r = admin.post(
+        "/api/admin/tokens",
+        &tp.admin_token,
+        &CreateToken {
+            site: "berlin".into(),
+            uses: 2,
+            ttl_s: 600,
+        },
+    );
+    let token = r.json::<TokenCreated>().token;
+    let key_a = PrivateKey::generate();
+    let both = [Capability::Scan, Capability::Update];
+    let a = register_caps(tp, "a", &token, &key_a, &both);
+    let b = register(tp, "b", &token, &PrivateKey::generate());
+    let inputs = tempfile::tempdir().unwrap();
+    let file = build_bundle(inputs.path(), "1.2.0", Some(&release_key()));
+    let r = admin.post_bytes(
+        "/api/admin/bundles",
+        &tp.admin_token,
+        "application/octet-stream",
+        &file.bytes,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bundle: BundleInfo = r.json();
+    let r = admin.post(
+        &format!("/api/admin/bundles/{}/assign", bundle.id),
+        &tp.admin_token,
+        &AssignBundle {
+            site: None,
+            sensors: vec![a.sensor_id.clone()],
+        },
+    );
+    let job_id = r.json::<AssignResult>().jobs[0];
+
+    let tun = a.tunnel.clone().unwrap();
+    let dev = start_device(key_a, &tun);
+    let via = Api {
+        agent: tunnel_agent(dev, &tp.ca_pem),
+        base: format!("https://{}", tun.portal_address),
+    };
+    let key = a.api_key.expose();
+    let r = via.post(
+        "/api/sensor/claim",
+        key,
+        &serde_json::json!({"capabilities": ["scan", "update"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let job: Job = r.json();
+    let JobSpec::Update(spec) = &job.spec else {
+        panic!("not an update: {:?}", job.spec)
+    };
+    assert_eq!(
+        (job.id, spec.size, &spec.sha256),
+        (job_id, file.bytes.len() as u64, &file.sha256)
+    );
+
+    let path = format!("/api/sensor/bundles/{}", bundle.id);
+    let len = file.bytes.len();
+    let cut = len / 2;
+    let head = via.get_with(
+        path.as_str(),
+        key,
+        &[("range", &format!("bytes=0-{}", cut - 1))],
+    );
+    assert_eq!(head.status, 206, "{}", head.text());
+    let mut state = UpdateStateReport {
+        job_id: Some(job.id),
+        bundle_id: bundle.id,
+        version: spec.version.clone(),
+        state: UpdateState::Downloading,
+        reason: String::new(),
+        progress_percent: 50,
+        slot: Some("a".into()),
+    };
+    let r = via.post("/api/sensor/update-state", key, &state);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let tail = via.get_with(path.as_str(), key, &[("range", &format!("bytes={cut}-"))]);
+    assert_eq!(tail.status, 206, "{}", tail.text());
+    let mut got = head.body;
+    got.extend_from_slice(&tail.body);
+    assert!(got == file.bytes, "the two ranges make the bundle");
+    state.state = UpdateState::Rebooting;
+    state.progress_percent = 100;
+    let r = via.post("/api/sensor/update-state", key, &state);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let j: JobInfo = admin
+        .get(&format!("/api/admin/jobs/{job_id}"), &tp.admin_token)
+        .json();
+    assert_eq!(j.state, JobState::Completed);
+
+    let s: SensorInfo = admin
+        .get(
+            &format!("/api/admin/sensors/{}", a.sensor_id),
+            &tp.admin_token,
+        )
+        .json();
+    let t = s.tunnel.expect("a tunnel sensor has counters");
+    assert!(t.session_up);
+    assert!(t.handshakes_completed >= 1, "{t:?}");
+    assert!(t.rx_packets > 0 && t.tx_packets > 0, "{t:?}");
+    assert!(
+        t.tx_bytes >= len as u64,
+        "the whole bundle went to the sensor: {t:?}"
+    );
+    assert!(t.rx_bytes > 0, "{t:?}");
+    assert_eq!((t.dropped_not_for_us, t.dropped_spoofed_source), (0, 0));
+    assert_eq!(s.update.map(|u| u.state), Some(UpdateState::Rebooting));
+    // A peer that never connected: counters, all zero.
+    let s: SensorInfo = admin
+        .get(
+            &format!("/api/admin/sensors/{}", b.sensor_id),
+            &tp.admin_token,
+        )
+        .json();
+    let t = s.tunnel.expect("b is a peer");
+    assert!(!t.session_up);
+    assert_eq!((t.handshakes_completed, t.rx_bytes, t.tx_bytes), (0, 0, 0));
 }

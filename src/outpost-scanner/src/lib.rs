@@ -30,7 +30,7 @@ mod vts;
 
 pub use component::{Component, Probe, ProbePolicy, RestartPolicy, RunAs, RuntimeDir};
 pub use error::{ProbeError, ScannerError};
-pub use probe::{check_probe, established_to_port, mqtt_connect_packet};
+pub use probe::{check_probe, established_to_port, mqtt_connect_packet, redis_save};
 
 pub use stack::{
     Programs, StackConfig, Users, MOSQUITTO, MQTT_TOPICS, NOTUS_SCANNER, OSPD_OPENVAS, REDIS,

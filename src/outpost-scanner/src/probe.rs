@@ -96,6 +96,30 @@ fn connack_reason(code: u8) -> &'static str {
 }
 
 fn redis_ping(socket: &Path, timeout: Duration) -> Result<(), ProbeError> {
+    // redis answers `-LOADING ...` while it reads its dump, which must not count as
+    // ready (ospd would see an empty VT cache).
+    redis_command(socket, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", timeout)
+}
+
+/// Asks redis to write its dump now (`BGSAVE`), so the VT cache that ospd-openvas just
+/// loaded survives a power cut, not only a clean shutdown. The save runs in the
+/// background; `+Background saving started` is the answer wanted.
+pub fn redis_save(socket: &Path, timeout: Duration) -> Result<(), ProbeError> {
+    redis_command(
+        socket,
+        b"*1\r\n$6\r\nBGSAVE\r\n",
+        b"+Background saving started\r\n",
+        timeout,
+    )
+}
+
+/// Sends one RESP command and compares the one-line answer with `want`.
+fn redis_command(
+    socket: &Path,
+    command: &[u8],
+    want: &[u8],
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let target = format!("redis at {}", socket.display());
     let mut s = UnixStream::connect(socket).map_err(|source| ProbeError::Connect {
         target: target.clone(),
@@ -107,9 +131,7 @@ fn redis_ping(socket: &Path, timeout: Duration) -> Result<(), ProbeError> {
     };
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
-    s.write_all(b"*1\r\n$4\r\nPING\r\n").map_err(io_err)?;
-    // One RESP line; redis answers `-LOADING ...` while it reads its dump,
-    // which must not count as ready (ospd would see an empty VT cache).
+    s.write_all(command).map_err(io_err)?;
     let deadline = Instant::now() + timeout;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -119,7 +141,7 @@ fn redis_ping(socket: &Path, timeout: Duration) -> Result<(), ProbeError> {
             _ => line.push(byte[0]),
         }
     }
-    if line == b"+PONG\r\n" {
+    if line == want {
         Ok(())
     } else {
         Err(ProbeError::Unexpected {
@@ -287,6 +309,19 @@ mod tests {
             r.get_mut().write_all(answer).unwrap();
             got
         })
+    }
+
+    #[test]
+    fn redis_save_sends_bgsave_and_wants_it_started() {
+        let path = sock_path("bgsave");
+        let h = fake_redis(&path, b"+Background saving started\r\n");
+        redis_save(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(h.join().unwrap(), b"*1\r\n$6\r\nBGSAVE\r\n");
+        let path = sock_path("bgsave-busy");
+        let h = fake_redis(&path, b"-ERR Background save already in progress\r\n");
+        let e = redis_save(&path, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("already in progress"), "{e}");
+        h.join().unwrap();
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::log::{LogEvent, Phase};
-use crate::sensor::{Activity, JobSpec, ReportOutcome, ReportSummary};
+use crate::sensor::{Activity, JobSpec, ReportOutcome, ReportSummary, UpdateState};
 
 pub mod paths {
     pub const TOKENS: &str = "/api/admin/tokens";
@@ -28,6 +28,16 @@ pub mod paths {
     pub fn rotate_key(id: &str) -> String {
         format!("/api/admin/sensors/{id}/rotate-key")
     }
+    /// `POST` the bundle file as the raw body (`application/octet-stream`) to publish it;
+    /// `GET` lists published bundles.
+    pub const BUNDLES: &str = "/api/admin/bundles";
+    pub fn bundle(id: i64) -> String {
+        format!("/api/admin/bundles/{id}")
+    }
+    /// `POST` an [`super::AssignBundle`]: one update job per sensor.
+    pub fn assign_bundle(id: i64) -> String {
+        format!("/api/admin/bundles/{id}/assign")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +61,69 @@ pub struct TokenCreated {
 pub struct CreateJob {
     pub site: String,
     pub spec: JobSpec,
+    /// Only this sensor (of the site) may claim the job; any sensor of the site when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor_id: Option<String>,
+}
+
+/// A published update bundle, as the portal read it from the bundle's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    pub id: i64,
+    pub version: String,
+    /// Board `compatible` string from the manifest.
+    pub compatible: String,
+    /// Lowest version the bundle may replace, if the manifest sets one.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    pub size: u64,
+    /// sha256 of the whole file, lowercase hex.
+    pub sha256: String,
+    pub published_at: i64,
+}
+
+/// Assign a bundle to sensors: every sensor of `site`, and/or the sensors listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AssignBundle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub sensors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignResult {
+    /// The update jobs created, one per sensor.
+    pub jobs: Vec<i64>,
+}
+
+/// A sensor's latest update state, as it last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorUpdate {
+    pub bundle_id: i64,
+    pub version: String,
+    pub state: UpdateState,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub progress_percent: u8,
+    pub updated_at: i64,
+}
+
+/// The sensor's WireGuard peer at the portal's gateway (inner packets, i.e. plaintext IP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TunnelCounters {
+    pub session_up: bool,
+    pub handshakes_completed: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Inner packets from the sensor addressed to anything but the portal: a sensor that
+    /// routes other traffic (a scan, say) into the tunnel shows up here.
+    pub dropped_not_for_us: u64,
+    /// Inner packets whose source was not the sensor's tunnel address.
+    pub dropped_spoofed_source: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +174,9 @@ pub struct JobInfo {
     pub spec: JobSpec,
     #[serde(default)]
     pub sensor_id: Option<String>,
+    /// The only sensor allowed to claim the job, if the job was made for one.
+    #[serde(default)]
+    pub target_sensor: Option<String>,
     pub attempts: u32,
     pub progress_percent: u8,
     pub cancel_requested: bool,
@@ -139,6 +215,15 @@ pub struct SensorInfo {
     pub phase: Option<Phase>,
     #[serde(default)]
     pub metrics: Option<crate::sensor::Metrics>,
+    #[serde(default)]
+    pub firmware_version: Option<String>,
+    #[serde(default)]
+    pub boot_slot: Option<String>,
+    #[serde(default)]
+    pub update: Option<SensorUpdate>,
+    /// Present when the portal runs the gateway and the sensor is a peer.
+    #[serde(default)]
+    pub tunnel: Option<TunnelCounters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

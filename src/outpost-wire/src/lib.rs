@@ -37,6 +37,13 @@ pub mod paths {
     pub const LOG: &str = "/api/sensor/log";
     /// Replaces the sensor's WireGuard public key (key rotation) without a new identity.
     pub const WG_KEY: &str = "/api/sensor/wg-key";
+    /// Update progress and outcome ([`crate::sensor::UpdateStateReport`]).
+    pub const UPDATE_STATE: &str = "/api/sensor/update-state";
+
+    /// `GET /api/sensor/bundles/{id}`: the bundle file; honours `Range: bytes=N-`.
+    pub fn bundle(id: i64) -> String {
+        format!("/api/sensor/bundles/{id}")
+    }
 
     /// `POST /api/sensor/jobs/{id}/report`
     pub fn report(job: i64) -> String {

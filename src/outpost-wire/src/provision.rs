@@ -19,7 +19,14 @@
 //! min_nasl = 2000
 //! min_notus = 500
 //! max_age_hours = 12
+//!
+//! [update]                        # optional
+//! health_deadline_s = 600         # a freshly updated slot must be healthy within this
 //! ```
+//!
+//! `update.health_deadline_s` is read by the trial watchdog on the device (a shell
+//! script, so it works even when the new slot's daemon does not); it is validated here
+//! so a bad value is named at start-up rather than silently ignored.
 //!
 //! Everything is validated before the daemon touches the network; an error names the
 //! field (`sensor.token`) so the person at the branch knows what to fix.
@@ -78,6 +85,7 @@ struct Raw {
     sensor: Option<RawSensor>,
     scope: Option<RawScope>,
     feed: Option<RawFeed>,
+    update: Option<RawUpdate>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +109,16 @@ struct RawSensor {
 struct RawScope {
     allowed: Option<Vec<String>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    health_deadline_s: Option<u32>,
+}
+
+/// Bounds for `update.health_deadline_s`: long enough for the scanner to load its VTs,
+/// short enough that a broken slot does not sit for days before it falls back.
+pub const HEALTH_DEADLINE_RANGE: std::ops::RangeInclusive<u32> = 60..=86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +194,19 @@ impl Provision {
                 return Err(ProvisionError::Invalid {
                     field: "scope.allowed",
                     reason: format!("entry {cidr:?} is not an IPv4 CIDR such as 192.168.1.0/24"),
+                });
+            }
+        }
+
+        if let Some(d) = raw.update.and_then(|u| u.health_deadline_s) {
+            if !HEALTH_DEADLINE_RANGE.contains(&d) {
+                return Err(ProvisionError::Invalid {
+                    field: "update.health_deadline_s",
+                    reason: format!(
+                        "is {d}; it must be between {} and {} seconds",
+                        HEALTH_DEADLINE_RANGE.start(),
+                        HEALTH_DEADLINE_RANGE.end()
+                    ),
                 });
             }
         }
@@ -324,6 +355,17 @@ mod tests {
         assert_eq!(p.site, "berlin");
         assert_eq!(p.feed, FeedThresholds::default());
         assert!(!format!("{p:?}").contains("otk_0123"));
+    }
+
+    #[test]
+    fn update_section_is_accepted_and_checked() {
+        let ok = format!("{}[update]\nhealth_deadline_s = 900\n", good());
+        assert!(Provision::parse(&ok, no_files).is_ok());
+        let bad = format!("{}[update]\nhealth_deadline_s = 5\n", good());
+        let e = Provision::parse(&bad, no_files).unwrap_err().to_string();
+        assert!(e.contains("update.health_deadline_s"), "{e}");
+        let unknown = format!("{}[update]\ndeadline = 5\n", good());
+        assert!(Provision::parse(&unknown, no_files).is_err());
     }
 
     #[test]

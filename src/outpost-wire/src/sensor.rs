@@ -121,6 +121,12 @@ pub struct HeartbeatRequest {
     /// The boot phase the sensor has reached (see [`crate::log::Phase`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<crate::log::Phase>,
+    /// The firmware (image) version running, from `/etc/outpost-release`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_version: Option<String>,
+    /// The A/B slot booted (`a` or `b`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_slot: Option<String>,
     pub metrics: Metrics,
 }
 
@@ -158,14 +164,97 @@ pub struct Job {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     Scan(ScanSpec),
+    Update(UpdateSpec),
 }
 
 impl JobSpec {
     pub fn capability(&self) -> Capability {
         match self {
             JobSpec::Scan(_) => Capability::Scan,
+            JobSpec::Update(_) => Capability::Update,
         }
     }
+}
+
+/// Install a published update bundle (`docs/updates.md`). The sensor downloads it from
+/// [`crate::paths::bundle`] (HTTP ranges, so an interrupted download resumes), verifies it
+/// against the keys in its image and reports progress with [`UpdateStateReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateSpec {
+    /// The portal's id of the published bundle.
+    pub bundle_id: i64,
+    /// The version the bundle's manifest claims (the device trusts only the signed manifest).
+    pub version: String,
+    /// Bundle file size in bytes.
+    pub size: u64,
+    /// sha256 of the whole bundle file, lowercase hex: lets a resumed download be checked
+    /// before the (authoritative) signature and part hashes are.
+    pub sha256: String,
+}
+
+/// Where a sensor is in installing an update, as the portal shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Downloading,
+    Installing,
+    Rebooting,
+    /// The new slot booted, became healthy and was marked good.
+    Committed,
+    /// The new slot failed its tries; the device is back on the old one.
+    RolledBack,
+    /// The device would not install the bundle (signature, board, version, hashes...).
+    Refused,
+    /// Download or slot write failed for a reason that is not the bundle's fault.
+    Failed,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Downloading => "downloading",
+            UpdateState::Installing => "installing",
+            UpdateState::Rebooting => "rebooting",
+            UpdateState::Committed => "committed",
+            UpdateState::RolledBack => "rolled_back",
+            UpdateState::Refused => "refused",
+            UpdateState::Failed => "failed",
+        }
+    }
+
+    /// States after which nothing more happens for this bundle on this sensor.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            UpdateState::Committed
+                | UpdateState::RolledBack
+                | UpdateState::Refused
+                | UpdateState::Failed
+        )
+    }
+}
+
+/// `POST /api/sensor/update-state`: the sensor's update progress. Sent during the job
+/// (downloading, installing, rebooting) and after the reboot, by the new slot (committed)
+/// or by the old one after U-Boot fell back (rolled_back), when the job is long finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStateReport {
+    /// The update job, when the sensor still knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<i64>,
+    pub bundle_id: i64,
+    /// Version of the bundle this report is about.
+    pub version: String,
+    pub state: UpdateState,
+    /// Why, for refused/failed/rolled_back; progress text otherwise.
+    #[serde(default)]
+    pub reason: String,
+    /// Download or install progress, 0-100.
+    #[serde(default)]
+    pub progress_percent: u8,
+    /// The slot the report is sent from (`a` or `b`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// Which hosts to treat as alive before scanning them.

@@ -1,5 +1,6 @@
-//! `outpostctl bundle`: signing keys, building, signing and checking update bundles.
-//! Works on files only; no portal involved. Format: docs/updates.md.
+//! `outpostctl bundle`: signing keys, building, signing and checking update bundles
+//! (files only, no portal), and publishing and assigning them on a portal.
+//! Format: docs/updates.md.
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +14,9 @@ use outpost_bundle::{
     build_bundle, check_bundle_file, parse_dtb_arg, sign_bundle, BuildSpec, Manifest, Policy,
     RawBundleHead, SecretKey, TrustedKeys, Version,
 };
+use outpost_wire::admin::{paths, AssignBundle, AssignResult, BundleInfo};
+
+use crate::client::Client;
 
 #[derive(Subcommand)]
 pub enum BundleCmd {
@@ -73,6 +77,87 @@ pub enum BundleCmd {
         #[arg(long)]
         floor: Option<Version>,
     },
+    /// Upload a bundle to the portal; prints the published bundle.
+    Publish { bundle: PathBuf },
+    /// Bundles published on the portal, newest first.
+    List,
+    /// Queue the bundle's install on every sensor of a site and/or on single sensors.
+    Assign {
+        /// Bundle id, as `bundle publish` or `bundle list` print it.
+        id: i64,
+        #[arg(long, required_unless_present = "sensors")]
+        site: Option<String>,
+        /// Sensor id (repeatable).
+        #[arg(long = "sensor")]
+        sensors: Vec<String>,
+    },
+}
+
+impl BundleCmd {
+    /// Publish, list and assign talk to a portal; the rest work on files only.
+    pub fn needs_portal(&self) -> bool {
+        matches!(
+            self,
+            BundleCmd::Publish { .. } | BundleCmd::List | BundleCmd::Assign { .. }
+        )
+    }
+}
+
+/// The portal side: publish, list, assign.
+pub fn run_portal(cmd: BundleCmd, c: &Client, json: bool) -> Result<()> {
+    match cmd {
+        BundleCmd::Publish { bundle } => {
+            // A wrong token is answered before a large upload starts, not after.
+            let _: Vec<BundleInfo> = c.get(paths::BUNDLES)?;
+            let b: BundleInfo = c.post_file(paths::BUNDLES, &bundle)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!(
+                    "bundle {}: {} for {} ({} bytes, sha256 {})",
+                    b.id, b.version, b.compatible, b.size, b.sha256
+                );
+            }
+        }
+        BundleCmd::List => {
+            let list: Vec<BundleInfo> = c.get(paths::BUNDLES)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:>5}  {:<12} {:<20} {:<10} {:>12}  sha256",
+                    "id", "version", "board", "replaces", "bytes"
+                );
+                for b in &list {
+                    println!(
+                        "{:>5}  {:<12} {:<20} {:<10} {:>12}  {}",
+                        b.id,
+                        b.version,
+                        b.compatible,
+                        b.min_version.as_deref().unwrap_or("any"),
+                        b.size,
+                        b.sha256
+                    );
+                }
+            }
+        }
+        BundleCmd::Assign { id, site, sensors } => {
+            let r: AssignResult =
+                c.post(&paths::assign_bundle(id), &AssignBundle { site, sensors })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let ids: Vec<String> = r.jobs.iter().map(i64::to_string).collect();
+                println!(
+                    "bundle {id}: {} update job(s) queued: {}",
+                    r.jobs.len(),
+                    ids.join(" ")
+                );
+            }
+        }
+        other => return run(other, json),
+    }
+    Ok(())
 }
 
 pub fn run(cmd: BundleCmd, json: bool) -> Result<()> {
@@ -126,6 +211,9 @@ pub fn run(cmd: BundleCmd, json: bool) -> Result<()> {
             floor.as_ref(),
             json,
         ),
+        BundleCmd::Publish { .. } | BundleCmd::List | BundleCmd::Assign { .. } => {
+            Err(anyhow!("this bundle command needs a portal"))
+        }
     }
 }
 

@@ -110,6 +110,25 @@ impl Client {
         decode(resp)
     }
 
+    /// `POST`s a file as the raw body, streamed from disk (bundles are hundreds of MB).
+    pub fn post_file<T: DeserializeOwned>(&self, path: &str, file: &Path) -> Result<T> {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let resp = self
+            .agent
+            .post(&self.url(path))
+            // A large upload over a branch link takes longer than any fixed limit; the
+            // connection's own failure ends it instead.
+            .config()
+            .timeout_global(None)
+            .build()
+            .header("authorization", &self.auth())
+            .header(API_VERSION_HEADER, &API_VERSION.to_string())
+            .header("content-type", "application/octet-stream")
+            .send(f)
+            .with_context(|| format!("POST {} (uploading {})", self.url(path), file.display()))?;
+        decode(resp)
+    }
+
     /// `POST` without a body, for actions answered with an empty 2xx.
     pub fn post_action(&self, path: &str) -> Result<()> {
         let resp = self

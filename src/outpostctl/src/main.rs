@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use outpost_wire::admin::{
     paths, CreateJob, CreateToken, JobInfo, ReportInfo, SensorInfo, StoredLogEvent, TokenCreated,
 };
-use outpost_wire::sensor::{AliveTest, JobSpec, ScanSpec};
+use outpost_wire::sensor::{AliveTest, JobSpec, ScanSpec, UpdateState};
 
 use client::{Client, Target};
 
@@ -62,7 +62,7 @@ enum Cmd {
     Sensor(SensorCmd),
     /// Print the report of a finished job (the raw OSP XML, or the summary with --json).
     Report { job: i64 },
-    /// Update bundles: keygen, build, sign, verify (offline, no portal).
+    /// Update bundles: keygen, build, sign, verify (offline); publish, list, assign (portal).
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
     /// SD-card images.
@@ -78,6 +78,7 @@ enum PortalCmd {
     Job(JobCmd),
     Sensor(SensorCmd),
     Report { job: i64 },
+    Bundle(bundle::BundleCmd),
 }
 
 #[derive(Subcommand)]
@@ -120,6 +121,9 @@ enum JobCmd {
         /// Seconds before the sensor gives up on the scan.
         #[arg(long, default_value_t = 4 * 3600)]
         deadline: u64,
+        /// Only this sensor (of the site) may run the scan.
+        #[arg(long = "sensor")]
+        sensor_id: Option<String>,
     },
     Show {
         id: i64,
@@ -195,7 +199,8 @@ fn run(cli: Cli) -> Result<()> {
     // Bundle commands work on files only, so they run before a portal is required.
     // File and device commands need no portal.
     let cmd = match cli.cmd {
-        Cmd::Bundle(cmd) => return bundle::run(cmd, json),
+        Cmd::Bundle(cmd) if !cmd.needs_portal() => return bundle::run(cmd, json),
+        Cmd::Bundle(cmd) => PortalCmd::Bundle(cmd),
         Cmd::Image(image::ImageCmd::Provision(a)) => return image::provision(a),
         Cmd::Flash { image, device } => return image::flash(image, device),
         Cmd::Token(t) => PortalCmd::Token(t),
@@ -229,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
             oids,
             alive_test: at,
             deadline,
+            sensor_id,
         }) => {
             let spec = JobSpec::Scan(ScanSpec {
                 targets,
@@ -240,7 +246,14 @@ fn run(cli: Cli) -> Result<()> {
                 credentials: Vec::new(),
                 deadline_s: deadline,
             });
-            let job: JobInfo = c.post(paths::JOBS, &CreateJob { site, spec })?;
+            let job: JobInfo = c.post(
+                paths::JOBS,
+                &CreateJob {
+                    site,
+                    spec,
+                    sensor_id,
+                },
+            )?;
             if json {
                 print_json(&job)?;
             } else {
@@ -292,7 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&s)?;
             } else {
-                print_sensors(&[s]);
+                print_sensor(&s);
             }
         }
         PortalCmd::Sensor(SensorCmd::Log { id, limit }) => {
@@ -318,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("sensor {id}: key rotation requested (done at its next heartbeat)");
             }
         }
+        PortalCmd::Bundle(cmd) => bundle::run_portal(cmd, &c, json)?,
         PortalCmd::Report { job } => {
             let r: ReportInfo = c.get(&paths::job_report(job))?;
             if json {
@@ -330,45 +344,147 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// What a job does, in a few words: the scan targets, or the update's version.
+fn job_what(spec: &JobSpec) -> String {
+    match spec {
+        JobSpec::Scan(s) => format!("scan {}", s.targets.join(",")),
+        JobSpec::Update(u) => format!("update to {} (bundle {})", u.version, u.bundle_id),
+    }
+}
+
 fn print_jobs(jobs: &[JobInfo]) {
     println!(
-        "{:>6}  {:<10} {:<12} {:>4}%  {:<20} targets",
+        "{:>6}  {:<10} {:<12} {:>4}%  {:<20} what",
         "id", "state", "site", "", "sensor"
     );
     for j in jobs {
-        let JobSpec::Scan(s) = &j.spec;
+        // Unclaimed jobs made for one sensor show it with a marker.
+        let sensor = match (&j.sensor_id, &j.target_sensor) {
+            (Some(s), _) => s.clone(),
+            (None, Some(t)) => format!("for {t}"),
+            (None, None) => "-".into(),
+        };
+        let mut what = job_what(&j.spec);
+        if let Some(reason) = &j.failure_reason {
+            what.push_str(&format!(" ({reason})"));
+        }
         println!(
-            "{:>6}  {:<10} {:<12} {:>4}%  {:<20} {}",
+            "{:>6}  {:<10} {:<12} {:>4}%  {:<20} {what}",
             j.id,
             j.state.as_str(),
             j.site,
             j.progress_percent,
-            j.sensor_id.as_deref().unwrap_or("-"),
-            s.targets.join(",")
+            sensor,
         );
     }
 }
 
+fn status_text(s: &SensorInfo) -> String {
+    serde_json::to_value(s.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `1.2.0 committed`, `1.3.0 refused: <reason>`, `1.3.0 downloading 40%`, or `-`.
+fn update_text(s: &SensorInfo) -> String {
+    let Some(u) = &s.update else {
+        return "-".into();
+    };
+    let mut t = format!("{} {}", u.version, u.state.as_str());
+    if matches!(u.state, UpdateState::Downloading | UpdateState::Installing) {
+        t.push_str(&format!(" {}%", u.progress_percent));
+    }
+    if !u.reason.is_empty() {
+        t.push_str(&format!(": {}", u.reason));
+    }
+    t
+}
+
 fn print_sensors(sensors: &[SensorInfo]) {
     println!(
-        "{:<20} {:<16} {:<12} {:<9} {:<13} last heartbeat",
-        "id", "name", "site", "status", "phase"
+        "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} update",
+        "id", "name", "site", "status", "phase", "firmware", "slot", "last heartbeat"
     );
     for s in sensors {
-        let status = serde_json::to_value(s.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         println!(
-            "{:<20} {:<16} {:<12} {:<9} {:<13} {}",
+            "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} {}",
             s.id,
             s.name,
             s.site,
-            status,
+            status_text(s),
             s.phase.map(|p| p.as_str()).unwrap_or("-"),
+            s.firmware_version.as_deref().unwrap_or("-"),
+            s.boot_slot.as_deref().unwrap_or("-"),
             s.last_heartbeat
                 .map(|t| t.to_string())
-                .unwrap_or_else(|| "never".into())
+                .unwrap_or_else(|| "never".into()),
+            update_text(s),
         );
+    }
+}
+
+/// One sensor in full.
+fn print_sensor(s: &SensorInfo) {
+    let line = |k: &str, v: &str| println!("{k:<15} {v}");
+    line("id:", &s.id);
+    line("name:", &s.name);
+    line("site:", &s.site);
+    line("status:", &status_text(s));
+    line("phase:", s.phase.map(|p| p.as_str()).unwrap_or("-"));
+    line(
+        "last heartbeat:",
+        &s.last_heartbeat
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "never".into()),
+    );
+    line("board:", &s.board);
+    line("agent:", &s.agent_version);
+    line(
+        "firmware:",
+        &format!(
+            "{} (slot {})",
+            s.firmware_version.as_deref().unwrap_or("unknown"),
+            s.boot_slot.as_deref().unwrap_or("unknown")
+        ),
+    );
+    match &s.update {
+        Some(u) => line(
+            "update:",
+            &format!(
+                "{} (bundle {}, at {})",
+                update_text(s),
+                u.bundle_id,
+                u.updated_at
+            ),
+        ),
+        None => line("update:", "-"),
+    }
+    match &s.tunnel {
+        Some(t) => {
+            line(
+                "tunnel:",
+                &format!(
+                    "{}, {} handshakes",
+                    if t.session_up { "up" } else { "down" },
+                    t.handshakes_completed
+                ),
+            );
+            line(
+                "",
+                &format!(
+                    "rx {} packets / {} bytes, tx {} packets / {} bytes",
+                    t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes
+                ),
+            );
+            line(
+                "",
+                &format!(
+                    "dropped: {} not for the portal, {} spoofed source",
+                    t.dropped_not_for_us, t.dropped_spoofed_source
+                ),
+            );
+        }
+        None => line("tunnel:", "-"),
     }
 }

@@ -3,15 +3,21 @@
 
 use std::sync::Arc;
 
+use std::io::Read as _;
+
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
     RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
+    UpdateStateReport,
 };
 use outpost_wire::{paths, ErrorBody, ErrorCode, Secret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::transport::{Request, Response, Transport, TransportError};
+use crate::transport::{Download, GetRequest, Request, Response, Transport, TransportError};
+
+/// Most of an error answer to a download that is read for its reason.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -122,6 +128,33 @@ impl PortalClient {
         decode(&resp)
     }
 
+    /// Update progress or outcome; the portal answers 2xx with nothing we need.
+    pub fn update_state(&self, report: &UpdateStateReport) -> Result<(), ApiError> {
+        self.post(paths::UPDATE_STATE, report, None).map(|_| ())
+    }
+
+    /// Starts downloading bundle `id` from byte `from` on (`Range: bytes=<from>-` when
+    /// `from` > 0). A 2xx answer is returned with its body unread; anything else is an
+    /// [`ApiError::Status`] with the portal's reason.
+    pub fn bundle(&self, id: i64, from: u64) -> Result<Download, ApiError> {
+        let path = paths::bundle(id);
+        let d = self.transport.get(&GetRequest {
+            path: &path,
+            bearer: Some(&self.api_key),
+            range_from: (from > 0).then_some(from),
+        })?;
+        if (200..300).contains(&d.status) {
+            return Ok(d);
+        }
+        let mut body = Vec::new();
+        // The reason is a nicety; a body that cannot be read leaves it out.
+        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
+        Err(ApiError::Status {
+            status: d.status,
+            body: serde_json::from_slice(&body).ok(),
+        })
+    }
+
     /// Sends one NDJSON batch of log events.
     pub fn send_log(&self, ndjson: String) -> Result<(), ApiError> {
         let resp = self.transport.post(&Request {
@@ -202,12 +235,16 @@ pub mod fake {
     }
 
     /// Answers each path from a queue of scripted responses; when a path's queue is
-    /// empty it answers with that path's default, or 404.
+    /// empty it answers with that path's default, or 404. `GET`s are served from
+    /// `files` (honouring the range) or answered 404.
     #[derive(Default)]
     pub struct FakeTransport {
         pub script: Mutex<HashMap<String, VecDeque<Result<Response, TransportError>>>>,
         pub defaults: Mutex<HashMap<String, Response>>,
         pub seen: Mutex<Vec<Seen>>,
+        pub files: Mutex<HashMap<String, Vec<u8>>>,
+        /// Every `GET` as (path, range start).
+        pub gets: Mutex<Vec<(String, Option<u64>)>>,
     }
 
     pub fn ok_json(body: &impl Serialize) -> Response {
@@ -274,6 +311,29 @@ pub mod fake {
                     body: Vec::new(),
                 }))
         }
+
+        fn get(&self, req: &GetRequest<'_>) -> Result<Download, TransportError> {
+            self.gets
+                .lock()
+                .unwrap()
+                .push((req.path.to_owned(), req.range_from));
+            let files = self.files.lock().unwrap();
+            let Some(file) = files.get(req.path) else {
+                return Ok(Download {
+                    status: 404,
+                    content_range: None,
+                    body: Box::new(std::io::empty()),
+                });
+            };
+            let from = req.range_from.unwrap_or(0).min(file.len() as u64) as usize;
+            Ok(Download {
+                status: if req.range_from.is_some() { 206 } else { 200 },
+                content_range: req
+                    .range_from
+                    .map(|_| format!("bytes {from}-{}/{}", file.len() - 1, file.len())),
+                body: Box::new(std::io::Cursor::new(file[from..].to_vec())),
+            })
+        }
     }
 }
 
@@ -316,6 +376,8 @@ mod tests {
                 uptime_s: 1,
                 agent_version: "0".into(),
                 phase: None,
+                firmware_version: None,
+                boot_slot: None,
                 metrics: Default::default(),
             })
             .unwrap_err();

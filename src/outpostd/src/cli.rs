@@ -27,6 +27,13 @@ usage: outpostd --config PATH --data-dir DIR [options]
                               (for the unsigned demo feed)
   --ospd-gone-grace DUR       openvas: how long ospd-openvas may be unreachable during a
                               scan before the job fails (default 2m)
+  --bundle-keys PATH          trusted update-bundle keys
+                              (default /usr/share/outpost/bundle-keys.pub)
+  --release-file PATH         this image's VERSION and BOARD (default /etc/outpost-release)
+  --boot-dir DIR              the mounted boot partition: A/B boot state and the slots'
+                              boot files (default /boot)
+  --boot-disk DEV             the disk holding the slots (default: the disk of the
+                              partition mounted at --boot-dir)
   --config-error-delay DUR    wait before exiting on a bad outpost.toml (default 10s)
   --auth-retry-interval DUR   retry delay when the portal refuses the token (default 60s)
   -h, --help                  this text
@@ -66,6 +73,26 @@ impl Default for ScannerArgs {
     }
 }
 
+/// Where the update machinery finds its inputs (`docs/updates.md`, device flow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateArgs {
+    pub bundle_keys: PathBuf,
+    pub release_file: PathBuf,
+    pub boot_dir: PathBuf,
+    pub boot_disk: Option<PathBuf>,
+}
+
+impl Default for UpdateArgs {
+    fn default() -> Self {
+        UpdateArgs {
+            bundle_keys: crate::update::DEFAULT_KEYS.into(),
+            release_file: crate::release::DEFAULT_RELEASE_FILE.into(),
+            boot_dir: "/boot".into(),
+            boot_disk: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
     pub config: PathBuf,
@@ -77,6 +104,7 @@ pub struct Args {
     pub config_error_delay: Duration,
     pub auth_retry_interval: Duration,
     pub scanner: ScannerArgs,
+    pub update: UpdateArgs,
 }
 
 // Parsed once per process; boxing `Args` would buy nothing.
@@ -112,6 +140,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     let mut config_error_delay = Duration::from_secs(10);
     let mut auth_retry_interval = Duration::from_secs(60);
     let mut scanner = ScannerArgs::default();
+    let mut update = UpdateArgs::default();
 
     while let Some(arg) = p.next()? {
         match arg {
@@ -144,6 +173,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Long("ospd-gone-grace") => {
                 scanner.ospd_gone_grace = duration(&mut p, "--ospd-gone-grace")?
             }
+            Long("bundle-keys") => update.bundle_keys = PathBuf::from(p.value()?),
+            Long("release-file") => update.release_file = PathBuf::from(p.value()?),
+            Long("boot-dir") => update.boot_dir = PathBuf::from(p.value()?),
+            Long("boot-disk") => update.boot_disk = Some(PathBuf::from(p.value()?)),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -159,6 +192,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
         config_error_delay,
         auth_retry_interval,
         scanner,
+        update,
     }))
 }
 
@@ -211,6 +245,35 @@ mod tests {
         assert_eq!(a.heartbeat_interval, None);
         assert_eq!(a.executor, ExecutorKind::DryRun);
         assert_eq!(a.config_error_delay, Duration::from_secs(10));
+        assert_eq!(a.update, UpdateArgs::default());
+        assert_eq!(
+            a.update.bundle_keys,
+            PathBuf::from("/usr/share/outpost/bundle-keys.pub")
+        );
+    }
+
+    #[test]
+    fn update_paths() {
+        let Command::Run(a) = run(&[
+            "--config=c",
+            "--data-dir=d",
+            "--bundle-keys=/k.pub",
+            "--release-file=/r",
+            "--boot-dir=/b",
+            "--boot-disk=/dev/vda",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            a.update,
+            UpdateArgs {
+                bundle_keys: "/k.pub".into(),
+                release_file: "/r".into(),
+                boot_dir: "/b".into(),
+                boot_disk: Some("/dev/vda".into()),
+            }
+        );
     }
 
     #[test]

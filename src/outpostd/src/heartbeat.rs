@@ -8,6 +8,7 @@ use std::time::Duration;
 use outpost_wire::sensor::{HeartbeatRequest, HeartbeatResponse, Metrics};
 
 use crate::api::{ApiError, PortalClient};
+use crate::health::PortalContact;
 use crate::jobs::JobControl;
 use crate::register::AGENT_VERSION;
 use crate::report::{OutageNotice, Reporter};
@@ -21,6 +22,19 @@ pub struct Heartbeat {
     pub metrics: Box<dyn FnMut() -> (Metrics, u64) + Send>,
     /// Key rotation on the portal's request; `None` without a tunnel (nothing to rotate).
     pub rotation: Option<Rotation>,
+    /// What is running: the image version and the A/B slot.
+    pub running: Running,
+    /// Told of every answered heartbeat (the health check waits for one).
+    pub contact: Arc<PortalContact>,
+}
+
+/// Firmware facts every heartbeat carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// `VERSION` from `/etc/outpost-release`.
+    pub firmware_version: Option<String>,
+    /// `a` or `b`, from `outpost.slot=` on the kernel command line.
+    pub boot_slot: Option<String>,
 }
 
 impl Heartbeat {
@@ -32,9 +46,12 @@ impl Heartbeat {
             uptime_s,
             agent_version: AGENT_VERSION.to_owned(),
             phase: self.reporter.current_phase(),
+            firmware_version: self.running.firmware_version.clone(),
+            boot_slot: self.running.boot_slot.clone(),
             metrics,
         };
         let resp = self.client.heartbeat(&req)?;
+        self.contact.note_answer();
         for &job in &resp.cancel_jobs {
             if self.control.request_cancel(job) {
                 tracing::info!(job, "operator cancelled the running job");
@@ -121,6 +138,11 @@ mod tests {
                 )
             }),
             rotation: None,
+            running: Running {
+                firmware_version: Some("1.2.0".into()),
+                boot_slot: Some("b".into()),
+            },
+            contact: Arc::new(PortalContact::default()),
         }
     }
 
@@ -136,9 +158,17 @@ mod tests {
             }),
         );
         let control = Arc::new(JobControl::default());
-        beat(&t, &control).beat_once().unwrap();
+        let mut hb = beat(&t, &control);
+        assert!(!hb.contact.answered());
+        hb.beat_once().unwrap();
+        assert!(
+            hb.contact.answered(),
+            "the health check hears of the answer"
+        );
         let sent: HeartbeatRequest =
             serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[0].body).unwrap();
+        assert_eq!(sent.firmware_version.as_deref(), Some("1.2.0"));
+        assert_eq!(sent.boot_slot.as_deref(), Some("b"));
         assert_eq!(sent.activity, Activity::Idle);
         assert_eq!(sent.phase, Some(Phase::Provision));
         assert_eq!(sent.uptime_s, 77);
@@ -163,11 +193,11 @@ mod tests {
         );
         let control = Arc::new(JobControl::default());
         // A cancellation for a job this sensor does not run changes nothing.
-        control.begin(8);
+        control.begin(8, Activity::Scanning);
         beat(&t, &control).beat_once().unwrap();
         assert!(!control.cancel_requested());
         // For the running job it raises the flag the job runner watches.
-        control.begin(9);
+        control.begin(9, Activity::Scanning);
         beat(&t, &control).beat_once().unwrap();
         assert!(control.cancel_requested());
         let sent: HeartbeatRequest =
@@ -186,7 +216,7 @@ mod tests {
         let control = Arc::new(JobControl::default());
         let mut hb = beat(&t, &control);
         hb.rotation = Some(rotation);
-        control.begin(4);
+        control.begin(4, Activity::Scanning);
         assert!(!hb.rotate_key());
         assert!(t.seen_on(paths::WG_KEY).is_empty(), "no rotation mid-job");
         control.end();

@@ -4,6 +4,10 @@
 //! executor, posting progress, honouring cancellation), spool the report, upload it,
 //! then claim again. Cancellation also arrives from the heartbeat thread through
 //! [`JobControl`].
+//!
+//! Scan jobs are claimed while the scanner is ready; update jobs whenever this sensor
+//! can install one ([`Updater::availability`]). One job at a time means an update never
+//! starts, and the sensor never reboots for one, while a scan runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use outpost_wire::log::Level;
 use outpost_wire::sensor::{
     Activity, Capability, ClaimRequest, Job, JobSpec, JobStatusUpdate, ReportOutcome, ReportUpload,
+    ScanSpec, UpdateSpec, UpdateState, UpdateStateReport,
 };
 
 use crate::api::{ApiError, PortalClient};
@@ -19,6 +24,10 @@ use crate::executor::{JobExecutor, JobReport, Progress, RunningJob};
 use crate::report::{lock, OutageNotice, Reporter};
 use crate::scanner::ScanGate;
 use crate::spool::{self, Spool};
+use crate::update::{JobCtx, JobEnd, Updater};
+
+/// Pause between two attempts to reboot when the first one did not take the sensor down.
+const REBOOT_RETRY: Duration = Duration::from_secs(60);
 
 /// The job in hand, shared between the claim loop and the heartbeat thread.
 #[derive(Default)]
@@ -29,13 +38,15 @@ pub struct JobControl {
 #[derive(Default)]
 struct ControlState {
     current: Option<i64>,
+    activity: Activity,
     cancel: bool,
 }
 
 impl JobControl {
-    pub(crate) fn begin(&self, job: i64) {
+    pub(crate) fn begin(&self, job: i64, activity: Activity) {
         *lock(&self.state) = ControlState {
             current: Some(job),
+            activity,
             cancel: false,
         };
     }
@@ -60,8 +71,9 @@ impl JobControl {
     }
 
     pub fn activity(&self) -> Activity {
-        if lock(&self.state).current.is_some() {
-            Activity::Scanning
+        let s = lock(&self.state);
+        if s.current.is_some() {
+            s.activity
         } else {
             Activity::Idle
         }
@@ -117,16 +129,42 @@ pub struct Worker {
     pub settings: JobSettings,
     /// Closed while the scanner is not ready: no scan job is claimed meanwhile.
     pub gate: Arc<ScanGate>,
+    /// Installs update jobs; `None` offers no updates.
+    pub updater: Option<Arc<Updater>>,
+    /// An update was activated: no more claims, only (retried) reboots.
+    pub reboot_pending: bool,
     /// Injected so tests do not wait.
     pub sleep: Box<dyn FnMut(Duration) + Send>,
 }
 
 impl Worker {
+    /// Whether an update job could be taken now.
+    fn updates_claimable(&self) -> bool {
+        self.updater
+            .as_ref()
+            .is_some_and(|u| u.availability().is_ok())
+    }
+
+    /// What to offer: scans while the scanner is ready, updates while one can be taken.
+    pub fn capabilities(&self) -> Vec<Capability> {
+        let mut caps = Vec::new();
+        if self.gate.is_ready() {
+            caps.push(Capability::Scan);
+        }
+        if self.updates_claimable() {
+            caps.push(Capability::Update);
+        }
+        caps
+    }
+
     /// Claims once; runs the job if one came. Returns whether a job ran.
     pub fn claim_once(&mut self) -> Result<bool, ApiError> {
-        let req = ClaimRequest {
-            capabilities: vec![Capability::Scan],
-        };
+        let capabilities = self.capabilities();
+        // After an activated update only the reboot is left to do.
+        if capabilities.is_empty() || self.reboot_pending {
+            return Ok(false);
+        }
+        let req = ClaimRequest { capabilities };
         match self.client.claim(&req)? {
             None => Ok(false),
             Some(job) => {
@@ -136,24 +174,36 @@ impl Worker {
         }
     }
 
-    /// Claims every `interval` forever. Reports left in the spool go first.
+    /// Claims every `interval` forever. Reports left in the spool go first, then an
+    /// update interrupted by a restart.
     pub fn claim_loop(&mut self, interval: Duration) {
         self.flush_spool();
+        self.resume_update();
         let mut backoff = Backoff::portal();
         let mut outage = OutageNotice::new("job claim");
         let mut paused = false;
         loop {
-            // Claim only what can run now; a claimed job would sit idle on its lease.
-            if !self.gate.is_ready() {
-                if !paused {
-                    paused = true;
-                    self.reporter
-                        .say("job claims paused until the scanner is ready");
-                }
-                self.gate.wait_ready(interval);
+            if self.reboot_pending {
+                (self.sleep)(REBOOT_RETRY);
+                self.reboot();
                 continue;
             }
-            if paused {
+            // Claim only what can run now; a claimed job would sit idle on its lease.
+            if !self.gate.is_ready() {
+                let updates = self.updates_claimable();
+                if !paused {
+                    paused = true;
+                    self.reporter.say(if updates {
+                        "scan claims paused until the scanner is ready; update jobs are still claimed"
+                    } else {
+                        "job claims paused until the scanner is ready"
+                    });
+                }
+                if !updates {
+                    self.gate.wait_ready(interval);
+                    continue;
+                }
+            } else if paused {
                 paused = false;
                 self.reporter.say("scanner ready: claiming jobs");
             }
@@ -181,11 +231,115 @@ impl Worker {
         }
     }
 
-    /// Runs one claimed job to its end and delivers its report.
+    /// Runs one claimed job to its end and delivers its report (or, for an update that
+    /// was installed, reboots).
     pub fn run_job(&mut self, job: Job) {
+        match &job.spec {
+            JobSpec::Scan(spec) => {
+                let spec = spec.clone();
+                self.run_scan(job, &spec)
+            }
+            JobSpec::Update(spec) => {
+                let spec = spec.clone();
+                self.run_update(&job, &spec)
+            }
+        }
+    }
+
+    fn run_update(&mut self, job: &Job, spec: &UpdateSpec) {
         let id = job.id;
-        self.control.begin(id);
-        let JobSpec::Scan(spec) = &job.spec;
+        self.control.begin(id, Activity::Updating);
+        self.reporter.job(
+            Level::Info,
+            id,
+            &format!(
+                "claimed (attempt {}): update to {} (bundle {})",
+                job.attempt + 1,
+                spec.version,
+                spec.bundle_id
+            ),
+        );
+        let Some(updater) = self.updater.clone() else {
+            // Only offered with an updater; a portal that sends one anyway hears why not.
+            let reason = "this sensor does not install updates".to_owned();
+            self.reporter.job(Level::Error, id, &reason);
+            let report = UpdateStateReport {
+                job_id: Some(id),
+                bundle_id: spec.bundle_id,
+                version: spec.version.clone(),
+                state: UpdateState::Failed,
+                reason,
+                progress_percent: 0,
+                slot: None,
+            };
+            if let Err(e) = self.client.update_state(&report) {
+                tracing::warn!(job = id, error = %e, "update refusal not delivered");
+            }
+            self.control.end();
+            return;
+        };
+        let end = {
+            let mut ctx = JobCtx {
+                client: &self.client,
+                reporter: &self.reporter,
+                control: &self.control,
+                sleep: &mut *self.sleep,
+            };
+            updater.run_job(id, spec, &mut ctx)
+        };
+        self.after_update(end);
+    }
+
+    fn after_update(&mut self, end: JobEnd) {
+        if end == JobEnd::Reboot {
+            self.reboot_pending = true;
+            self.reboot();
+        } else {
+            self.control.end();
+        }
+    }
+
+    /// Picks up what a previous run left of an update: an activated slot still waiting
+    /// for its reboot, or an unfinished job (its download resumes).
+    pub fn resume_update(&mut self) {
+        let Some(updater) = self.updater.clone() else {
+            return;
+        };
+        if updater.finish_pending_reboot(&self.client, &mut *self.sleep) {
+            self.reboot_pending = true;
+            self.reboot();
+            return;
+        }
+        let resumed = {
+            let mut ctx = JobCtx {
+                client: &self.client,
+                reporter: &self.reporter,
+                control: &self.control,
+                sleep: &mut *self.sleep,
+            };
+            updater.resume_job(&mut ctx)
+        };
+        if let Some((_, end)) = resumed {
+            self.after_update(end);
+        }
+    }
+
+    fn reboot(&mut self) {
+        let Some(updater) = &self.updater else {
+            return;
+        };
+        match updater.reboot() {
+            Ok(()) => self.reporter.say("rebooting into the updated slot"),
+            Err(e) => self.reporter.message(
+                Level::Error,
+                &format!("cannot reboot into the updated slot ({e}); trying again in a minute"),
+            ),
+        }
+    }
+
+    fn run_scan(&mut self, job: Job, spec: &ScanSpec) {
+        let id = job.id;
+        self.control.begin(id, Activity::Scanning);
         self.reporter.job(
             Level::Info,
             id,
@@ -196,7 +350,7 @@ impl Worker {
                 self.executor.name()
             ),
         );
-        match self.execute(&job) {
+        match self.execute(&job, spec) {
             Ended::NotStarted => {}
             Ended::Gone(reason) => {
                 self.reporter.job(
@@ -236,9 +390,8 @@ impl Worker {
         self.control.end();
     }
 
-    fn execute(&mut self, job: &Job) -> Ended {
+    fn execute(&mut self, job: &Job, spec: &ScanSpec) -> Ended {
         let id = job.id;
-        let JobSpec::Scan(spec) = &job.spec;
         let mut run = match self.executor.start(job) {
             Ok(run) => run,
             Err(e) => {
@@ -473,6 +626,8 @@ mod tests {
                 slow_retry: Duration::from_secs(60),
             },
             gate: Arc::new(ScanGate::open()),
+            updater: None,
+            reboot_pending: false,
             sleep: Box::new(move |d| s2.lock().unwrap().push(d)),
         };
         Setup {
@@ -673,7 +828,9 @@ mod tests {
     fn deadline_stops_the_job_as_failed() {
         let mut s = setup(Duration::from_secs(3600));
         let mut j = job(11);
-        let JobSpec::Scan(spec) = &mut j.spec;
+        let JobSpec::Scan(spec) = &mut j.spec else {
+            panic!("a scan job")
+        };
         spec.deadline_s = 0;
         s.t.default_for(
             &paths::job_status(11),
@@ -721,7 +878,9 @@ mod tests {
             crate::executor::DEFAULT_GONE_GRACE,
         ));
         let mut j = job(14);
-        let JobSpec::Scan(spec) = &mut j.spec;
+        let JobSpec::Scan(spec) = &mut j.spec else {
+            panic!("a scan job")
+        };
         spec.deadline_s = 0;
         spec.families = vec!["General".into()];
         s.t.default_for(
@@ -752,7 +911,9 @@ mod tests {
     fn unstartable_job_is_reported_failed() {
         let mut s = setup(Duration::ZERO);
         let mut j = job(13);
-        let JobSpec::Scan(spec) = &mut j.spec;
+        let JobSpec::Scan(spec) = &mut j.spec else {
+            panic!("a scan job")
+        };
         spec.targets.clear();
         s.t.default_for(
             &paths::job_status(13),

@@ -18,6 +18,10 @@
 //!   `scanner: ...` lines for the stack's processes. Jobs are claimed only once `ready`
 //!   is reached, and again only after a restarted stack has reloaded its VTs.
 //!
+//! - `outpost[NAME]: updates: ...`: whether this sensor takes update jobs, and why not;
+//!   `outpost[NAME]: health check passed: slot X marked good` once the boot is committed;
+//!   update progress and outcomes as `job ID: update ...` lines (`docs/updates.md`).
+//!
 //! Diagnostics go to stderr through `tracing`, filtered by `OUTPOST_LOG`.
 
 mod api;
@@ -33,6 +37,7 @@ mod jobs;
 mod logship;
 mod metrics;
 mod register;
+mod release;
 mod report;
 mod ring;
 mod rotate;
@@ -41,8 +46,10 @@ mod scope;
 mod spool;
 mod sysfacts;
 mod transport;
+mod update;
 mod wg;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +61,10 @@ use outpost_wire::provision::Provision;
 use crate::api::PortalClient;
 use crate::cli::{Args, Command, ExecutorKind};
 use crate::executor::{DryRunExecutor, JobExecutor, OpenvasExecutor};
+use crate::release::{BootInfo, Release};
 use crate::report::{Console, Reporter};
 use crate::transport::{Transport, UreqTransport};
+use crate::update::{Updater, UpdaterConfig};
 
 /// An error already printed on the console in plain words; `main` only sets the code.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +131,18 @@ fn run() -> anyhow::Result<()> {
     .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
     reporter.phase(Phase::Provision, PhaseOutcome::Done, None);
 
+    // What runs, and what became of an update pending across the last reboot: decided
+    // before anything marks this slot good (see update::boot).
+    let release = Release::load(&args.update.release_file);
+    let boot_info = BootInfo::load(Path::new(release::DEFAULT_CMDLINE));
+    let running = heartbeat::Running {
+        firmware_version: release.version.clone(),
+        boot_slot: boot_info.slot.map(release::wire_slot),
+    };
+    let updater = Arc::new(updater(&args, &data, release, boot_info, &reg));
+    reporter.say(&updater.describe());
+    updater.resolve_at_start(&reporter);
+
     let heartbeat_every = args
         .heartbeat_interval
         .unwrap_or(Duration::from_secs(reg.heartbeat_interval_s.into()))
@@ -142,6 +163,7 @@ fn run() -> anyhow::Result<()> {
                 &provision.ca_cert_pem,
                 &reg.api_key,
                 &reporter,
+                &running,
                 &mut sample,
             )
             .map_err(|e| {
@@ -159,16 +181,20 @@ fn run() -> anyhow::Result<()> {
     };
     let client = PortalClient::new(transport, reg.api_key.clone());
     let control = Arc::new(jobs::JobControl::default());
+    let contact = Arc::new(health::PortalContact::default());
 
     let gate = Arc::new(match args.executor {
         ExecutorKind::DryRun => scanner::ScanGate::open(),
         ExecutorKind::Openvas => scanner::ScanGate::closed(),
     });
-    // Commit this boot (A/B) once healthy: at once in dry-run mode, at `ready` otherwise.
+    // Commit this boot (A/B) once healthy: the portal answering, and in scanner mode the
+    // scanner `ready`.
     health::spawn_commit(
         gate.clone(),
+        contact.clone(),
+        updater.clone(),
+        client.clone(),
         reporter.clone(),
-        std::path::Path::new("/boot"),
     );
     let executor: Arc<dyn JobExecutor> = match args.executor {
         ExecutorKind::DryRun => {
@@ -215,6 +241,8 @@ fn run() -> anyhow::Result<()> {
                 data: data.clone(),
                 reg: reg.clone(),
             }),
+            running,
+            contact,
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -245,10 +273,47 @@ fn run() -> anyhow::Result<()> {
             slow_retry: args.auth_retry_interval,
         },
         gate,
+        updater: Some(updater),
+        reboot_pending: false,
         sleep: Box::new(std::thread::sleep),
     };
     worker.claim_loop(claim_every);
     Ok(())
+}
+
+/// The updater in the device layout: U-Boot state files in `--boot-dir`, the slots on
+/// the disk that holds it, busybox `reboot`.
+fn updater(
+    args: &Args,
+    data: &identity::DataDir,
+    release: Release,
+    boot_info: BootInfo,
+    reg: &identity::Registration,
+) -> Updater {
+    let u = &args.update;
+    Updater::new(UpdaterConfig {
+        data_dir: data.root().to_path_buf(),
+        keys_file: u.bundle_keys.clone(),
+        release,
+        boot_info,
+        boot: Arc::new(outpost_bootctl::UbootFileEnv::new(&u.boot_dir)),
+        on_device: health::on_device(&u.boot_dir),
+        slots: update::device_slots(&u.boot_dir, u.boot_disk.clone()),
+        healthy_flag: update::HEALTHY_FLAG.into(),
+        reboot: Box::new(reboot),
+        progress_interval: Duration::from_secs(reg.heartbeat_interval_s.max(1).into()),
+        slow_retry: args.auth_retry_interval,
+    })
+}
+
+/// busybox `reboot`: init runs its shutdown action (unmounts, syncs) and restarts.
+fn reboot() -> std::io::Result<()> {
+    let status = std::process::Command::new("/sbin/reboot").status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("/sbin/reboot: {status}")))
+    }
 }
 
 /// The stack in the device layout, with the feed, socket and log paths from the flags.

@@ -2,7 +2,9 @@
 //! [`Transport`]; today [`UreqTransport`] dials the portal directly over TLS, and the
 //! WireGuard tunnel slots in by handing [`UreqTransport::with_parts`] its own ureq
 //! `Connector` (the TLS layer stays on top, so the pinned CA still applies).
+//! JSON calls are `POST`s with a small answer; update bundles come by `GET`, streamed.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,10 @@ use ureq::unversioned::transport::{Connector, DefaultConnector};
 
 /// Largest answer the daemon reads from the portal; the biggest is a job spec.
 const MAX_RESPONSE_BODY: u64 = 1024 * 1024;
+/// A download whose connection delivers nothing for this long is given up (and resumed
+/// by the caller). The agent's total body and call budgets do not apply to downloads:
+/// a 300 MB bundle on a slow branch uplink takes longer than any sensible total.
+const DOWNLOAD_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One `POST` to the sensor API.
 #[derive(Debug)]
@@ -32,6 +38,32 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// One streamed `GET` (update bundles), optionally from a byte offset on.
+#[derive(Debug)]
+pub struct GetRequest<'a> {
+    pub path: &'a str,
+    pub bearer: Option<&'a Secret>,
+    /// Sends `Range: bytes=<from>-`.
+    pub range_from: Option<u64>,
+}
+
+/// The answer to a `GET`, whatever its status; the body is read by the caller.
+pub struct Download {
+    pub status: u16,
+    /// The `Content-Range` header, e.g. `bytes 100-999/1000`.
+    pub content_range: Option<String>,
+    pub body: Box<dyn Read + Send>,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("status", &self.status)
+            .field("content_range", &self.content_range)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The request never got an HTTP answer: DNS, connect, TLS, timeout, reset.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -39,6 +71,8 @@ pub struct TransportError(pub String);
 
 pub trait Transport: Send + Sync {
     fn post(&self, req: &Request<'_>) -> Result<Response, TransportError>;
+    /// Starts a streamed download; the body is read (and may fail) afterwards.
+    fn get(&self, req: &GetRequest<'_>) -> Result<Download, TransportError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +182,41 @@ impl Transport for UreqTransport {
             .read_to_vec()
             .map_err(|e| TransportError(format!("reading the answer: {e}")))?;
         Ok(Response { status, body })
+    }
+
+    fn get(&self, req: &GetRequest<'_>) -> Result<Download, TransportError> {
+        let url = format!("{}{}", self.base_url, req.path);
+        let mut builder = self
+            .agent
+            .get(&url)
+            .header(API_VERSION_HEADER, API_VERSION.to_string());
+        if let Some(token) = req.bearer {
+            builder = builder.header("authorization", format!("Bearer {}", token.expose()));
+        }
+        if let Some(from) = req.range_from {
+            builder = builder.header("range", format!("bytes={from}-"));
+        }
+        let resp = builder
+            .config()
+            .timeout_global(None)
+            .timeout_recv_body(None)
+            .timeout_per_read(Some(DOWNLOAD_READ_TIMEOUT))
+            .build()
+            .call()
+            .map_err(|e| TransportError(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let content_range = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // Unlimited reader: the caller writes at most the announced size to disk.
+        let body = resp.into_body().into_reader();
+        Ok(Download {
+            status,
+            content_range,
+            body: Box::new(body),
+        })
     }
 }
 

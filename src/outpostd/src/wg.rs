@@ -19,6 +19,7 @@ use ureq::unversioned::transport::{Connector, RustlsConnector};
 
 use crate::api::PortalClient;
 use crate::backoff::Backoff;
+use crate::heartbeat::Running;
 use crate::identity::DeviceKey;
 use crate::report::Reporter;
 use crate::transport::{Transport, UreqTransport};
@@ -85,6 +86,7 @@ pub fn bring_up(
     ca_pem: &str,
     api_key: &Secret,
     reporter: &Reporter,
+    running: &Running,
     metrics: &mut dyn FnMut() -> Metrics,
 ) -> Result<Tunnel, WgError> {
     reporter.phase(Phase::WgUp, PhaseOutcome::Started, None);
@@ -128,6 +130,8 @@ pub fn bring_up(
             uptime_s: crate::metrics::uptime_s(),
             agent_version: crate::register::AGENT_VERSION.to_owned(),
             phase: Some(Phase::WgUp),
+            firmware_version: running.firmware_version.clone(),
+            boot_slot: running.boot_slot.clone(),
             metrics: metrics(),
         };
         match client.heartbeat(&hb) {

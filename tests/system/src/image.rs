@@ -16,6 +16,19 @@ pub struct BuiltImage {
     pub uboot: PathBuf,
 }
 
+impl BuiltImage {
+    /// The signed update bundle scripts/build-image wrote next to the image.
+    pub fn bundle(&self) -> Result<PathBuf> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(io_err("listing the image directory"))?;
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "bundle"))
+            .ok_or_else(|| Error::Build(format!("no .bundle in {}", self.dir.display())))
+    }
+}
+
 /// The repository root (this crate lives in tests/system).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,9 +44,22 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 /// scripts/build-image, src/). `OUTPOST_SYSTEM_REUSE_IMAGE=1` reuses any
 /// existing image; `OUTPOST_SYSTEM_NO_OUTPOSTD=1` builds without the daemon.
 pub fn build_image(board: &str, variant: &str) -> Result<BuiltImage> {
+    let no_outpostd = std::env::var_os("OUTPOST_SYSTEM_NO_OUTPOSTD").is_some();
+    let extra: &[&str] = if no_outpostd { &["--no-outpostd"] } else { &[] };
+    build_image_as(board, variant, &format!("{board}-{variant}"), extra)
+}
+
+/// Like [`build_image`], into build/out/`name` with extra scripts/build-image
+/// arguments (e.g. `--version 0.2.0`, `--no-outpostd`).
+pub fn build_image_as(
+    board: &str,
+    variant: &str,
+    name: &str,
+    extra: &[&str],
+) -> Result<BuiltImage> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let root = repo_root();
-    let dir = root.join("build/out").join(format!("{board}-{variant}"));
+    let dir = root.join("build/out").join(name);
     let image = dir.join(format!("outpost-{board}.img"));
     let built = BuiltImage {
         uboot: dir.join("u-boot.bin"),
@@ -46,10 +72,8 @@ pub fn build_image(board: &str, variant: &str) -> Result<BuiltImage> {
     }
     let mut cmd = Command::new(root.join("scripts/build-image"));
     cmd.args(["--board", board, "--variant", variant, "--no-xz", "--out"])
-        .arg(&dir);
-    if std::env::var_os("OUTPOST_SYSTEM_NO_OUTPOSTD").is_some() {
-        cmd.arg("--no-outpostd");
-    }
+        .arg(&dir)
+        .args(extra);
     let out = cmd
         .output()
         .map_err(io_err("running scripts/build-image"))?;

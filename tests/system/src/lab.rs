@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use outpost_e2e_tests::Portal;
+use outpost_e2e_tests::{eventually, Portal};
 use outpost_netrelay::{EthernetAddress, Relay, RelayConfig};
 use outpost_wire::provision::{FeedThresholds, Provision};
 use outpost_wire::Secret;
+
+use crate::{build_image, Qemu, QemuOptions};
 
 /// The portal arguments that match this setup: the guest reaches the API as
 /// 10.0.2.100 (guestfwd) and the gateway as 10.0.3.1:51820 (relay).
@@ -92,3 +95,184 @@ pub fn provisioned_copy(
         .expect("network.conf");
     img
 }
+
+/// The demo feed's own thresholds (image/feed-demo/thresholds.toml): 5 NASL scripts,
+/// 3 Notus advisories, any age.
+pub fn demo_feed() -> FeedThresholds {
+    FeedThresholds {
+        min_nasl: 5,
+        min_notus: 3,
+        max_age_hours: 876_000,
+    }
+}
+
+/// A portal, the relay and one provisioned test-image sensor booting against them.
+pub struct Lab {
+    pub vm: Qemu,
+    pub portal: Portal,
+    pub name: String,
+    /// How the machine was started (for [`Qemu::power_cycle`]).
+    pub opts: QemuOptions,
+    _relay: RelayThread,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Builds (or reuses) the test image and boots a sensor called `name` with the demo
+    /// feed's thresholds; returns as soon as QEMU runs.
+    pub fn boot(name: &str) -> Lab {
+        Lab::boot_with(name, "")
+    }
+
+    /// [`Lab::boot`] with `extra` appended to the sensor's `outpost.toml` (whole tables,
+    /// e.g. `[update]`).
+    pub fn boot_with(name: &str, extra: &str) -> Lab {
+        let built = build_image("qemu-arm64", "test").expect("test image builds");
+        let portal = Portal::start_with(120, &PORTAL_ARGS);
+        let relay = RelayThread::start(portal.wg_port);
+        let token = portal.token("berlin", 1);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let img = provisioned_copy(&built.image, dir.path(), &portal, name, &token, demo_feed());
+        if !extra.is_empty() {
+            let toml = outpost_imagetool::read_boot_file(&img, "outpost.toml")
+                .expect("outpost.toml in the image");
+            let mut toml = String::from_utf8(toml).expect("outpost.toml is UTF-8");
+            toml.push('\n');
+            toml.push_str(extra);
+            outpost_imagetool::write_boot_file(&img, "outpost.toml", toml.as_bytes())
+                .expect("outpost.toml written");
+        }
+        let mut opts = QemuOptions::new(&built);
+        opts.image = img;
+        opts.portal_port = Some(portal.port);
+        opts.udp_relay = Some((relay.qemu_port, relay.relay_port));
+        let vm = Qemu::start(&opts).expect("QEMU starts");
+        Lab {
+            vm,
+            portal,
+            name: name.to_owned(),
+            opts,
+            _relay: relay,
+            _dir: dir,
+        }
+    }
+
+    /// [`Lab::boot`], then waits for `ready` on the console.
+    pub fn ready(name: &str) -> Lab {
+        let mut lab = Lab::boot(name);
+        lab.wait_ready();
+        lab
+    }
+
+    pub fn wait_ready(&mut self) {
+        let pattern = format!(
+            r"outpost\[{}\]: phase ready done",
+            regex::escape(&self.name)
+        );
+        self.vm
+            .wait_for(&pattern, READY_TIMEOUT)
+            .expect("the sensor reaches ready");
+    }
+
+    /// The sensor's id at the portal (the only sensor).
+    pub fn sensor_id(&self) -> String {
+        self.portal.ctl_json(&["sensor", "list"])[0]["id"]
+            .as_str()
+            .expect("a registered sensor")
+            .to_owned()
+    }
+
+    /// Starts the demo target in its own network namespace in the guest.
+    pub fn demo_lab_up(&mut self) {
+        let out = self
+            .vm
+            .run_timeout(
+                "/usr/libexec/outpost/demo-lab up 2>&1",
+                Duration::from_secs(120),
+            )
+            .expect("demo-lab runs");
+        assert!(out.success(), "demo-lab up failed: {}", out.stdout);
+    }
+
+    /// Packets the sensor has sent into the demo lab (the veth's tx counter).
+    pub fn lab_packets(&mut self) -> u64 {
+        let out = self
+            .vm
+            .run("/usr/libexec/outpost/demo-lab packets")
+            .expect("demo-lab packets");
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("demo-lab packets printed {:?}: {e}", out.stdout))
+    }
+
+    /// Queues a scan of `target` with the demo feed's families and ports; returns the job id.
+    pub fn queue_demo_scan(&self, target: &str) -> i64 {
+        let job = self.portal.ctl_json(&[
+            "job",
+            "scan",
+            "--site",
+            "berlin",
+            "--target",
+            target,
+            "--ports",
+            DEMO_PORTS,
+            "--family",
+            "Port scanners",
+            "--family",
+            "Service detection",
+            "--family",
+            "General",
+            "--alive-test",
+            "consider-alive",
+            "--deadline",
+            "1800",
+        ]);
+        job["id"].as_i64().expect("a job id")
+    }
+
+    pub fn job(&self, id: i64) -> serde_json::Value {
+        self.portal.ctl_json(&["job", "show", &id.to_string()])
+    }
+
+    /// Waits until the job reaches a final state and returns it.
+    pub fn wait_job_final(&self, id: i64, timeout: Duration) -> serde_json::Value {
+        eventually(&format!("job {id} to end"), timeout, || {
+            let j = self.job(id);
+            matches!(
+                j["state"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+            .then_some(j)
+        })
+    }
+
+    /// Pulls the power and starts the machine again on the same disk.
+    pub fn power_cycle(&mut self) {
+        self.vm.power_cycle(&self.opts).expect("QEMU restarts");
+    }
+
+    /// `sensor show` at the portal.
+    pub fn sensor(&self) -> serde_json::Value {
+        self.portal.ctl_json(&["sensor", "show", &self.sensor_id()])
+    }
+
+    /// The scanner's own logs in the guest (ospd-openvas, openvas), for failure messages.
+    pub fn scanner_logs(&mut self) -> String {
+        self.vm
+            .run("tail -n 60 /var/log/gvm/ospd-openvas.log /var/log/gvm/openvas.log 2>&1")
+            .map(|o| o.stdout)
+            .unwrap_or_else(|e| format!("(no scanner logs: {e})"))
+    }
+
+    /// The stored report of a job (summary and raw content).
+    pub fn report(&self, job: i64) -> serde_json::Value {
+        self.portal.ctl_json(&["report", &job.to_string()])
+    }
+}
+
+/// The ports the demo target serves (image/feed-demo/target/README.md).
+pub const DEMO_PORTS: &str = "T:2121,8080";
+
+/// Cold boots in software emulation load every VT; generous, the benchmark has the figure.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(900);

@@ -10,7 +10,7 @@
 mod image;
 mod shell;
 
-pub use image::{build_image, repo_root, BuiltImage};
+pub use image::{build_image, build_image_as, repo_root, BuiltImage};
 pub mod lab;
 
 use std::fs;
@@ -111,6 +111,8 @@ pub struct Qemu {
     shell: shell::Shell,
     /// Held while QEMU runs; released by `kill` so the next machine may start.
     slot: Option<MutexGuard<'static, ()>>,
+    /// Power cycles so far (each gets its own console log).
+    boots: u32,
 }
 
 impl Qemu {
@@ -137,34 +139,7 @@ impl Qemu {
                 "qemu-img resize",
             )?;
         }
-        let mut cmd = Command::new(repo_root().join("scripts/run-qemu"));
-        cmd.arg(&opts.image)
-            .arg("--overlay")
-            .arg(&overlay)
-            .arg("--serial")
-            .arg(&serial)
-            .arg("--uboot")
-            .arg(&opts.uboot)
-            .arg("--test-shell")
-            .arg(&sock);
-        if let Some(port) = opts.portal_port {
-            cmd.arg("--portal-port").arg(port.to_string());
-        }
-        if let Some((local, remote)) = opts.udp_relay {
-            cmd.arg("--udp-relay").arg(format!("{local}:{remote}"));
-        }
-        // run-qemu must not recreate the overlay we resized: it only creates
-        // one when --overlay names no existing file (see scripts/run-qemu).
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(
-                fs::File::create(dir.join("qemu.out")).map_err(io_err("qemu.out"))?,
-            ))
-            .stderr(Stdio::from(
-                fs::File::create(dir.join("qemu.err")).map_err(io_err("qemu.err"))?,
-            ));
-        // own process group, so kill() ends run-qemu and QEMU together
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(io_err("starting scripts/run-qemu"))?;
+        let child = spawn_run_qemu(opts, &dir, &overlay, &serial, &sock)?;
         tracing::info!(dir = %dir.display(), "qemu started");
         Ok(Qemu {
             child: Some(child),
@@ -173,6 +148,7 @@ impl Qemu {
             cursor: 0,
             shell: shell::Shell::new(sock),
             slot: Some(slot),
+            boots: 0,
         })
     }
 
@@ -236,8 +212,28 @@ impl Qemu {
         Ok(())
     }
 
-    /// Stops QEMU (and run-qemu) at once.
-    pub fn kill(&mut self) {
+    /// Pulls the power: QEMU is killed at once (what the guest had not written is
+    /// lost) and started again on the same disk, with a fresh console log.
+    pub fn power_cycle(&mut self, opts: &QemuOptions) -> Result<()> {
+        self.stop_process();
+        self.boots += 1;
+        self.serial = self.dir.join(format!("serial-{}.log", self.boots));
+        self.cursor = 0;
+        self.shell.reset();
+        let overlay = self.dir.join("disk.qcow2");
+        let sock = self.dir.join("shell.sock");
+        let _ = fs::remove_file(&sock);
+        self.child = Some(spawn_run_qemu(
+            opts,
+            &self.dir,
+            &overlay,
+            &self.serial,
+            &sock,
+        )?);
+        Ok(())
+    }
+
+    fn stop_process(&mut self) {
         if let Some(mut child) = self.child.take() {
             // the whole process group: run-qemu and the QEMU it started
             // `--` so the negative process-group id is not read as an option
@@ -248,6 +244,11 @@ impl Qemu {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops QEMU (and run-qemu) at once.
+    pub fn kill(&mut self) {
+        self.stop_process();
         self.slot = None;
     }
 
@@ -300,6 +301,44 @@ fn run_checked(cmd: &mut Command, step: &str) -> Result<()> {
             source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
         })
     }
+}
+
+/// Starts scripts/run-qemu on an existing overlay, in its own process group.
+fn spawn_run_qemu(
+    opts: &QemuOptions,
+    dir: &Path,
+    overlay: &Path,
+    serial: &Path,
+    sock: &Path,
+) -> Result<Child> {
+    let mut cmd = Command::new(repo_root().join("scripts/run-qemu"));
+    cmd.arg(&opts.image)
+        .arg("--overlay")
+        .arg(overlay)
+        .arg("--serial")
+        .arg(serial)
+        .arg("--uboot")
+        .arg(&opts.uboot)
+        .arg("--test-shell")
+        .arg(sock);
+    if let Some(port) = opts.portal_port {
+        cmd.arg("--portal-port").arg(port.to_string());
+    }
+    if let Some((local, remote)) = opts.udp_relay {
+        cmd.arg("--udp-relay").arg(format!("{local}:{remote}"));
+    }
+    // run-qemu must not recreate the overlay we resized: it only creates
+    // one when --overlay names no existing file (see scripts/run-qemu).
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(
+            fs::File::create(dir.join("qemu.out")).map_err(io_err("qemu.out"))?,
+        ))
+        .stderr(Stdio::from(
+            fs::File::create(dir.join("qemu.err")).map_err(io_err("qemu.err"))?,
+        ));
+    // own process group, so kill() ends run-qemu and QEMU together
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().map_err(io_err("starting scripts/run-qemu"))
 }
 
 fn unique_dir() -> Result<PathBuf> {

@@ -1,5 +1,6 @@
 //! The scanner phases in the real image: with the shipped demo feed and its thresholds,
-//! the sensor reports all six phases at the portal, in order, ending in `ready`.
+//! the sensor reports all six phases at the portal, in order, ending in `ready`; a
+//! reboot with the feed unchanged finds the VT cache current and does not reload it.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use outpost_wire::provision::FeedThresholds;
 const READY: Duration = Duration::from_secs(900);
 
 #[test]
-fn reaches_ready_with_all_six_phases_in_order() {
+fn reaches_ready_with_all_six_phases_in_order_and_keeps_the_vt_cache() {
     let built = build_image("qemu-arm64", "test").unwrap();
     let portal = Portal::start_with(120, &PORTAL_ARGS);
     let relay = RelayThread::start(portal.wg_port);
@@ -66,6 +67,29 @@ fn reaches_ready_with_all_six_phases_in_order() {
     assert!(
         positions.windows(2).all(|w| w[0] < w[1]),
         "in order: {order:?}"
+    );
+
+    // The cold boot loaded the VTs into redis (ospd-openvas logs the cache update).
+    let log = "/var/log/gvm/ospd-openvas.log";
+    let cold = vm.run(&format!("cat {log}")).unwrap().stdout;
+    assert!(
+        cold.contains("The VT cache has been updated"),
+        "first boot loads the VTs: {cold}"
+    );
+    // Warm boot, feed unchanged: redis brings its dump back from /data, so ospd-openvas
+    // finds the cache at the feed's version.
+    vm.run(&format!(": > {log}")).unwrap();
+    vm.reboot(READY).unwrap();
+    vm.wait_for(r"outpost\[scanner\]: phase ready done", READY)
+        .unwrap();
+    let warm = vm.run(&format!("cat {log}")).unwrap().stdout;
+    assert!(
+        warm.contains("VTs were up to date"),
+        "a warm boot finds the VT cache current: {warm}"
+    );
+    assert!(
+        !warm.contains("The VT cache has been updated"),
+        "and does not reload it: {warm}"
     );
     vm.kill();
 }

@@ -9,12 +9,13 @@ mod sqlite;
 use std::net::Ipv4Addr;
 
 use outpost_wire::admin::{
-    JobInfo, JobState, ReportInfo, SensorInfo, SensorStatus, StoredLogEvent,
+    BundleInfo, JobInfo, JobState, ReportInfo, SensorInfo, SensorStatus, SensorUpdate,
+    StoredLogEvent,
 };
-use outpost_wire::log::LogEvent;
+use outpost_wire::log::{EventKind, Level, LogEvent};
 use outpost_wire::sensor::{
     Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, RegisterRequest, ReportAck,
-    ReportOutcome, ReportUpload,
+    ReportOutcome, ReportUpload, UpdateSpec, UpdateState, UpdateStateReport,
 };
 
 pub use postgres::PgStore;
@@ -167,6 +168,171 @@ pub fn state_after_update(update: &JobStatusUpdate) -> JobState {
         JobStatusUpdate::Running { .. } => JobState::Running,
         JobStatusUpdate::Failed { .. } => JobState::Failed,
         JobStatusUpdate::Cancelled => JobState::Cancelled,
+    }
+}
+
+/// A published bundle as the publish handler hands it to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBundle {
+    pub version: String,
+    pub compatible: String,
+    pub min_version: Option<String>,
+    pub size: u64,
+    pub sha256: String,
+    pub published_at: i64,
+}
+
+/// Why an assignment created no jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignRefusal {
+    UnknownSensor(String),
+    /// The site has no registered sensor.
+    EmptySite(String),
+}
+
+/// Why an update-state report was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateRefusal {
+    Job(JobRefusal),
+    /// `job_id` names a job that is not an update.
+    NotAnUpdate,
+    /// `job_id` names the update to another bundle than `bundle_id`.
+    OtherBundle(Option<i64>),
+}
+
+/// The job columns an update-state decision needs.
+#[derive(Debug, Clone)]
+pub struct UpdateJobRow {
+    pub lease: JobLease,
+    pub kind: String,
+    pub bundle_id: Option<i64>,
+}
+
+/// What an update-state report does to its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEffect {
+    /// Only the sensor's update state changes.
+    Nothing,
+    /// Still running: progress, and the lease is renewed.
+    Progress(u8),
+    /// The slot is written and the sensor reboots into it (or already runs it).
+    Complete,
+    Fail(String),
+}
+
+/// The single rule for update-state reports, shared by both backends. `row` is the job the
+/// report names (`None` when it names none that exists).
+pub fn update_effect(
+    row: Option<&UpdateJobRow>,
+    sensor: &str,
+    report: &UpdateStateReport,
+) -> Result<JobEffect, UpdateRefusal> {
+    if report.job_id.is_none() {
+        return Ok(JobEffect::Nothing);
+    }
+    let row = row.ok_or(UpdateRefusal::Job(JobRefusal::NotFound))?;
+    if row.kind != Capability::Update.as_str() {
+        return Err(UpdateRefusal::NotAnUpdate);
+    }
+    if row.bundle_id != Some(report.bundle_id) {
+        return Err(UpdateRefusal::OtherBundle(row.bundle_id));
+    }
+    check_job_access(Some(&row.lease), sensor, true).map_err(UpdateRefusal::Job)?;
+    let in_progress = matches!(
+        report.state,
+        UpdateState::Downloading | UpdateState::Installing
+    );
+    if row.lease.state.is_final() {
+        // The job ended (completed at `rebooting`, or cancelled): later outcomes such as
+        // `committed` are news about the sensor, not the job; progress is out of place.
+        return if in_progress {
+            Err(UpdateRefusal::Job(JobRefusal::LeaseLost(row.lease.state)))
+        } else {
+            Ok(JobEffect::Nothing)
+        };
+    }
+    Ok(match report.state {
+        UpdateState::Downloading | UpdateState::Installing => {
+            JobEffect::Progress(report.progress_percent.min(100))
+        }
+        // `rebooting` ends the job: the reboot into the new slot may take longer than the
+        // lease, and the job must not go back to the queue meanwhile.
+        UpdateState::Rebooting | UpdateState::Committed => JobEffect::Complete,
+        UpdateState::RolledBack | UpdateState::Refused | UpdateState::Failed => {
+            let reason = if report.reason.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                report.reason.clone()
+            };
+            JobEffect::Fail(format!("update {}: {reason}", report.state.as_str()))
+        }
+    })
+}
+
+/// The sensor's latest update state and the log line that records it.
+pub(crate) fn update_records(
+    report: &UpdateStateReport,
+    now: i64,
+) -> Result<(String, String), StoreError> {
+    let update = SensorUpdate {
+        bundle_id: report.bundle_id,
+        version: report.version.clone(),
+        state: report.state,
+        reason: report.reason.clone(),
+        progress_percent: report.progress_percent.min(100),
+        updated_at: now,
+    };
+    let mut message = format!(
+        "update to {} (bundle {}): {}",
+        report.version,
+        report.bundle_id,
+        report.state.as_str()
+    );
+    if matches!(
+        report.state,
+        UpdateState::Downloading | UpdateState::Installing
+    ) {
+        message.push_str(&format!(" {}%", report.progress_percent.min(100)));
+    }
+    if !report.reason.is_empty() {
+        message.push_str(&format!(": {}", report.reason));
+    }
+    if let Some(slot) = &report.slot {
+        message.push_str(&format!(" (from slot {slot})"));
+    }
+    let level = match report.state {
+        UpdateState::Failed | UpdateState::Refused => Level::Error,
+        UpdateState::RolledBack => Level::Warn,
+        _ => Level::Info,
+    };
+    // Recorded by the portal, not sent by the sensor: `seq` 0 keeps it apart from the
+    // sensor's own numbering.
+    let event = LogEvent {
+        seq: 0,
+        ts_ms: u64::try_from(now).unwrap_or(0).saturating_mul(1000),
+        level,
+        kind: match report.job_id {
+            Some(job_id) => EventKind::Job { job_id, message },
+            None => EventKind::Message { message },
+        },
+    };
+    Ok((json(&update)?, json(&event)?))
+}
+
+/// The job spec of an update to `bundle`.
+pub fn update_spec(bundle: &BundleInfo) -> JobSpec {
+    JobSpec::Update(UpdateSpec {
+        bundle_id: bundle.id,
+        version: bundle.version.clone(),
+        size: bundle.size,
+        sha256: bundle.sha256.clone(),
+    })
+}
+
+fn spec_bundle(spec: &JobSpec) -> Option<i64> {
+    match spec {
+        JobSpec::Update(u) => Some(u.bundle_id),
+        JobSpec::Scan(_) => None,
     }
 }
 
@@ -354,17 +520,136 @@ impl Store {
         }
     }
 
+    /// Queues a job any sensor of the site may claim.
     pub async fn create_job(
         &self,
         site: &str,
         spec: &JobSpec,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let kind = spec.capability().as_str();
-        let spec = json(spec)?;
+        self.create_job_for(site, spec, None, now).await
+    }
+
+    /// Queues a job; with `target`, only that sensor may claim it.
+    pub async fn create_job_for(
+        &self,
+        site: &str,
+        spec: &JobSpec,
+        target: Option<&str>,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let job = NewJob {
+            site: site.to_owned(),
+            kind: spec.capability().as_str(),
+            spec: json(spec)?,
+            target_sensor: target.map(str::to_owned),
+            bundle_id: spec_bundle(spec),
+            now,
+        };
         match self {
-            Store::Sqlite(s) => s.create_job(site, kind, &spec, now).await,
-            Store::Postgres(s) => s.create_job(site, kind, &spec, now).await,
+            Store::Sqlite(s) => s.create_job(job).await,
+            Store::Postgres(s) => s.create_job(job).await,
+        }
+    }
+
+    /// The site of a sensor, or None when there is no such sensor.
+    pub async fn sensor_site(&self, sensor: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sensor_site(sensor).await,
+            Store::Postgres(s) => s.sensor_site(sensor).await,
+        }
+    }
+
+    /// Records a published bundle; a bundle with the same sha256 is not stored twice.
+    /// Returns the stored bundle and whether it is new.
+    pub async fn publish_bundle(&self, b: &NewBundle) -> Result<(BundleInfo, bool), StoreError> {
+        let id = match self {
+            Store::Sqlite(s) => s.insert_bundle(b).await?,
+            Store::Postgres(s) => s.insert_bundle(b).await?,
+        };
+        let created = id.is_some();
+        let info = self.bundle_by_sha256(&b.sha256).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("bundle {} vanished after insert", b.sha256))
+        })?;
+        Ok((info, created))
+    }
+
+    pub async fn bundle(&self, id: i64) -> Result<Option<BundleInfo>, StoreError> {
+        let rows = match self {
+            Store::Sqlite(s) => s.bundles(Some(id), None).await?,
+            Store::Postgres(s) => s.bundles(Some(id), None).await?,
+        };
+        Ok(rows.into_iter().next())
+    }
+
+    pub async fn bundle_by_sha256(&self, sha256: &str) -> Result<Option<BundleInfo>, StoreError> {
+        let rows = match self {
+            Store::Sqlite(s) => s.bundles(None, Some(sha256.to_owned())).await?,
+            Store::Postgres(s) => s.bundles(None, Some(sha256.to_owned())).await?,
+        };
+        Ok(rows.into_iter().next())
+    }
+
+    /// Every published bundle, newest first.
+    pub async fn bundles(&self) -> Result<Vec<BundleInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.bundles(None, None).await,
+            Store::Postgres(s) => s.bundles(None, None).await,
+        }
+    }
+
+    /// One update job per sensor (every sensor of `site`, plus `sensors`), each claimable
+    /// only by its sensor, all or none.
+    pub async fn assign_bundle(
+        &self,
+        bundle: &BundleInfo,
+        site: Option<&str>,
+        sensors: &[String],
+        now: i64,
+    ) -> Result<Result<Vec<i64>, AssignRefusal>, StoreError> {
+        let a = Assignment {
+            site: site.map(str::to_owned),
+            sensors: sensors.to_vec(),
+            spec: json(&update_spec(bundle))?,
+            bundle_id: bundle.id,
+            now,
+        };
+        match self {
+            Store::Sqlite(s) => s.assign_bundle(a).await,
+            Store::Postgres(s) => s.assign_bundle(a).await,
+        }
+    }
+
+    /// Whether the sensor has (or had) an update job for the bundle: only those may
+    /// download it.
+    pub async fn may_download(&self, sensor: &str, bundle: i64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.may_download(sensor, bundle).await,
+            Store::Postgres(s) => s.may_download(sensor, bundle).await,
+        }
+    }
+
+    /// Applies a sensor's update-state report ([`update_effect`]), stores it as the sensor's
+    /// latest update state and appends it to the sensor's log, atomically.
+    pub async fn update_state(
+        &self,
+        sensor: &str,
+        report: &UpdateStateReport,
+        now: i64,
+        lease_s: i64,
+    ) -> Result<Result<(), UpdateRefusal>, StoreError> {
+        let (update, log) = update_records(report, now)?;
+        let r = UpdateWrite {
+            sensor: sensor.to_owned(),
+            report: report.clone(),
+            update,
+            log,
+            now,
+            lease_s,
+        };
+        match self {
+            Store::Sqlite(s) => s.update_state(r).await,
+            Store::Postgres(s) => s.update_state(r).await,
         }
     }
 
@@ -425,10 +710,12 @@ impl Store {
         }
     }
 
-    pub async fn delete_sensor(&self, sensor: &str) -> Result<bool, StoreError> {
+    /// Forgets a sensor: its running jobs go back to the queue, and the jobs made for it
+    /// alone (which nobody else may claim) fail.
+    pub async fn delete_sensor(&self, sensor: &str, now: i64) -> Result<bool, StoreError> {
         match self {
-            Store::Sqlite(s) => s.delete_sensor(sensor).await,
-            Store::Postgres(s) => s.delete_sensor(sensor).await,
+            Store::Sqlite(s) => s.delete_sensor(sensor, now).await,
+            Store::Postgres(s) => s.delete_sensor(sensor, now).await,
         }
     }
 }
@@ -442,6 +729,65 @@ pub(crate) fn report_state(outcome: ReportOutcome) -> JobState {
     }
 }
 
+/// A job row as both backends insert it.
+pub(crate) struct NewJob {
+    pub site: String,
+    pub kind: &'static str,
+    pub spec: String,
+    pub target_sensor: Option<String>,
+    pub bundle_id: Option<i64>,
+    pub now: i64,
+}
+
+/// An assignment as both backends run it.
+pub(crate) struct Assignment {
+    pub site: Option<String>,
+    pub sensors: Vec<String>,
+    pub spec: String,
+    pub bundle_id: i64,
+    pub now: i64,
+}
+
+/// An accepted update-state report as both backends write it.
+pub(crate) struct UpdateWrite {
+    pub sensor: String,
+    pub report: UpdateStateReport,
+    /// [`SensorUpdate`] as JSON.
+    pub update: String,
+    /// [`LogEvent`] as JSON.
+    pub log: String,
+    pub now: i64,
+    pub lease_s: i64,
+}
+
+/// Message for a job made for a sensor that was then deleted.
+pub(crate) const TARGET_DELETED: &str = "the sensor this job was made for was deleted";
+
+/// Columns of a bundle row as both backends read them.
+pub(crate) struct RawBundle {
+    pub id: i64,
+    pub version: String,
+    pub compatible: String,
+    pub min_version: Option<String>,
+    pub size: i64,
+    pub sha256: String,
+    pub published_at: i64,
+}
+
+impl RawBundle {
+    pub fn into_info(self) -> BundleInfo {
+        BundleInfo {
+            id: self.id,
+            version: self.version,
+            compatible: self.compatible,
+            min_version: self.min_version,
+            size: u64::try_from(self.size).unwrap_or(0),
+            sha256: self.sha256,
+            published_at: self.published_at,
+        }
+    }
+}
+
 /// Columns of a job row as both backends read them.
 pub(crate) struct RawJob {
     pub id: i64,
@@ -449,6 +795,7 @@ pub(crate) struct RawJob {
     pub state: String,
     pub spec: String,
     pub sensor_id: Option<String>,
+    pub target_sensor: Option<String>,
     pub attempts: i64,
     pub progress: i64,
     pub cancel_requested: bool,
@@ -465,6 +812,7 @@ impl RawJob {
             state: parse_state(&self.state)?,
             spec: from_json(&self.spec)?,
             sensor_id: self.sensor_id,
+            target_sensor: self.target_sensor,
             attempts: self.attempts.clamp(0, u32::MAX as i64) as u32,
             progress_percent: self.progress.clamp(0, 100) as u8,
             cancel_requested: self.cancel_requested,
@@ -516,6 +864,10 @@ pub(crate) struct RawSensor {
     pub activity: Option<String>,
     pub phase: Option<String>,
     pub metrics: Option<String>,
+    pub firmware_version: Option<String>,
+    pub boot_slot: Option<String>,
+    /// [`SensorUpdate`] as JSON.
+    pub update: Option<String>,
     pub running_jobs: i64,
 }
 
@@ -538,6 +890,11 @@ impl RawSensor {
                 activity: quoted(self.activity).map(|s| from_json(&s)).transpose()?,
                 phase: quoted(self.phase).map(|s| from_json(&s)).transpose()?,
                 metrics: self.metrics.map(|s| from_json(&s)).transpose()?,
+                firmware_version: self.firmware_version,
+                boot_slot: self.boot_slot,
+                update: self.update.map(|s| from_json(&s)).transpose()?,
+                // Filled in by the API layer from the gateway's live counters.
+                tunnel: None,
             },
             running_jobs: self.running_jobs,
         })
@@ -604,6 +961,91 @@ mod tests {
             pool.allocate(&full),
             None,
             "network and broadcast are never handed out"
+        );
+    }
+
+    #[test]
+    fn update_report_rules() {
+        use outpost_wire::sensor::{UpdateState as U, UpdateStateReport};
+        let row = |state, owner: Option<&str>, kind: &str, bundle: Option<i64>| UpdateJobRow {
+            lease: JobLease {
+                state,
+                sensor_id: owner.map(str::to_owned),
+            },
+            kind: kind.into(),
+            bundle_id: bundle,
+        };
+        let report = |job: Option<i64>, state, reason: &str| UpdateStateReport {
+            job_id: job,
+            bundle_id: 3,
+            version: "1.2.0".into(),
+            state,
+            reason: reason.into(),
+            progress_percent: 140,
+            slot: None,
+        };
+        let mine = row(JobState::Running, Some("s1"), "update", Some(3));
+        let eff = |r: &UpdateJobRow, st, reason| {
+            update_effect(Some(r), "s1", &report(Some(7), st, reason))
+        };
+
+        // Without a job only the sensor's state changes, whatever the state.
+        assert_eq!(
+            update_effect(None, "s1", &report(None, U::RolledBack, "tries used up")),
+            Ok(JobEffect::Nothing)
+        );
+        assert_eq!(
+            eff(&mine, U::Downloading, ""),
+            Ok(JobEffect::Progress(100)),
+            "clamped"
+        );
+        assert_eq!(eff(&mine, U::Installing, ""), Ok(JobEffect::Progress(100)));
+        assert_eq!(eff(&mine, U::Rebooting, ""), Ok(JobEffect::Complete));
+        assert_eq!(eff(&mine, U::Committed, ""), Ok(JobEffect::Complete));
+        assert_eq!(
+            eff(&mine, U::Refused, "wrong board"),
+            Ok(JobEffect::Fail("update refused: wrong board".into()))
+        );
+        assert_eq!(
+            eff(&mine, U::Failed, ""),
+            Ok(JobEffect::Fail("update failed: no reason given".into()))
+        );
+
+        // A job that already ended: outcomes are accepted, progress is not.
+        let done = row(JobState::Completed, Some("s1"), "update", Some(3));
+        assert_eq!(eff(&done, U::Committed, ""), Ok(JobEffect::Nothing));
+        assert_eq!(eff(&done, U::Rebooting, ""), Ok(JobEffect::Nothing));
+        assert_eq!(
+            eff(&done, U::Downloading, ""),
+            Err(UpdateRefusal::Job(JobRefusal::LeaseLost(
+                JobState::Completed
+            )))
+        );
+
+        // Wrong job, other bundle, another sensor's job, a job back in the queue.
+        assert_eq!(
+            update_effect(None, "s1", &report(Some(7), U::Downloading, "")),
+            Err(UpdateRefusal::Job(JobRefusal::NotFound))
+        );
+        let scan = row(JobState::Running, Some("s1"), "scan", None);
+        assert_eq!(
+            eff(&scan, U::Committed, ""),
+            Err(UpdateRefusal::NotAnUpdate)
+        );
+        let other = row(JobState::Running, Some("s1"), "update", Some(4));
+        assert_eq!(
+            eff(&other, U::Committed, ""),
+            Err(UpdateRefusal::OtherBundle(Some(4)))
+        );
+        let theirs = row(JobState::Running, Some("s2"), "update", Some(3));
+        assert_eq!(
+            eff(&theirs, U::Downloading, ""),
+            Err(UpdateRefusal::Job(JobRefusal::NotYours))
+        );
+        let queued = row(JobState::Queued, None, "update", Some(3));
+        assert_eq!(
+            eff(&queued, U::Downloading, ""),
+            Err(UpdateRefusal::Job(JobRefusal::LeaseLost(JobState::Queued)))
         );
     }
 

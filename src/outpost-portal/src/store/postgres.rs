@@ -5,13 +5,14 @@
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use outpost_wire::admin::{JobInfo, JobState, StoredLogEvent};
+use outpost_wire::admin::{BundleInfo, JobInfo, JobState, StoredLogEvent};
 use outpost_wire::sensor::{HeartbeatRequest, Job, JobStatusUpdate, ReportAck, ReportUpload};
 
 use super::{
-    check_job_access, check_token, from_json, parse_state, state_after_update, JobLease,
-    JobRefusal, NewSensor, RawJob, RawReport, RawSensor, Report, SensorAuth, SensorRow, StoreError,
-    TokenRefusal, TokenRow,
+    check_job_access, check_token, from_json, parse_state, state_after_update, update_effect,
+    AssignRefusal, Assignment, JobEffect, JobLease, JobRefusal, NewBundle, NewJob, NewSensor,
+    RawBundle, RawJob, RawReport, RawSensor, Report, SensorAuth, SensorRow, StoreError,
+    TokenRefusal, TokenRow, UpdateJobRow, UpdateRefusal, UpdateWrite, TARGET_DELETED,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -87,11 +88,31 @@ CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
     r#"
 ALTER TABLE sensors ADD COLUMN rotate_key_requested BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    // A/B updates: published bundles, jobs made for one sensor, what sensors run.
+    r#"
+CREATE TABLE bundles (
+    id BIGSERIAL PRIMARY KEY,
+    version TEXT NOT NULL,
+    compatible TEXT NOT NULL,
+    min_version TEXT,
+    size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    published_at BIGINT NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN target_sensor TEXT;
+ALTER TABLE jobs ADD COLUMN bundle_id BIGINT REFERENCES bundles (id);
+CREATE INDEX jobs_bundle ON jobs (bundle_id);
+ALTER TABLE sensors ADD COLUMN firmware_version TEXT;
+ALTER TABLE sensors ADD COLUMN boot_slot TEXT;
+ALTER TABLE sensors ADD COLUMN update_state TEXT;
+"#,
 ];
 
 const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
-     failure_reason, created_at, lease_expires_at";
+     failure_reason, created_at, lease_expires_at, target_sensor";
+
+const BUNDLE_COLUMNS: &str = "id, version, compatible, min_version, size, sha256, published_at";
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -308,7 +329,7 @@ impl PgStore {
         let phase = hb.phase.map(|p| p.as_str());
         tx.execute(
             "UPDATE sensors SET last_heartbeat = $2, activity = $3, phase = $4, metrics = $5, \
-             agent_version = $6 WHERE id = $1",
+             agent_version = $6, firmware_version = $7, boot_slot = $8 WHERE id = $1",
             &[
                 &sensor,
                 &now,
@@ -316,6 +337,8 @@ impl PgStore {
                 &phase,
                 &metrics,
                 &hb.agent_version,
+                &hb.firmware_version,
+                &hb.boot_slot,
             ],
         )
         .await?;
@@ -359,7 +382,9 @@ impl PgStore {
                 "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
                  lease_expires_at = $3, progress = 0 \
                  WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = $4 \
-                             AND kind = ANY($5) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                             AND kind = ANY($5) \
+                             AND (target_sensor IS NULL OR target_sensor = $1) \
+                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, spec, attempts, lease_expires_at",
                 &[&sensor.id, &now, &(now + lease_s), &sensor.site, &kinds],
             )
@@ -518,22 +543,202 @@ impl PgStore {
         }))
     }
 
-    pub async fn create_job(
+    pub(super) async fn create_job(&self, j: NewJob) -> Result<i64, StoreError> {
+        let c = self.client().await?;
+        insert_job(&c, &j).await
+    }
+
+    pub async fn sensor_site(&self, sensor: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt("SELECT site FROM sensors WHERE id = $1", &[&sensor])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Inserts the bundle unless one with its sha256 exists; returns the new id.
+    pub async fn insert_bundle(&self, b: &NewBundle) -> Result<Option<i64>, StoreError> {
+        let size = i64::try_from(b.size)
+            .map_err(|_| StoreError::Corrupt(format!("bundle size {}", b.size)))?;
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "INSERT INTO bundles (version, compatible, min_version, size, sha256, published_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING RETURNING id",
+                &[
+                    &b.version,
+                    &b.compatible,
+                    &b.min_version,
+                    &size,
+                    &b.sha256,
+                    &b.published_at,
+                ],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Bundles, newest first; only the one with this id or sha256 when given.
+    pub async fn bundles(
         &self,
-        site: &str,
-        kind: &str,
-        spec: &str,
-        now: i64,
-    ) -> Result<i64, StoreError> {
+        id: Option<i64>,
+        sha256: Option<String>,
+    ) -> Result<Vec<BundleInfo>, StoreError> {
+        let sql = format!(
+            "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE ($1::BIGINT IS NULL OR id = $1) \
+             AND ($2::TEXT IS NULL OR sha256 = $2) ORDER BY id DESC"
+        );
+        let rows = self.client().await?.query(&sql, &[&id, &sha256]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                RawBundle {
+                    id: r.get(0),
+                    version: r.get(1),
+                    compatible: r.get(2),
+                    min_version: r.get(3),
+                    size: r.get(4),
+                    sha256: r.get(5),
+                    published_at: r.get(6),
+                }
+                .into_info()
+            })
+            .collect())
+    }
+
+    pub(super) async fn assign_bundle(
+        &self,
+        a: Assignment,
+    ) -> Result<Result<Vec<i64>, AssignRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let mut targets: Vec<(String, String)> = Vec::new();
+        if let Some(site) = &a.site {
+            targets = tx
+                .query(
+                    "SELECT id, site FROM sensors WHERE site = $1 ORDER BY registered_at, id",
+                    &[site],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if targets.is_empty() {
+                return Ok(Err(AssignRefusal::EmptySite(site.clone())));
+            }
+        }
+        for id in &a.sensors {
+            let Some(row) = tx
+                .query_opt("SELECT site FROM sensors WHERE id = $1", &[id])
+                .await?
+            else {
+                return Ok(Err(AssignRefusal::UnknownSensor(id.clone())));
+            };
+            if !targets.iter().any(|(t, _)| t == id) {
+                targets.push((id.clone(), row.get(0)));
+            }
+        }
+        let mut jobs = Vec::with_capacity(targets.len());
+        for (sensor, site) in targets {
+            let job = NewJob {
+                site,
+                kind: "update",
+                spec: a.spec.clone(),
+                target_sensor: Some(sensor),
+                bundle_id: Some(a.bundle_id),
+                now: a.now,
+            };
+            jobs.push(insert_job(&tx, &job).await?);
+        }
+        tx.commit().await?;
+        Ok(Ok(jobs))
+    }
+
+    pub async fn may_download(&self, sensor: &str, bundle: i64) -> Result<bool, StoreError> {
         Ok(self
             .client()
             .await?
             .query_one(
-                "INSERT INTO jobs (site, kind, spec, state, created_at) VALUES ($1, $2, $3, 'queued', $4) RETURNING id",
-                &[&site, &kind, &spec, &now],
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'update' AND bundle_id = $2 \
+                 AND (target_sensor = $1 OR sensor_id = $1))",
+                &[&sensor, &bundle],
             )
             .await?
             .get(0))
+    }
+
+    pub(super) async fn update_state(
+        &self,
+        w: UpdateWrite,
+    ) -> Result<Result<(), UpdateRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = match w.report.job_id {
+            Some(job) => tx
+                .query_opt(
+                    "SELECT state, sensor_id, kind, bundle_id FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&job],
+                )
+                .await?
+                .map(|r| {
+                    Ok::<_, StoreError>(UpdateJobRow {
+                        lease: JobLease {
+                            state: parse_state(r.get(0))?,
+                            sensor_id: r.get(1),
+                        },
+                        kind: r.get(2),
+                        bundle_id: r.get(3),
+                    })
+                })
+                .transpose()?,
+            None => None,
+        };
+        let effect = match update_effect(row.as_ref(), &w.sensor, &w.report) {
+            Ok(e) => e,
+            Err(r) => return Ok(Err(r)),
+        };
+        if let Some(job) = w.report.job_id {
+            match effect {
+                JobEffect::Nothing => {}
+                JobEffect::Progress(p) => {
+                    tx.execute(
+                        "UPDATE jobs SET progress = $2, lease_expires_at = $3 WHERE id = $1",
+                        &[&job, &i64::from(p), &(w.now + w.lease_s)],
+                    )
+                    .await?;
+                }
+                JobEffect::Complete => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'completed', progress = 100, finished_at = $2 \
+                         WHERE id = $1 AND state = 'running'",
+                        &[&job, &w.now],
+                    )
+                    .await?;
+                }
+                JobEffect::Fail(reason) => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', failure_reason = $2, finished_at = $3 \
+                         WHERE id = $1 AND state = 'running'",
+                        &[&job, &reason, &w.now],
+                    )
+                    .await?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE sensors SET update_state = $2 WHERE id = $1",
+            &[&w.sensor, &w.update],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO sensor_log (sensor_id, received_at, event) VALUES ($1, $2, $3)",
+            &[&w.sensor, &w.now, &w.log],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
     pub async fn cancel_job(&self, job: i64, now: i64) -> Result<Option<JobState>, StoreError> {
@@ -615,7 +820,9 @@ impl PgStore {
             .query(
                 "SELECT s.id, s.name, s.site, s.hostname, s.board, s.agent_version, s.wg_public_key, \
                  s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
-                 (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running') \
+                 (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running' \
+                  AND j.kind = 'scan'), \
+                 s.firmware_version, s.boot_slot, s.update_state \
                  FROM sensors s ORDER BY s.registered_at, s.id",
                 &[],
             )
@@ -636,6 +843,9 @@ impl PgStore {
                     phase: r.get(10),
                     metrics: r.get(11),
                     running_jobs: r.get(12),
+                    firmware_version: r.get(13),
+                    boot_slot: r.get(14),
+                    update: r.get(15),
                 }
                 .into_row()
             })
@@ -679,9 +889,15 @@ impl PgStore {
         Ok(n > 0)
     }
 
-    pub async fn delete_sensor(&self, sensor: &str) -> Result<bool, StoreError> {
+    pub async fn delete_sensor(&self, sensor: &str, now: i64) -> Result<bool, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', failure_reason = $2, finished_at = $3 \
+             WHERE target_sensor = $1 AND state IN ('queued', 'running')",
+            &[&sensor, &TARGET_DELETED, &now],
+        )
+        .await?;
         tx.execute(
             "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
              attempts = attempts + 1 WHERE sensor_id = $1 AND state = 'running'",
@@ -718,6 +934,27 @@ async fn lease_of(
     .transpose()
 }
 
+/// Works on a pooled client and inside a transaction alike.
+async fn insert_job<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    j: &NewJob,
+) -> Result<i64, StoreError> {
+    Ok(c.query_one(
+        "INSERT INTO jobs (site, kind, spec, state, created_at, target_sensor, bundle_id) \
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING id",
+        &[
+            &j.site,
+            &j.kind,
+            &j.spec,
+            &j.now,
+            &j.target_sensor,
+            &j.bundle_id,
+        ],
+    )
+    .await?
+    .get(0))
+}
+
 fn raw_job(r: &tokio_postgres::Row) -> RawJob {
     RawJob {
         id: r.get(0),
@@ -731,5 +968,6 @@ fn raw_job(r: &tokio_postgres::Row) -> RawJob {
         failure_reason: r.get(8),
         created_at: r.get(9),
         lease_expires_at: r.get(10),
+        target_sensor: r.get(11),
     }
 }

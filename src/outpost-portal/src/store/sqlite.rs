@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use outpost_wire::admin::{JobInfo, JobState, StoredLogEvent};
+use outpost_wire::admin::{BundleInfo, JobInfo, JobState, StoredLogEvent};
 use outpost_wire::sensor::{HeartbeatRequest, Job, JobStatusUpdate, ReportAck, ReportUpload};
 
 use super::{
-    check_job_access, check_token, from_json, parse_state, state_after_update, JobLease,
-    JobRefusal, NewSensor, Report, SensorAuth, SensorRow, StoreError, TokenRefusal, TokenRow,
+    check_job_access, check_token, from_json, parse_state, state_after_update, update_effect,
+    AssignRefusal, Assignment, JobEffect, JobLease, JobRefusal, NewBundle, NewJob, NewSensor,
+    RawBundle, Report, SensorAuth, SensorRow, StoreError, TokenRefusal, TokenRow, UpdateJobRow,
+    UpdateRefusal, UpdateWrite, TARGET_DELETED,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -87,11 +89,31 @@ CREATE UNIQUE INDEX sensors_tunnel_address ON sensors (tunnel_address);
     r#"
 ALTER TABLE sensors ADD COLUMN rotate_key_requested INTEGER NOT NULL DEFAULT 0;
 "#,
+    // A/B updates: published bundles, jobs made for one sensor, what sensors run.
+    r#"
+CREATE TABLE bundles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL,
+    compatible TEXT NOT NULL,
+    min_version TEXT,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    published_at INTEGER NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN target_sensor TEXT;
+ALTER TABLE jobs ADD COLUMN bundle_id INTEGER REFERENCES bundles (id);
+CREATE INDEX jobs_bundle ON jobs (bundle_id);
+ALTER TABLE sensors ADD COLUMN firmware_version TEXT;
+ALTER TABLE sensors ADD COLUMN boot_slot TEXT;
+ALTER TABLE sensors ADD COLUMN update_state TEXT;
+"#,
 ];
 
 const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
-     failure_reason, created_at, lease_expires_at";
+     failure_reason, created_at, lease_expires_at, target_sensor";
+
+const BUNDLE_COLUMNS: &str = "id, version, compatible, min_version, size, sha256, published_at";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -282,13 +304,15 @@ impl SqliteStore {
         let activity = hb.activity.as_str();
         let phase = hb.phase.map(|p| p.as_str());
         let version = hb.agent_version.clone();
+        let firmware = hb.firmware_version.clone();
+        let slot = hb.boot_slot.clone();
         let metrics = metrics.to_owned();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "UPDATE sensors SET last_heartbeat = ?2, activity = ?3, phase = ?4, metrics = ?5, \
-                 agent_version = ?6 WHERE id = ?1",
-                params![sensor, now, activity, phase, metrics, version],
+                 agent_version = ?6, firmware_version = ?7, boot_slot = ?8 WHERE id = ?1",
+                params![sensor, now, activity, phase, metrics, version, firmware, slot],
             )?;
             tx.execute(
                 "UPDATE jobs SET lease_expires_at = ?2 WHERE sensor_id = ?1 AND state = 'running'",
@@ -333,7 +357,9 @@ impl SqliteStore {
                     "UPDATE jobs SET state = 'running', sensor_id = ?1, claimed_at = ?2, \
                      lease_expires_at = ?3, progress = 0 \
                      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = ?4 \
-                                 AND kind IN (SELECT value FROM json_each(?5)) ORDER BY id LIMIT 1) \
+                                 AND kind IN (SELECT value FROM json_each(?5)) \
+                                 AND (target_sensor IS NULL OR target_sensor = ?1) \
+                                 ORDER BY id LIMIT 1) \
                      RETURNING id, spec, attempts, lease_expires_at",
                     params![id, now, now + lease_s, site, kinds_json],
                     |r| {
@@ -499,20 +525,205 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn create_job(
-        &self,
-        site: &str,
-        kind: &str,
-        spec: &str,
-        now: i64,
-    ) -> Result<i64, StoreError> {
-        let (site, kind, spec) = (site.to_owned(), kind.to_owned(), spec.to_owned());
+    pub(super) async fn create_job(&self, j: NewJob) -> Result<i64, StoreError> {
+        self.call(move |c| insert_job(c, &j)).await
+    }
+
+    pub async fn sensor_site(&self, sensor: &str) -> Result<Option<String>, StoreError> {
+        let sensor = sensor.to_owned();
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO jobs (site, kind, spec, state, created_at) VALUES (?1, ?2, ?3, 'queued', ?4)",
-                params![site, kind, spec, now],
+            Ok(c.query_row(
+                "SELECT site FROM sensors WHERE id = ?1",
+                params![sensor],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Inserts the bundle unless one with its sha256 exists; returns the new id.
+    pub async fn insert_bundle(&self, b: &NewBundle) -> Result<Option<i64>, StoreError> {
+        let b = b.clone();
+        self.call(move |c| {
+            let size = i64::try_from(b.size)
+                .map_err(|_| StoreError::Corrupt(format!("bundle size {}", b.size)))?;
+            Ok(c.query_row(
+                "INSERT INTO bundles (version, compatible, min_version, size, sha256, published_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sha256) DO NOTHING RETURNING id",
+                params![b.version, b.compatible, b.min_version, size, b.sha256, b.published_at],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Bundles, newest first; only the one with this id or sha256 when given.
+    pub async fn bundles(
+        &self,
+        id: Option<i64>,
+        sha256: Option<String>,
+    ) -> Result<Vec<BundleInfo>, StoreError> {
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE (?1 IS NULL OR id = ?1) \
+                 AND (?2 IS NULL OR sha256 = ?2) ORDER BY id DESC"
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![id, sha256], |r| {
+                Ok(RawBundle {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                    compatible: r.get(2)?,
+                    min_version: r.get(3)?,
+                    size: r.get(4)?,
+                    sha256: r.get(5)?,
+                    published_at: r.get(6)?,
+                }
+                .into_info())
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn assign_bundle(
+        &self,
+        a: Assignment,
+    ) -> Result<Result<Vec<i64>, AssignRefusal>, StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut targets: Vec<(String, String)> = Vec::new();
+            if let Some(site) = &a.site {
+                let mut st = tx.prepare(
+                    "SELECT id, site FROM sensors WHERE site = ?1 ORDER BY registered_at, id",
+                )?;
+                let rows = st.query_map(params![site], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                targets = rows.collect::<Result<Vec<_>, _>>()?;
+                if targets.is_empty() {
+                    return Ok(Err(AssignRefusal::EmptySite(site.clone())));
+                }
+            }
+            for id in &a.sensors {
+                let site: Option<String> = tx
+                    .query_row("SELECT site FROM sensors WHERE id = ?1", params![id], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                let Some(site) = site else {
+                    return Ok(Err(AssignRefusal::UnknownSensor(id.clone())));
+                };
+                if !targets.iter().any(|(t, _)| t == id) {
+                    targets.push((id.clone(), site));
+                }
+            }
+            let mut jobs = Vec::with_capacity(targets.len());
+            for (sensor, site) in targets {
+                jobs.push(insert_job(
+                    &tx,
+                    &NewJob {
+                        site,
+                        kind: "update",
+                        spec: a.spec.clone(),
+                        target_sensor: Some(sensor),
+                        bundle_id: Some(a.bundle_id),
+                        now: a.now,
+                    },
+                )?);
+            }
+            tx.commit()?;
+            Ok(Ok(jobs))
+        })
+        .await
+    }
+
+    pub async fn may_download(&self, sensor: &str, bundle: i64) -> Result<bool, StoreError> {
+        let sensor = sensor.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'update' AND bundle_id = ?2 \
+                 AND (target_sensor = ?1 OR sensor_id = ?1))",
+                params![sensor, bundle],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    pub(super) async fn update_state(
+        &self,
+        w: UpdateWrite,
+    ) -> Result<Result<(), UpdateRefusal>, StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = match w.report.job_id {
+                Some(job) => tx
+                    .query_row(
+                        "SELECT state, sensor_id, kind, bundle_id FROM jobs WHERE id = ?1",
+                        params![job],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, Option<String>>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, Option<i64>>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?
+                    .map(|(state, sensor_id, kind, bundle_id)| {
+                        Ok::<_, StoreError>(UpdateJobRow {
+                            lease: JobLease {
+                                state: parse_state(&state)?,
+                                sensor_id,
+                            },
+                            kind,
+                            bundle_id,
+                        })
+                    })
+                    .transpose()?,
+                None => None,
+            };
+            let effect = match update_effect(row.as_ref(), &w.sensor, &w.report) {
+                Ok(e) => e,
+                Err(r) => return Ok(Err(r)),
+            };
+            if let Some(job) = w.report.job_id {
+                match effect {
+                    JobEffect::Nothing => {}
+                    JobEffect::Progress(p) => {
+                        tx.execute(
+                            "UPDATE jobs SET progress = ?2, lease_expires_at = ?3 WHERE id = ?1",
+                            params![job, p, w.now + w.lease_s],
+                        )?;
+                    }
+                    JobEffect::Complete => {
+                        tx.execute(
+                            "UPDATE jobs SET state = 'completed', progress = 100, finished_at = ?2 \
+                             WHERE id = ?1 AND state = 'running'",
+                            params![job, w.now],
+                        )?;
+                    }
+                    JobEffect::Fail(reason) => {
+                        tx.execute(
+                            "UPDATE jobs SET state = 'failed', failure_reason = ?2, finished_at = ?3 \
+                             WHERE id = ?1 AND state = 'running'",
+                            params![job, reason, w.now],
+                        )?;
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE sensors SET update_state = ?2 WHERE id = ?1",
+                params![w.sensor, w.update],
             )?;
-            Ok(c.last_insert_rowid())
+            tx.execute(
+                "INSERT INTO sensor_log (sensor_id, received_at, event) VALUES (?1, ?2, ?3)",
+                params![w.sensor, w.now, w.log],
+            )?;
+            tx.commit()?;
+            Ok(Ok(()))
         })
         .await
     }
@@ -600,7 +811,9 @@ impl SqliteStore {
             let mut st = c.prepare(
                 "SELECT s.id, s.name, s.site, s.hostname, s.board, s.agent_version, s.wg_public_key, \
                  s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
-                 (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running') \
+                 (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running' \
+                  AND j.kind = 'scan'), \
+                 s.firmware_version, s.boot_slot, s.update_state \
                  FROM sensors s ORDER BY s.registered_at, s.id",
             )?;
             let rows = st.query_map([], |r| {
@@ -618,6 +831,9 @@ impl SqliteStore {
                     phase: r.get(10)?,
                     metrics: r.get(11)?,
                     running_jobs: r.get(12)?,
+                    firmware_version: r.get(13)?,
+                    boot_slot: r.get(14)?,
+                    update: r.get(15)?,
                 })
             })?;
             rows.map(|r| r.map_err(StoreError::from).and_then(super::RawSensor::into_row))
@@ -664,11 +880,16 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn delete_sensor(&self, sensor: &str) -> Result<bool, StoreError> {
+    pub async fn delete_sensor(&self, sensor: &str, now: i64) -> Result<bool, StoreError> {
         let sensor = sensor.to_owned();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Its running jobs go back to the queue for the site's other sensors.
+            tx.execute(
+                "UPDATE jobs SET state = 'failed', failure_reason = ?2, finished_at = ?3 \
+                 WHERE target_sensor = ?1 AND state IN ('queued', 'running')",
+                params![sensor, TARGET_DELETED, now],
+            )?;
+            // Its other running jobs go back to the queue for the site's other sensors.
             tx.execute(
                 "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
                  attempts = attempts + 1 WHERE sensor_id = ?1 AND state = 'running'",
@@ -731,6 +952,15 @@ fn lease_of(
     .transpose()
 }
 
+fn insert_job(c: &Connection, j: &NewJob) -> Result<i64, StoreError> {
+    c.execute(
+        "INSERT INTO jobs (site, kind, spec, state, created_at, target_sensor, bundle_id) \
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+        params![j.site, j.kind, j.spec, j.now, j.target_sensor, j.bundle_id],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
 fn raw_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::RawJob> {
     Ok(super::RawJob {
         id: r.get(0)?,
@@ -744,5 +974,6 @@ fn raw_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::RawJob> {
         failure_reason: r.get(8)?,
         created_at: r.get(9)?,
         lease_expires_at: r.get(10)?,
+        target_sensor: r.get(11)?,
     })
 }

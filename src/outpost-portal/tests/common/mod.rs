@@ -40,7 +40,14 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
 
 /// Every row of every table, as text, in a stable order.
 pub async fn dump(url: &str) -> String {
-    const TABLES: [&str; 5] = ["tokens", "sensors", "jobs", "reports", "sensor_log"];
+    const TABLES: [&str; 6] = [
+        "tokens",
+        "sensors",
+        "jobs",
+        "reports",
+        "sensor_log",
+        "bundles",
+    ];
     let mut out = String::new();
     if url.starts_with("postgres") {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -121,4 +128,169 @@ pub fn https(ca_pem: &[u8]) -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .new_agent()
+}
+
+// ---- update bundles ----
+
+/// The board every test bundle is built for.
+pub const BOARD: &str = "outpost,rpi4";
+
+/// Deterministic bytes that differ per `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The key the test portal trusts when a test installs `bundle-keys.pub`.
+pub fn release_key() -> outpost_bundle::SecretKey {
+    outpost_bundle::SecretKey::from_seed(&[11; 32])
+}
+
+pub fn other_key() -> outpost_bundle::SecretKey {
+    outpost_bundle::SecretKey::from_seed(&[22; 32])
+}
+
+/// A real bundle file, as `outpostctl bundle build` (and `sign`) would make it.
+pub struct TestBundle {
+    pub path: std::path::PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// Builds a bundle of `version` in `dir` (replaces `1.0.0` or later), signed with `key`
+/// when given. The root filesystem is 2.5 MiB, past axum's default 2 MiB body limit.
+pub fn build_bundle(
+    dir: &std::path::Path,
+    version: &str,
+    key: Option<&outpost_bundle::SecretKey>,
+) -> TestBundle {
+    let seed = version.bytes().map(u64::from).sum::<u64>();
+    let input = |name: &str, i: u64, len: usize| {
+        let p = dir.join(format!("{version}-{name}"));
+        std::fs::write(&p, pattern(seed * 10 + i, len)).expect("write bundle input");
+        p
+    };
+    let spec = outpost_bundle::BuildSpec {
+        board: BOARD.into(),
+        version: outpost_bundle::Version::parse(version).expect("semver"),
+        min_version: Some(outpost_bundle::Version::new(1, 0, 0)),
+        rootfs: input("rootfs", 1, 2 * 1024 * 1024 + 512 * 1024 + 123),
+        kernel: input("Image", 2, 150_000),
+        initrd: input("initrd.img", 3, 60_001),
+        dtbs: vec![(
+            "broadcom/bcm2711-rpi-4-b.dtb".into(),
+            input("dtb", 4, 4_000),
+        )],
+    };
+    let path = dir.join(format!("outpost-{version}.bundle"));
+    outpost_bundle::build_bundle(&spec, &path).expect("build bundle");
+    if let Some(key) = key {
+        outpost_bundle::sign_bundle(&path, key).expect("sign bundle");
+    }
+    let bytes = std::fs::read(&path).expect("read bundle");
+    let sha256 = sha256_hex(&bytes);
+    TestBundle {
+        path,
+        bytes,
+        sha256,
+    }
+}
+
+// ---- a small HTTP client for the tests ----
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    pub fn error(&self) -> outpost_wire::ErrorBody {
+        self.json()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+pub struct Api {
+    pub agent: ureq::Agent,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(tp: &TestPortal) -> Api {
+        Api {
+            agent: https(&tp.ca_pem),
+            base: tp.portal.url.clone(),
+        }
+    }
+
+    fn finish(resp: ureq::http::Response<ureq::Body>) -> Resp {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .unwrap_or_default();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn post_bytes(&self, path: &str, bearer: &str, content_type: &str, body: &[u8]) -> Resp {
+        let resp = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {bearer}"))
+            .header("content-type", content_type)
+            .send(body)
+            .expect("request sent");
+        Api::finish(resp)
+    }
+
+    pub fn post<T: serde::Serialize>(&self, path: &str, bearer: &str, body: &T) -> Resp {
+        let body = serde_json::to_vec(body).expect("serialise");
+        self.post_bytes(path, bearer, "application/json", &body)
+    }
+
+    pub fn get_with(&self, path: &str, bearer: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {bearer}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Api::finish(req.call().expect("request sent"))
+    }
+
+    pub fn get(&self, path: &str, bearer: &str) -> Resp {
+        self.get_with(path, bearer, &[])
+    }
 }

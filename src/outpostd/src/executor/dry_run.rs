@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_wire::sensor::{Job, JobSpec, ReportOutcome, ReportSummary, SeverityCounts};
+use outpost_wire::sensor::{Job, ReportOutcome, ReportSummary, SeverityCounts};
 
 use super::{xml_escape as esc, ExecError, JobExecutor, JobReport, Progress, RunningJob};
 
@@ -26,7 +26,7 @@ impl JobExecutor for DryRunExecutor {
     }
 
     fn start(&self, job: &Job) -> Result<Box<dyn RunningJob>, ExecError> {
-        let JobSpec::Scan(spec) = &job.spec;
+        let spec = super::scan_spec(job)?;
         if spec.targets.is_empty() {
             return Err(ExecError("the job names no targets".into()));
         }
@@ -145,7 +145,7 @@ fn osp_xml(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_wire::sensor::{AliveTest, ScanSpec};
+    use outpost_wire::sensor::{AliveTest, JobSpec, ScanSpec, UpdateSpec};
 
     pub fn job(id: i64, targets: &[&str]) -> Job {
         Job {
@@ -194,6 +194,22 @@ mod tests {
         assert_eq!(r.outcome, ReportOutcome::Cancelled);
         assert!(r.partial);
         assert!(r.content.contains(r#"status="stopped""#));
+    }
+
+    #[test]
+    fn an_update_job_is_not_a_scan() {
+        let mut j = job(5, &["10.9.0.2"]);
+        j.spec = JobSpec::Update(UpdateSpec {
+            bundle_id: 1,
+            version: "1.2.0".into(),
+            size: 10,
+            sha256: "0".repeat(64),
+        });
+        let e = DryRunExecutor::new(Duration::ZERO)
+            .start(&j)
+            .err()
+            .expect("refused");
+        assert_eq!(e.0, "job 5 is not a scan job (kind: update)");
     }
 
     #[test]

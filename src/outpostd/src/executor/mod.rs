@@ -11,7 +11,7 @@ mod openvas;
 pub use dry_run::DryRunExecutor;
 pub use openvas::{OpenvasExecutor, DEFAULT_GONE_GRACE};
 
-use outpost_wire::sensor::{Job, ReportOutcome, ReportSummary};
+use outpost_wire::sensor::{Job, JobSpec, ReportOutcome, ReportSummary, ScanSpec};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -48,6 +48,18 @@ pub trait RunningJob: Send {
     fn cancel(&mut self) -> Result<(), ExecError>;
     /// The report, after `poll` said `Finished` or after `cancel`.
     fn report(self: Box<Self>) -> JobReport;
+}
+
+/// The scan a job asks for; any other kind of job is not an executor's to run.
+pub(crate) fn scan_spec(job: &Job) -> Result<&ScanSpec, ExecError> {
+    match &job.spec {
+        JobSpec::Scan(spec) => Ok(spec),
+        other => Err(ExecError(format!(
+            "job {} is not a scan job (kind: {})",
+            job.id,
+            other.capability().as_str()
+        ))),
+    }
 }
 
 /// Escapes text for XML attributes and content (both executors write OSP-shaped reports).

@@ -15,7 +15,7 @@ use outpost_osp::{
     VtSelection,
 };
 use outpost_wire::sensor::{
-    AliveTest, Credential, Job, JobSpec, ReportOutcome, ReportSummary, ScanSpec, SeverityCounts,
+    AliveTest, Credential, Job, ReportOutcome, ReportSummary, ScanSpec, SeverityCounts,
 };
 
 use super::{xml_escape as esc, ExecError, JobExecutor, JobReport, Progress, RunningJob};
@@ -48,7 +48,7 @@ impl JobExecutor for OpenvasExecutor {
     }
 
     fn start(&self, job: &Job) -> Result<Box<dyn RunningJob>, ExecError> {
-        let JobSpec::Scan(spec) = &job.spec;
+        let spec = super::scan_spec(job)?;
         // Nothing is sent unless every target is in scope.
         self.scope
             .check(&spec.targets)
@@ -431,6 +431,7 @@ fn osp_xml(
 mod tests {
     use super::*;
     use crate::executor::fake_ospd::*;
+    use outpost_wire::sensor::JobSpec;
     use std::os::unix::net::UnixListener;
 
     /// The fake with the executor under test on its socket.
@@ -629,7 +630,9 @@ mod tests {
     #[test]
     fn a_job_without_vts_is_refused() {
         let mut j = job(&["10.9.0.2"]);
-        let JobSpec::Scan(spec) = &mut j.spec;
+        let JobSpec::Scan(spec) = &mut j.spec else {
+            panic!("a scan job")
+        };
         spec.families.clear();
         spec.oids.clear();
         let e = start_scan(spec, "abc").unwrap_err();

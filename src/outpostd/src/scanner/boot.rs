@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use outpost_feed::{inspect, FeedPaths, FeedThresholds};
 use outpost_osp::OspClient;
 use outpost_scanner::{
-    wait_for_vts, Event, Passwd, StackConfig, Supervisor, VtsProgress, VtsWait, OSPD_OPENVAS,
+    redis_save, wait_for_vts, Event, Passwd, StackConfig, Supervisor, VtsProgress, VtsWait,
+    OSPD_OPENVAS,
 };
 use outpost_wire::log::Level;
 
@@ -198,6 +199,7 @@ impl Shell {
         let wait = self.cfg.vts_wait.clone();
         let reporter = self.reporter.clone();
         let ospd_started = self.ospd_started.clone();
+        let redis_socket = self.cfg.stack.redis_socket.clone();
         let spawned = std::thread::Builder::new()
             .name("vts-wait".into())
             .spawn(move || {
@@ -215,6 +217,16 @@ impl Shell {
                     }
                 });
                 let took = lock(&ospd_started).map(|t| t.elapsed()).unwrap_or_default();
+                if result.is_ok() {
+                    // Persist the VT cache now: the next boot (even after a power cut)
+                    // finds it current and skips the VT load.
+                    if let Err(e) = redis_save(&redis_socket, Duration::from_secs(10)) {
+                        reporter.message(
+                            Level::Warn,
+                            &format!("the VT cache could not be saved for the next boot: {e}"),
+                        );
+                    }
+                }
                 let fact = match result {
                     Ok(count) => Fact::VtsLoaded {
                         generation,

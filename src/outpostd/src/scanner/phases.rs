@@ -339,8 +339,8 @@ impl Machine {
                         Phase::Ready,
                         PhaseOutcome::Done,
                         Some(format!(
-                            "ospd-openvas loaded {count} VTs in {} s",
-                            took.as_secs()
+                            "ospd-openvas loaded {count} VTs in {:.1} s",
+                            took.as_secs_f64()
                         )),
                     ));
                 }
@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(phases(&s), [(Phase::Ready, PhaseOutcome::Done)]);
         assert_eq!(
             s.reports[0].reason.as_deref(),
-            Some("ospd-openvas loaded 7 VTs in 42 s")
+            Some("ospd-openvas loaded 7 VTs in 42.0 s")
         );
         assert!(m.scan_ready());
     }

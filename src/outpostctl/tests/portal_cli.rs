@@ -1,0 +1,266 @@
+//! `outpostctl bundle publish/list/assign` and the update fields of `sensor show/list`,
+//! run as processes against a real portal (started in this test process, on loopback).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_bundle::{build_bundle, sign_bundle, BuildSpec, SecretKey, Version};
+use outpost_portal::{Portal, Settings};
+use outpost_wire::admin::{BundleInfo, SensorInfo};
+use outpost_wire::sensor::{
+    Activity, Capability, HeartbeatRequest, Job, Metrics, RegisterRequest, RegisterResponse,
+    UpdateState, UpdateStateReport,
+};
+
+struct TestPortal {
+    dir: tempfile::TempDir,
+    url: String,
+    // Kept alive for the portal's tasks; dropped at the end of the test.
+    _portal: Portal,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_portal() -> TestPortal {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    let portal = rt.block_on(Portal::start(s)).unwrap();
+    TestPortal {
+        url: portal.url.clone(),
+        dir,
+        _portal: portal,
+        _rt: rt,
+    }
+}
+
+fn ctl(tp: &TestPortal, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .arg("--portal-dir")
+        .arg(tp.dir.path())
+        .args(args)
+        .env_remove("OUTPOST_PORTAL")
+        .env_remove("OUTPOST_CA")
+        .env_remove("OUTPOST_ADMIN_TOKEN_FILE")
+        .output()
+        .unwrap()
+}
+
+fn ok(tp: &TestPortal, args: &[&str]) -> String {
+    let out = ctl(tp, args);
+    assert!(
+        out.status.success(),
+        "outpostctl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(tp: &TestPortal, args: &[&str]) -> String {
+    let out = ctl(tp, args);
+    assert!(!out.status.success(), "outpostctl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The sensor's side, spoken directly (a plain HTTPS client trusting the portal's CA).
+fn agent(tp: &TestPortal) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let pem = std::fs::read(tp.dir.path().join("ca.pem")).unwrap();
+    let cert = Certificate::from_pem(&pem).unwrap();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![cert.to_owned()])))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+fn post<T: serde::Serialize>(
+    a: &ureq::Agent,
+    tp: &TestPortal,
+    path: &str,
+    key: &str,
+    body: &T,
+) -> (u16, String) {
+    let resp = a
+        .post(&format!("{}{path}", tp.url))
+        .header("authorization", &format!("Bearer {key}"))
+        .send_json(body)
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.into_body().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn bundle(dir: &Path) -> std::path::PathBuf {
+    let input = |name: &str, byte: u8, len: usize| {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![byte; len]).unwrap();
+        p
+    };
+    let spec = BuildSpec {
+        board: "outpost,rpi4".into(),
+        version: Version::new(1, 2, 0),
+        min_version: None,
+        rootfs: input("rootfs", 0x5a, 300_000),
+        kernel: input("Image", 0x4b, 70_000),
+        initrd: input("initrd.img", 0x49, 30_000),
+        dtbs: vec![],
+    };
+    let out = dir.join("outpost-1.2.0.bundle");
+    build_bundle(&spec, &out).unwrap();
+    sign_bundle(&out, &SecretKey::from_seed(&[7; 32])).unwrap();
+    out
+}
+
+#[test]
+fn publish_assign_and_show_update_state() {
+    let tp = start_portal();
+    let work = tempfile::tempdir().unwrap();
+    let file = bundle(work.path());
+    let bytes = std::fs::read(&file).unwrap();
+
+    // Refusals come back as the portal's sentence and a non-zero exit.
+    let garbage = work.path().join("garbage.bundle");
+    std::fs::write(&garbage, b"definitely not a bundle".repeat(100)).unwrap();
+    let err = fails(&tp, &["bundle", "publish", garbage.to_str().unwrap()]);
+    assert!(err.contains("not an Outpost bundle"), "{err}");
+    let wrong = work.path().join("wrong.token");
+    std::fs::write(&wrong, "oat_wrong\n").unwrap();
+    let err = fails(
+        &tp,
+        &[
+            "--admin-token-file",
+            wrong.to_str().unwrap(),
+            "bundle",
+            "publish",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("wrong admin token"), "{err}");
+
+    let out = ok(
+        &tp,
+        &["bundle", "publish", file.to_str().unwrap(), "--json"],
+    );
+    let info: BundleInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (info.version.as_str(), info.size),
+        ("1.2.0", bytes.len() as u64)
+    );
+    let text = ok(&tp, &["bundle", "publish", file.to_str().unwrap()]);
+    assert!(
+        text.starts_with(&format!("bundle {}: 1.2.0 for outpost,rpi4", info.id)),
+        "{text}"
+    );
+    let list = ok(&tp, &["bundle", "list"]);
+    assert!(
+        list.lines().count() == 2 && list.contains(&info.sha256),
+        "{list}"
+    );
+
+    // A sensor that can update.
+    let a = agent(&tp);
+    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
+    let (status, body) = post(
+        &a,
+        &tp,
+        "/api/sensor/register",
+        tok.trim(),
+        &RegisterRequest {
+            name: "branch-17".into(),
+            site: "berlin".into(),
+            hostname: "outpost-1".into(),
+            os: "Outpost".into(),
+            board: "Raspberry Pi 4 Model B".into(),
+            hardware_serial: "1".into(),
+            agent_version: "0.1.0".into(),
+            capabilities: vec![Capability::Scan, Capability::Update],
+            wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+        },
+    );
+    assert_eq!(status, 201, "{body}");
+    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
+    let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
+
+    let err = fails(&tp, &["bundle", "assign", &info.id.to_string()]);
+    assert!(err.contains("--site") || err.contains("--sensor"), "{err}");
+    let err = fails(&tp, &["bundle", "assign", "999", "--sensor", id]);
+    assert!(err.contains("bundle 999 does not exist"), "{err}");
+    let out = ok(
+        &tp,
+        &["bundle", "assign", &info.id.to_string(), "--sensor", id],
+    );
+    assert!(out.contains("1 update job(s) queued"), "{out}");
+    let jobs = ok(&tp, &["job", "list"]);
+    assert!(
+        jobs.contains("update to 1.2.0") && jobs.contains(&format!("for {id}")),
+        "{jobs}"
+    );
+
+    // The sensor runs 1.1.0 from slot a, takes the job and refuses the bundle.
+    let hb = HeartbeatRequest {
+        activity: Activity::Idle,
+        uptime_s: 1,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        firmware_version: Some("1.1.0".into()),
+        boot_slot: Some("a".into()),
+        metrics: Metrics::default(),
+    };
+    assert_eq!(post(&a, &tp, "/api/sensor/heartbeat", key, &hb).0, 200);
+    let (status, body) = post(
+        &a,
+        &tp,
+        "/api/sensor/claim",
+        key,
+        &serde_json::json!({"capabilities": ["update"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let job: Job = serde_json::from_str(&body).unwrap();
+    let report = UpdateStateReport {
+        job_id: Some(job.id),
+        bundle_id: info.id,
+        version: "1.2.0".into(),
+        state: UpdateState::Refused,
+        reason: "signed by an untrusted key".into(),
+        progress_percent: 0,
+        slot: Some("a".into()),
+    };
+    assert_eq!(
+        post(&a, &tp, "/api/sensor/update-state", key, &report).0,
+        204
+    );
+
+    let show = ok(&tp, &["sensor", "show", id]);
+    assert!(show.contains("1.1.0 (slot a)"), "{show}");
+    assert!(
+        show.contains("1.2.0 refused: signed by an untrusted key"),
+        "{show}"
+    );
+    let list = ok(&tp, &["sensor", "list"]);
+    let row = list.lines().find(|l| l.starts_with(id)).unwrap();
+    assert!(
+        row.contains("1.1.0") && row.contains(" a ") && row.contains("refused"),
+        "{list}"
+    );
+    let s: SensorInfo = serde_json::from_str(&ok(&tp, &["sensor", "show", id, "--json"])).unwrap();
+    assert_eq!(s.update.map(|u| u.state), Some(UpdateState::Refused));
+    let show = ok(&tp, &["job", "show", &job.id.to_string()]);
+    assert!(
+        show.contains("failed") && show.contains("untrusted key"),
+        "{show}"
+    );
+}

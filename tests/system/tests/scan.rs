@@ -1,0 +1,140 @@
+//! Real scans in QEMU: the image's OpenVAS stack scans the demo target, which runs in a
+//! network namespace inside the guest joined to the sensor by one veth pair (demo-lab),
+//! so no scan packet leaves the guest.
+
+use std::time::Duration;
+
+use outpost_e2e_tests::eventually;
+use outpost_system_tests::lab::Lab;
+
+const SCAN: Duration = Duration::from_secs(900);
+const IN_SCOPE: &str = "10.9.0.10";
+const OUT_OF_SCOPE: &str = "10.9.1.10";
+
+fn strs(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
+    let mut lab = Lab::ready("scan1");
+    lab.demo_lab_up();
+    let id = lab.sensor_id();
+
+    // Out of scope: the job fails with the scope reason and nothing reaches the lab.
+    let before = lab.lab_packets();
+    let job = lab.queue_demo_scan(OUT_OF_SCOPE);
+    let done = lab.wait_job_final(job, SCAN);
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("outside the allowed scope") && reason.contains(OUT_OF_SCOPE),
+        "reason names the scope: {reason}"
+    );
+    assert_eq!(
+        lab.lab_packets(),
+        before,
+        "no packet was sent toward the out-of-scope target"
+    );
+
+    // In scope: the report holds what the demo feed detects on the demo target.
+    let job = lab.queue_demo_scan(IN_SCOPE);
+    let done = lab.wait_job_final(job, SCAN);
+    if done["state"] != "completed" {
+        panic!("the scan did not complete: {done}\n{}", lab.scanner_logs());
+    }
+    let report = lab.report(job);
+    assert_eq!(report["outcome"], "completed");
+    assert_eq!(report["partial"], false);
+    let summary = &report["summary"];
+    assert_eq!(
+        strs(&summary["hosts"]),
+        vec![IN_SCOPE.to_owned()],
+        "{summary}"
+    );
+    let ports = strs(&summary["ports"]);
+    for p in ["10.9.0.10:2121/tcp", "10.9.0.10:8080/tcp"] {
+        assert!(ports.iter().any(|x| x == p), "{p} in {ports:?}");
+    }
+    assert!(
+        summary["findings"]["high"].as_u64().unwrap_or(0) >= 2,
+        "the vulnerable-version check fires on both ports: {summary}"
+    );
+    let xml = report["content"].as_str().unwrap_or_default();
+    for (oid, what) in [
+        ("1.3.6.1.4.1.25623.1.0.990002", "banner"),
+        ("1.3.6.1.4.1.25623.1.0.990003", "HTTP Server header"),
+        ("1.3.6.1.4.1.25623.1.0.990004", "vulnerable version"),
+    ] {
+        assert!(xml.contains(oid), "the {what} VT ({oid}) reported");
+    }
+    assert!(
+        xml.contains("OutpostDemo/1.0"),
+        "the banner text is in the report"
+    );
+    assert!(lab.lab_packets() > before, "the scan did reach the lab");
+
+    // The tunnel only ever carried traffic for the portal.
+    let sensor = lab.portal.ctl_json(&["sensor", "show", &id]);
+    let tunnel = &sensor["tunnel"];
+    assert!(tunnel["rx_packets"].as_u64().unwrap_or(0) > 0, "{sensor}");
+    assert_eq!(tunnel["dropped_not_for_us"], 0, "{sensor}");
+    assert_eq!(tunnel["dropped_spoofed_source"], 0, "{sensor}");
+    lab.vm.kill();
+}
+
+#[test]
+fn cancel_gives_a_partial_report_and_a_killed_ospd_comes_back() {
+    let mut lab = Lab::ready("scan2");
+    lab.demo_lab_up();
+    let id = lab.sensor_id();
+
+    // Cancel while it runs: a partial report marked cancelled.
+    let job = lab.queue_demo_scan(IN_SCOPE);
+    eventually("the scan to run", SCAN, || {
+        (lab.job(job)["state"] == "running").then_some(())
+    });
+    lab.portal.ctl(&["job", "cancel", &job.to_string()]);
+    let done = lab.wait_job_final(job, SCAN);
+    assert_eq!(done["state"], "cancelled", "{done}");
+    let report = lab.report(job);
+    assert_eq!(report["outcome"], "cancelled");
+    assert_eq!(report["partial"], true);
+
+    // Kill ospd-openvas mid-scan: the job fails with the reason, the agent restarts
+    // the scanner and the sensor is ready again.
+    let job = lab.queue_demo_scan(IN_SCOPE);
+    eventually("the second scan to run", SCAN, || {
+        (lab.job(job)["state"] == "running").then_some(())
+    });
+    let killed = lab
+        .vm
+        .run("pid=$(cat /run/ospd/ospd-openvas.pid) && kill -9 \"$pid\" && echo killed")
+        .expect("kill runs");
+    assert!(
+        killed.stdout.contains("killed"),
+        "ospd-openvas was running: {killed:?}"
+    );
+    let done = lab.wait_job_final(job, SCAN);
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["failure_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ospd-openvas"),
+        "the reason names the scanner: {done}"
+    );
+    lab.wait_ready();
+    eventually("the portal to see ready again", SCAN, || {
+        let s = lab.portal.ctl_json(&["sensor", "show", &id]);
+        (s["phase"] == "ready").then_some(())
+    });
+    lab.vm.kill();
+}
