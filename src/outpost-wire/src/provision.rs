@@ -22,6 +22,10 @@
 //!
 //! [update]                        # optional
 //! health_deadline_s = 600         # a freshly updated slot must be healthy within this
+//!
+//! [scanner]                       # optional
+//! enabled = true                  # false: no OpenVAS stack, no scan jobs; the sensor
+//!                                 # stays enrolled, reachable and updatable
 //! ```
 //!
 //! `update.health_deadline_s` is read by the trial watchdog on the device (a shell
@@ -47,6 +51,10 @@ pub struct Provision {
     pub token: Secret,
     pub scope: Vec<String>,
     pub feed: FeedThresholds,
+    /// `scanner.enabled` (default true). An operator turns scanning off at a site (a
+    /// change freeze, a sensor parked for maintenance) without unenrolling the sensor;
+    /// it keeps its tunnel, heartbeats and updates.
+    pub scanner_enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +94,13 @@ struct Raw {
     scope: Option<RawScope>,
     feed: Option<RawFeed>,
     update: Option<RawUpdate>,
+    scanner: Option<RawScanner>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScanner {
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +241,7 @@ impl Provision {
             token: Secret::new(token),
             scope,
             feed,
+            scanner_enabled: raw.scanner.and_then(|s| s.enabled).unwrap_or(true),
         })
     }
 
@@ -252,6 +268,9 @@ impl Provision {
                 "\n[feed]\nmin_nasl = {}\nmin_notus = {}\nmax_age_hours = {}\n",
                 self.feed.min_nasl, self.feed.min_notus, self.feed.max_age_hours
             ));
+        }
+        if !self.scanner_enabled {
+            s.push_str("\n[scanner]\nenabled = false\n");
         }
         s
     }
@@ -355,6 +374,23 @@ mod tests {
         assert_eq!(p.site, "berlin");
         assert_eq!(p.feed, FeedThresholds::default());
         assert!(!format!("{p:?}").contains("otk_0123"));
+    }
+
+    #[test]
+    fn scanner_can_be_turned_off_and_round_trips() {
+        let on = Provision::parse(&good(), no_files).unwrap();
+        assert!(
+            on.scanner_enabled,
+            "scanning is on unless the file says otherwise"
+        );
+        let off = format!("{}[scanner]\nenabled = false\n", good());
+        let p = Provision::parse(&off, no_files).unwrap();
+        assert!(!p.scanner_enabled);
+        let again = Provision::parse(&p.render(), no_files).unwrap();
+        assert_eq!(again, p);
+        let bad = format!("{}[scanner]\nenabled = \"no\"\n", good());
+        let e = Provision::parse(&bad, no_files).unwrap_err().to_string();
+        assert!(e.contains("expected a boolean"), "{e}");
     }
 
     #[test]

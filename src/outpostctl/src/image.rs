@@ -47,6 +47,10 @@ pub struct ProvisionArgs {
     /// (repeatable); interfaces not named use DHCP.
     #[arg(long = "static")]
     pub static_lines: Vec<String>,
+    /// Provision with scanning turned off (`[scanner] enabled = false`): the sensor
+    /// enrolls, heartbeats and takes updates but runs no OpenVAS and no scan jobs.
+    #[arg(long)]
+    pub no_scanner: bool,
 }
 
 pub fn provision(a: ProvisionArgs) -> Result<()> {
@@ -64,6 +68,7 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
         token: Secret::new(a.token),
         scope: a.scope,
         feed,
+        scanner_enabled: !a.no_scanner,
     };
     let text = p.render();
     // Refuse here what the sensor would refuse at boot, naming the field.

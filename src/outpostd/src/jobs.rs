@@ -129,6 +129,8 @@ pub struct Worker {
     pub settings: JobSettings,
     /// Closed while the scanner is not ready: no scan job is claimed meanwhile.
     pub gate: Arc<ScanGate>,
+    /// False when `outpost.toml` turns the scanner off: scans are never claimed.
+    pub scans: bool,
     /// Installs update jobs; `None` offers no updates.
     pub updater: Option<Arc<Updater>>,
     /// An update was activated: no more claims, only (retried) reboots.
@@ -148,7 +150,7 @@ impl Worker {
     /// What to offer: scans while the scanner is ready, updates while one can be taken.
     pub fn capabilities(&self) -> Vec<Capability> {
         let mut caps = Vec::new();
-        if self.gate.is_ready() {
+        if self.scans && self.gate.is_ready() {
             caps.push(Capability::Scan);
         }
         if self.updates_claimable() {
@@ -626,6 +628,7 @@ mod tests {
                 slow_retry: Duration::from_secs(60),
             },
             gate: Arc::new(ScanGate::open()),
+            scans: true,
             updater: None,
             reboot_pending: false,
             sleep: Box::new(move |d| s2.lock().unwrap().push(d)),

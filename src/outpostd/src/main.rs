@@ -183,10 +183,26 @@ fn run() -> anyhow::Result<()> {
     let control = Arc::new(jobs::JobControl::default());
     let contact = Arc::new(health::PortalContact::default());
 
-    let gate = Arc::new(match args.executor {
-        ExecutorKind::DryRun => scanner::ScanGate::open(),
-        ExecutorKind::Openvas => scanner::ScanGate::closed(),
+    // `[scanner] enabled = false`: no OpenVAS stack and no scans; the sensor is healthy
+    // (and updatable) as soon as the portal answers through the tunnel.
+    let scans = provision.scanner_enabled;
+    let run_scanner = scans && args.executor == ExecutorKind::Openvas;
+    let gate = Arc::new(if run_scanner {
+        scanner::ScanGate::closed()
+    } else {
+        scanner::ScanGate::open()
     });
+    if !scans {
+        let why = "scanner disabled in outpost.toml ([scanner] enabled = false)";
+        for phase in [Phase::FeedSync, Phase::FeedReady, Phase::ScannerBoot] {
+            reporter.phase(phase, PhaseOutcome::Skipped, Some(why));
+        }
+        reporter.phase(
+            Phase::Ready,
+            PhaseOutcome::Done,
+            Some("no scanner: control and updates only"),
+        );
+    }
     // Commit this boot (A/B) once healthy: the portal answering, and in scanner mode the
     // scanner `ready`.
     health::spawn_commit(
@@ -251,7 +267,7 @@ fn run() -> anyhow::Result<()> {
     }
 
     // After the heartbeat and log threads, so the portal sees the scanner boot live.
-    if args.executor == ExecutorKind::Openvas {
+    if run_scanner {
         scanner::boot::spawn(
             boot_config(&args.scanner, &provision),
             reporter.clone(),
@@ -273,6 +289,7 @@ fn run() -> anyhow::Result<()> {
             slow_retry: args.auth_retry_interval,
         },
         gate,
+        scans,
         updater: Some(updater),
         reboot_pending: false,
         sleep: Box::new(std::thread::sleep),

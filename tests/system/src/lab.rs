@@ -89,6 +89,7 @@ pub fn provisioned_copy(
         token: Secret::new(token),
         scope: vec!["10.9.0.0/24".into()],
         feed,
+        scanner_enabled: true,
     };
     outpost_imagetool::provision(&img, &p.render()).expect("provision the image");
     outpost_imagetool::write_boot_file(&img, "network.conf", b"eth1 10.0.3.2/24\n")
@@ -146,6 +147,9 @@ impl Lab {
         opts.image = img;
         opts.portal_port = Some(portal.port);
         opts.udp_relay = Some((relay.qemu_port, relay.relay_port));
+        // A card, not the bare image: the data partition grows into the rest on first
+        // boot and must hold a downloaded update bundle.
+        opts.disk_size = Some(LAB_DISK_BYTES);
         let vm = Qemu::start(&opts).expect("QEMU starts");
         Lab {
             vm,
@@ -270,6 +274,9 @@ impl Lab {
         self.portal.ctl_json(&["report", &job.to_string()])
     }
 }
+
+/// The lab sensor's disk (sparse): a 4 GiB card.
+pub const LAB_DISK_BYTES: u64 = 4 << 30;
 
 /// The ports the demo target serves (image/feed-demo/target/README.md).
 pub const DEMO_PORTS: &str = "T:2121,8080";

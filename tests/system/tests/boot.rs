@@ -134,6 +134,15 @@ fn data_partition_grows_to_fill_an_enlarged_disk() {
         total_kib > (extra >> 10),
         "/data is only {total_kib} KiB: {df:?}"
     );
+    // growing left the device nodes as the kernel made them: the scanner's users
+    // (not root) need /dev/null
+    let modes = vm
+        .run("stat -c '%a %n' /dev/null /dev/zero /dev/urandom")
+        .unwrap();
+    assert_eq!(
+        modes.stdout, "666 /dev/null\n666 /dev/zero\n666 /dev/urandom\n",
+        "{modes:?}"
+    );
 }
 
 #[test]

@@ -78,7 +78,10 @@ pub fn fetch(
         if plan.complete {
             return Ok(());
         }
-        let last_error = match fetch_from(client, spec, part, plan.offset, obs) {
+        // Until the head (header and signed manifest) is on disk and verified, fetch only
+        // a slice: a bundle this device refuses costs a few KiB, not the whole download.
+        let limit = plan.manifest.is_none().then_some(HEAD_PROBE);
+        let last_error = match fetch_from(client, spec, part, plan.offset, limit, obs) {
             Ok(got) if got > 0 => {
                 fruitless = 0;
                 backoff.reset();
@@ -117,12 +120,19 @@ enum Fetch {
     Stopped(String),
 }
 
-/// One request from `offset` on, written to `part`; returns the bytes stored.
+/// Bytes fetched while the bundle's head is not verified yet (the head is a fixed
+/// header plus a manifest of a few KiB).
+const HEAD_PROBE: u64 = 64 * 1024;
+
+/// One request from `offset` on, written to `part`, stopping after `limit` bytes if
+/// given (the rest of the answer is dropped with the connection); returns the bytes
+/// stored.
 fn fetch_from(
     client: &PortalClient,
     spec: &UpdateSpec,
     part: &Path,
     offset: u64,
+    limit: Option<u64>,
     obs: &mut dyn Observer,
 ) -> Result<u64, Fetch> {
     let download = client.bundle(spec.bundle_id, offset).map_err(classify)?;
@@ -156,7 +166,11 @@ fn fetch_from(
         .map_err(|e| io_fatal("seek in", e))?;
 
     // Never more than announced: a longer answer is cut (and the hashes decide).
-    let mut body = download.body.take(spec.size.saturating_sub(start));
+    let want = spec
+        .size
+        .saturating_sub(start)
+        .min(limit.unwrap_or(u64::MAX));
+    let mut body = download.body.take(want);
     let mut buf = vec![0u8; BUF];
     let mut got = 0u64;
     let mut unsynced = 0u64;

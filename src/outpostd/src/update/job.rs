@@ -193,11 +193,20 @@ impl Updater {
         {
             return JobEnd::Failed(format!("cannot make room for the bundle: {e}"));
         }
+        // What an interrupted download left: the download resumes after it.
+        let have = std::fs::metadata(self.store.part_path(spec.bundle_id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let resuming = if have > 0 {
+            format!(" (resuming at byte {have})")
+        } else {
+            String::new()
+        };
         ctx.reporter.job(
             Level::Info,
             job_id,
             &format!(
-                "update to {} (bundle {}, {} bytes): downloading",
+                "update to {} (bundle {}, {} bytes): downloading{resuming}",
                 spec.version, spec.bundle_id, spec.size
             ),
         );

@@ -465,19 +465,7 @@ fn a_good_bundle_is_installed_into_the_other_slot_which_is_made_active() {
     assert_eq!((last.bundle_id, last.version.as_str()), (7, "1.2.0"));
     assert_eq!(last.slot.as_deref(), Some("a"));
     assert!(reports.iter().all(|r| r.job_id == Some(70)));
-    // One plain download of the whole file.
-    let st = rig.portal.st();
-    assert_eq!(st.gets, [("/api/sensor/bundles/7".to_owned(), None)]);
-    assert_eq!(st.bundle_bytes_sent as u64, spec.size);
-}
-
-#[test]
-fn an_interrupted_download_resumes_with_only_the_rest() {
-    let rig = Rig::new();
-    let spec = rig.publish(7, "1.2.0", rig.bundle("1.2.0", BOARD, Some(&release_key())));
-    rig.portal.st().cut_next_after = Some(300_000);
-    let u = rig.updater(Slot::A, "1.1.0");
-    assert_eq!(rig.run(&u, 70, &spec), JobEnd::Reboot);
+    // The head first (checked before the rest is worth fetching), then the rest.
     let st = rig.portal.st();
     assert_eq!(
         st.gets,
@@ -485,7 +473,29 @@ fn an_interrupted_download_resumes_with_only_the_rest() {
             ("/api/sensor/bundles/7".to_owned(), None),
             (
                 "/api/sensor/bundles/7".to_owned(),
-                Some("bytes=300000-".to_owned())
+                Some("bytes=65536-".to_owned())
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_with_only_the_rest() {
+    let rig = Rig::new();
+    let spec = rig.publish(7, "1.2.0", rig.bundle("1.2.0", BOARD, Some(&release_key())));
+    // The connection drops 30,000 bytes into the first answer (past the head).
+    rig.portal.st().cut_next_after = Some(30_000);
+    let u = rig.updater(Slot::A, "1.1.0");
+    assert_eq!(rig.run(&u, 70, &spec), JobEnd::Reboot);
+    let st = rig.portal.st();
+    assert_eq!(
+        st.gets,
+        [
+            ("/api/sensor/bundles/7".to_owned(), None),
+            // resumed right where the cut left the file, the head already verified
+            (
+                "/api/sensor/bundles/7".to_owned(),
+                Some("bytes=30000-".to_owned())
             ),
         ]
     );
@@ -580,6 +590,16 @@ fn unsigned_tampered_foreign_and_older_bundles_are_refused_and_the_slot_is_untou
 
     let older = rig.publish(4, "1.0.0", rig.bundle("1.0.0", BOARD, Some(&release_key())));
     assert_refused(&rig, &u, &older, "downgrade refused");
+    // A bundle refused by its head costs one request for the head, not the download.
+    let asked: Vec<Option<String>> = rig
+        .portal
+        .st()
+        .gets
+        .iter()
+        .filter(|(p, _)| p.as_str() == "/api/sensor/bundles/4")
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(asked, [None], "only the head probe of bundle 4");
 
     let other_key = SecretKey::from_seed(&[22; 32]);
     let untrusted = rig.publish(5, "1.2.0", rig.bundle("1.2.0", BOARD, Some(&other_key)));
@@ -794,6 +814,7 @@ fn worker(rig: &Rig, updater: Arc<Updater>) -> crate::jobs::Worker {
             slow_retry: Duration::from_secs(60),
         },
         gate: Arc::new(crate::scanner::ScanGate::open()),
+        scans: true,
         updater: Some(updater),
         reboot_pending: false,
         sleep: Box::new(|_| {}),
@@ -839,6 +860,10 @@ fn updates_are_offered_only_when_one_can_be_installed() {
     w.gate.set(false);
     assert_eq!(w.capabilities(), [Capability::Update]);
     w.gate.set(true);
+    // Scanner turned off in outpost.toml: never scans, still updates.
+    let mut off = worker(&rig, u.clone());
+    off.scans = false;
+    assert_eq!(off.capabilities(), [Capability::Update]);
 
     // No trusted keys in the image: no updates.
     fs::remove_file(rig.dir.path().join("keys.pub")).unwrap();

@@ -1,0 +1,230 @@
+//! Power cuts during updates, in QEMU. The machine is killed at random moments during
+//! the download, the slot write, the boot-state change and the first boot of the new
+//! slot, and powered on again. After every cut the sensor must come back healthy on a
+//! good slot, and the portal's update state must agree with the slot it runs: an update
+//! still under way runs from the old slot, `committed` from the new one, `failed` or
+//! `rolled_back` from the old one. The update carries on by itself after each cut
+//! (a download resumes where it stopped); when it ends, the next version is published.
+//!
+//! The sensor runs with `[scanner] enabled = false`, so a boot is healthy once the
+//! portal answers through the tunnel (seconds instead of the minute the OpenVAS stack
+//! takes); the scanner's part of the health check is in tests/update.rs. The seed is
+//! printed; `OUTPOST_POWERCUT_SEED=N` replays a run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_e2e_tests::{bin, eventually};
+use outpost_system_tests::lab::Lab;
+use outpost_system_tests::{build_image, repo_root, BuiltImage};
+
+/// Cuts in the whole test, over as many updates as they take.
+const TRIALS: u32 = 20;
+const STEP: Duration = Duration::from_secs(600);
+
+/// xorshift64*: enough randomness for cut moments, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("OUTPOST_POWERCUT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        println!("power-cut seed {seed} (OUTPOST_POWERCUT_SEED={seed} replays the choices)");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A delay between `lo` and `hi` milliseconds.
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo + 1))
+    }
+}
+
+fn outpostctl(args: &[&str]) {
+    let out = Command::new(bin("outpostctl"))
+        .args(args)
+        .output()
+        .expect("outpostctl runs");
+    assert!(
+        out.status.success(),
+        "outpostctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A signed bundle of the built slot's parts that claims `version`.
+fn bundle(built: &BuiltImage, version: &str, dir: &Path) -> PathBuf {
+    let slot = built.dir.join("slot");
+    let p = |f: &str| slot.join(f).display().to_string();
+    let path = dir.join(format!("{version}.bundle"));
+    let out = path.display().to_string();
+    outpostctl(&[
+        "bundle",
+        "build",
+        "--board",
+        "outpost,qemu-arm64",
+        "--version",
+        version,
+        "--rootfs",
+        &p("rootfs.squashfs"),
+        "--kernel",
+        &p("Image"),
+        "--initrd",
+        &p("initrd.img"),
+        "--out",
+        &out,
+    ]);
+    let key = repo_root().join("build/keys/outpost-bundle.key");
+    outpostctl(&["bundle", "sign", &out, "--key", &key.display().to_string()]);
+    path
+}
+
+fn other(slot: &str) -> &'static str {
+    if slot == "a" {
+        "b"
+    } else {
+        "a"
+    }
+}
+
+#[test]
+fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
+    let built = build_image("qemu-arm64", "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::seeded();
+    let mut lab = Lab::boot_with(
+        "cut",
+        "[scanner]\nenabled = false\n\n[update]\nhealth_deadline_s = 120\n",
+    );
+    lab.wait_ready();
+    let id = lab.sensor_id();
+    // The bundles all carry this build's slot (their manifests differ in version), so
+    // the slot the sensor runs is what tells the outcomes apart.
+    let mut slot = lab.sensor()["boot_slot"]
+        .as_str()
+        .expect("the sensor reports its slot")
+        .to_owned();
+    let mut cuts = 0;
+    let mut seen = std::collections::BTreeMap::<&str, u32>::new();
+    let mut cycle = 0;
+    while cuts < TRIALS {
+        cycle += 1;
+        let version = format!("0.2.{cycle}");
+        let file = bundle(&built, &version, dir.path());
+        let published = lab
+            .portal
+            .ctl_json(&["bundle", "publish", &file.display().to_string()]);
+        let bid = published["id"].as_i64().expect("bundle id");
+        lab.portal
+            .ctl(&["bundle", "assign", &bid.to_string(), "--sensor", &id]);
+        let line = format!(r"job \d+: update to {}[ :]", version.replace('.', r"\."));
+        let outcome = loop {
+            // What the update does next decides where this cut goes.
+            let at = lab.vm.wait_for(&line, STEP).unwrap();
+            let (moment, delay) = if at.contains("downloading") {
+                ("download", rng.ms(1000, 30000))
+            } else if at.contains("installing") {
+                ("slot write", rng.ms(0, 15000))
+            } else if at.contains("installed") {
+                if rng.next() % 2 == 0 {
+                    // around the boot-state write and the reboot it starts, or while
+                    // U-Boot's script counts the new slot's try down
+                    if rng.next() % 2 == 0 {
+                        ("boot-state change", rng.ms(0, 1500))
+                    } else {
+                        lab.vm
+                            .wait_for("outpost-boot: boot script started", STEP)
+                            .unwrap();
+                        ("boot-state change (U-Boot)", rng.ms(0, 2500))
+                    }
+                } else {
+                    lab.vm
+                        .wait_for("outpost-boot: boot script started", STEP)
+                        .unwrap();
+                    ("first boot", rng.ms(2000, 30000))
+                }
+            } else {
+                continue; // "resuming the update ..." and the like
+            };
+            std::thread::sleep(delay);
+            cuts += 1;
+            *seen.entry(moment).or_default() += 1;
+            println!("cut {cuts}: {moment}, {delay:?} after `{at}` (slot {slot}, {version})");
+            lab.power_cycle();
+
+            // Back on a good slot: outpostd marked the running slot good in this boot.
+            eventually(&format!("cut {cuts}: a healthy boot"), STEP, || {
+                let h = lab
+                    .vm
+                    .run("test -e /run/outpost/healthy && echo good")
+                    .ok()?;
+                h.stdout.contains("good").then_some(())
+            });
+            // And the portal agrees with what runs.
+            let s = eventually(&format!("cut {cuts}: a coherent state"), STEP, || {
+                let s = lab.sensor();
+                let u = &s["update"];
+                if u["version"] != version.as_str() {
+                    return None; // the first report of this update has not come yet
+                }
+                let want = match u["state"].as_str()? {
+                    "committed" => other(&slot),
+                    "failed" | "rolled_back" => slot.as_str(),
+                    // still under way: from the old slot, or the new one before its commit
+                    // report arrived (then `committed` follows)
+                    "downloading" | "installing" => slot.as_str(),
+                    _ => return None,
+                };
+                (s["boot_slot"] == want).then_some(s)
+            });
+            let state = s["update"]["state"].as_str().unwrap_or_default().to_owned();
+            println!(
+                "cut {cuts}: healthy on slot {}, update {state}",
+                s["boot_slot"]
+            );
+            if matches!(state.as_str(), "committed" | "failed" | "rolled_back") {
+                break state;
+            }
+            if cuts >= TRIALS {
+                // let the last update finish so the end state is checked too
+                let s = eventually("the last update to end", STEP * 2, || {
+                    let s = lab.sensor();
+                    let st = s["update"]["state"].as_str()?.to_owned();
+                    matches!(st.as_str(), "committed" | "failed" | "rolled_back").then_some(s)
+                });
+                break s["update"]["state"].as_str().unwrap_or_default().to_owned();
+            }
+        };
+        if outcome == "committed" {
+            slot = other(&slot).to_owned();
+        }
+        let s = eventually("the sensor on the expected slot", STEP, || {
+            let s = lab.sensor();
+            (s["boot_slot"] == slot.as_str()).then_some(s)
+        });
+        println!(
+            "update {version}: {outcome}; running slot {}",
+            s["boot_slot"]
+        );
+    }
+    println!("cuts by moment: {seen:?}");
+    assert!(
+        seen.keys().any(|m| m.starts_with("download")) && seen.contains_key("slot write"),
+        "the cuts covered the download and the slot write: {seen:?}"
+    );
+    lab.vm.kill();
+}

@@ -1,0 +1,229 @@
+//! A/B updates in QEMU, end to end: bundles built by scripts/build-image, published and
+//! assigned at the portal, downloaded through the tunnel, installed into the inactive
+//! slot, tried by U-Boot and committed by the health check, or rolled back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_e2e_tests::{bin, eventually};
+use outpost_system_tests::lab::Lab;
+use outpost_system_tests::{build_image, build_image_as, repo_root, BuiltImage};
+
+/// A download of ~130 MB through the tunnel, a slot write and a reboot to `ready`, in
+/// software emulation.
+const UPDATE: Duration = Duration::from_secs(1200);
+
+fn publish(lab: &Lab, bundle: &Path) -> i64 {
+    let b = lab
+        .portal
+        .ctl_json(&["bundle", "publish", &bundle.display().to_string()]);
+    b["id"].as_i64().unwrap_or_else(|| panic!("published: {b}"))
+}
+
+fn assign(lab: &Lab, bundle: i64, sensor: &str) {
+    lab.portal
+        .ctl(&["bundle", "assign", &bundle.to_string(), "--sensor", sensor]);
+}
+
+/// Waits until the sensor's update state for `version` is final; returns `sensor show`.
+fn wait_update_final(lab: &Lab, version: &str) -> serde_json::Value {
+    eventually(&format!("update {version} to end"), UPDATE, || {
+        let s = lab.sensor();
+        let u = &s["update"];
+        let done = u["version"] == version
+            && matches!(
+                u["state"].as_str(),
+                Some("committed" | "rolled_back" | "refused" | "failed")
+            );
+        done.then_some(s)
+    })
+}
+
+fn outpostctl(args: &[&str]) {
+    let out = Command::new(bin("outpostctl"))
+        .args(args)
+        .output()
+        .expect("outpostctl runs");
+    assert!(
+        out.status.success(),
+        "outpostctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An unsigned bundle of the built slot's parts.
+fn unsigned_bundle(built: &BuiltImage, board: &str, version: &str, out: &Path) -> PathBuf {
+    let slot = built.dir.join("slot");
+    let p = |f: &str| slot.join(f).display().to_string();
+    let path = out.join(format!("{board}-{version}.bundle").replace(',', "_"));
+    outpostctl(&[
+        "bundle",
+        "build",
+        "--board",
+        board,
+        "--version",
+        version,
+        "--rootfs",
+        &p("rootfs.squashfs"),
+        "--kernel",
+        &p("Image"),
+        "--initrd",
+        &p("initrd.img"),
+        "--out",
+        &path.display().to_string(),
+    ]);
+    path
+}
+
+/// The key scripts/build-image signs with (and the image trusts).
+fn build_key() -> String {
+    repo_root()
+        .join("build/keys/outpost-bundle.key")
+        .display()
+        .to_string()
+}
+
+fn signed_bundle(built: &BuiltImage, board: &str, version: &str, out: &Path) -> PathBuf {
+    let path = unsigned_bundle(built, board, version, out);
+    outpostctl(&[
+        "bundle",
+        "sign",
+        &path.display().to_string(),
+        "--key",
+        &build_key(),
+    ]);
+    path
+}
+
+#[test]
+fn a_good_update_commits_and_a_bad_one_rolls_back() {
+    let a = build_image("qemu-arm64", "test").unwrap();
+    let b = build_image_as(
+        "qemu-arm64",
+        "test",
+        "qemu-arm64-test-0.2.0",
+        &["--version", "0.2.0"],
+    )
+    .unwrap();
+    // A bundle whose outpostd never reaches ready: the image without the daemon.
+    let bad = build_image_as(
+        "qemu-arm64",
+        "test",
+        "qemu-arm64-test-0.3.0-broken",
+        &["--version", "0.3.0", "--no-outpostd"],
+    )
+    .unwrap();
+    let _ = a;
+
+    // Without the scanner a boot is healthy (ready, heartbeat answered) within seconds,
+    // so trials get the shortest deadline and the bad update's three tries take ~4
+    // minutes, not the ~10 that the OpenVAS stack's start would need each time. (The
+    // same flow with the scanner on is what scripts/bench update measures.)
+    let mut lab = Lab::boot_with(
+        "upd",
+        "[scanner]\nenabled = false\n\n[update]\nhealth_deadline_s = 60\n",
+    );
+    lab.wait_ready();
+    let id = lab.sensor_id();
+    let s = lab.sensor();
+    assert_eq!(s["firmware_version"], "0.1.0", "{s}");
+    assert_eq!(s["boot_slot"], "a", "{s}");
+
+    // Good update: 0.2.0 goes to slot B, is tried, becomes healthy and is committed.
+    let good = publish(&lab, &b.bundle().unwrap());
+    assign(&lab, good, &id);
+    let s = wait_update_final(&lab, "0.2.0");
+    assert_eq!(s["update"]["state"], "committed", "{s}");
+    // (the phase comes with heartbeats, so it may trail the commit report a little)
+    eventually("the sensor ready on 0.2.0 / slot b", UPDATE, || {
+        let s = lab.sensor();
+        (s["firmware_version"] == "0.2.0" && s["boot_slot"] == "b" && s["phase"] == "ready")
+            .then_some(())
+    });
+    let state = lab.vm.run("cat /proc/cmdline").unwrap().stdout;
+    assert!(state.contains("outpost.slot=B"), "booted slot B: {state}");
+
+    // Bad update: it goes to slot A (the other one again), never becomes healthy, U-Boot
+    // runs out of tries and boots slot B, which reports the rollback.
+    let broken = publish(&lab, &bad.bundle().unwrap());
+    assign(&lab, broken, &id);
+    let s = wait_update_final(&lab, "0.3.0");
+    assert_eq!(s["update"]["state"], "rolled_back", "{s}");
+    let reason = s["update"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.to_lowercase().contains("slot a"),
+        "names the failed slot: {reason}"
+    );
+    let s = eventually("the sensor back on 0.2.0 / slot b", UPDATE, || {
+        let s = lab.sensor();
+        (s["firmware_version"] == "0.2.0" && s["boot_slot"] == "b" && s["phase"] == "ready")
+            .then_some(s)
+    });
+    let log = lab.portal.ctl_json(&["sensor", "log", &id]);
+    assert!(
+        log.to_string().contains("rolled_back"),
+        "the rollback is in the log"
+    );
+    let _ = s;
+    lab.vm.kill();
+}
+
+#[test]
+fn refused_bundles_leave_the_inactive_slot_untouched() {
+    let a = build_image("qemu-arm64", "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let unsigned = unsigned_bundle(&a, "outpost,qemu-arm64", "0.5.0", dir.path());
+    let wrong_board = signed_bundle(&a, "outpost,rpi4", "0.5.1", dir.path());
+    let downgrade = signed_bundle(&a, "outpost,qemu-arm64", "0.0.9", dir.path());
+    // Tampered: the signed manifest's version edited afterwards (same length).
+    let tampered = signed_bundle(&a, "outpost,qemu-arm64", "0.5.2", dir.path());
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    let head = bytes.len().min(1 << 20);
+    let at = bytes[..head]
+        .windows(5)
+        .position(|w| w == b"0.5.2")
+        .expect("the version in the manifest");
+    bytes[at + 4] = b'9';
+    std::fs::write(&tampered, bytes).unwrap();
+
+    // Refusals do not need the scanner: the sensor is ready as soon as it is enrolled.
+    let mut lab = Lab::boot_with("refuse", "[scanner]\nenabled = false\n");
+    lab.wait_ready();
+    let id = lab.sensor_id();
+    // The boot state changes once more when the running slot is committed: after that.
+    eventually("the running slot committed", UPDATE, || {
+        lab.vm
+            .console()
+            .contains("health check passed: slot A marked good")
+            .then_some(())
+    });
+    // Slot B (partition 3) and the boot state, before.
+    let fingerprint = "head -c 67108864 /dev/vda3 | sha256sum; cat /boot/bootstate.0 /boot/bootstate.1 | sha256sum";
+    let before = lab.vm.run(fingerprint).unwrap().stdout;
+    for (bundle, version, why) in [
+        (&unsigned, "0.5.0", "sign"),
+        (&wrong_board, "0.5.1", "board"),
+        (&downgrade, "0.0.9", "downgrade"),
+        (&tampered, "0.5.9", "signature"),
+    ] {
+        let published = publish(&lab, bundle);
+        assign(&lab, published, &id);
+        let s = wait_update_final(&lab, version);
+        assert_eq!(s["update"]["state"], "refused", "{version}: {s}");
+        let reason = s["update"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            reason.contains(why),
+            "{version}: the reason says {why:?}: {reason}"
+        );
+    }
+    let after = lab.vm.run(fingerprint).unwrap().stdout;
+    assert_eq!(before, after, "slot B and the boot state are untouched");
+    let s = lab.sensor();
+    assert_eq!(s["boot_slot"], "a", "{s}");
+    assert_eq!(s["firmware_version"], "0.1.0", "{s}");
+    lab.vm.kill();
+}
