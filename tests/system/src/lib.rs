@@ -219,10 +219,11 @@ impl Qemu {
         self.boots += 1;
         self.serial = self.dir.join(format!("serial-{}.log", self.boots));
         self.cursor = 0;
-        self.shell.reset();
         let overlay = self.dir.join("disk.qcow2");
         let sock = self.dir.join("shell.sock");
         let _ = fs::remove_file(&sock);
+        // the old connection went with the old QEMU
+        self.shell = shell::Shell::new(sock.clone());
         self.child = Some(spawn_run_qemu(
             opts,
             &self.dir,

@@ -22,9 +22,38 @@ fn strs(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// TCP sockets in LISTEN state that are not bound to loopback, from /proc/net/tcp{,6}.
+fn non_loopback_listeners(proc_net_tcp: &str) -> Vec<String> {
+    proc_net_tcp
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local_address rem_address st ...; st 0A is LISTEN
+            (f.len() > 3 && f[3] == "0A").then(|| f[1].to_owned())
+        })
+        .filter(|local| {
+            let ip = local.split(':').next().unwrap_or_default();
+            // 127.0.0.0/8 (little-endian hex, so the last byte is 7F) and ::1
+            !(ip.len() == 8 && ip.ends_with("7F")) && ip != "00000000000000000000000001000000"
+        })
+        .collect()
+}
+
 #[test]
 fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
     let mut lab = Lab::ready("scan1");
+    // Ready, the whole OpenVAS stack up: nothing listens on the LAN side.
+    let tcp = lab
+        .vm
+        .run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null")
+        .unwrap()
+        .stdout;
+    assert!(tcp.contains("local_address"), "{tcp}");
+    let open = non_loopback_listeners(&tcp);
+    assert!(
+        open.is_empty(),
+        "TCP listeners beyond loopback: {open:?}\n{tcp}"
+    );
     lab.demo_lab_up();
     let id = lab.sensor_id();
 
