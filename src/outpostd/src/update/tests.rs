@@ -419,7 +419,7 @@ fn installed() -> (Rig, UpdateSpec) {
 
 #[test]
 fn a_good_bundle_is_installed_into_the_other_slot_which_is_made_active() {
-    let (rig, spec) = installed();
+    let (rig, _spec) = installed();
     let before_a = rig.snapshot(Slot::A);
 
     // Slot B holds exactly the bundle's contents; A is untouched.
