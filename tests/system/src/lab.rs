@@ -13,7 +13,7 @@ use outpost_netrelay::{EthernetAddress, Relay, RelayConfig};
 use outpost_wire::provision::{FeedThresholds, Provision};
 use outpost_wire::Secret;
 
-use crate::{build_image, Qemu, QemuOptions};
+use crate::{build_image, repo_root, BuiltImage, Qemu, QemuOptions};
 
 /// The portal arguments that match this setup: the guest reaches the API as
 /// 10.0.2.100 (guestfwd) and the gateway as 10.0.3.1:51820 (relay).
@@ -273,6 +273,56 @@ impl Lab {
     pub fn report(&self, job: i64) -> serde_json::Value {
         self.portal.ctl_json(&["report", &job.to_string()])
     }
+}
+
+/// Runs the workspace's `outpostctl`; panics with its stderr if it fails.
+pub fn outpostctl(args: &[&str]) {
+    let out = Command::new(outpost_e2e_tests::bin("outpostctl"))
+        .args(args)
+        .output()
+        .expect("outpostctl runs");
+    assert!(
+        out.status.success(),
+        "outpostctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bundle of `built`'s slot parts (scripts/build-image keeps them in `slot/`) that
+/// claims `version` for `board`, written into `dir`; signed with the build key (the one
+/// the image trusts) when `signed`.
+pub fn slot_bundle(
+    built: &BuiltImage,
+    board: &str,
+    version: &str,
+    signed: bool,
+    dir: &Path,
+) -> PathBuf {
+    let slot = built.dir.join("slot");
+    let p = |f: &str| slot.join(f).display().to_string();
+    let path = dir.join(format!("{board}-{version}.bundle").replace(',', "_"));
+    let out = path.display().to_string();
+    outpostctl(&[
+        "bundle",
+        "build",
+        "--board",
+        board,
+        "--version",
+        version,
+        "--rootfs",
+        &p("rootfs.squashfs"),
+        "--kernel",
+        &p("Image"),
+        "--initrd",
+        &p("initrd.img"),
+        "--out",
+        &out,
+    ]);
+    if signed {
+        let key = repo_root().join("build/keys/outpost-bundle.key");
+        outpostctl(&["bundle", "sign", &out, "--key", &key.display().to_string()]);
+    }
+    path
 }
 
 /// The lab sensor's disk (sparse): a 4 GiB card.

@@ -11,13 +11,11 @@
 //! takes); the scanner's part of the health check is in tests/update.rs. The seed is
 //! printed; `OUTPOST_POWERCUT_SEED=N` replays a run.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use outpost_e2e_tests::{bin, eventually};
-use outpost_system_tests::lab::Lab;
-use outpost_system_tests::{build_image, repo_root, BuiltImage};
+use outpost_e2e_tests::eventually;
+use outpost_system_tests::build_image;
+use outpost_system_tests::lab::{slot_bundle, Lab};
 
 /// Cuts in the whole test, over as many updates as they take.
 const TRIALS: u32 = 20;
@@ -52,45 +50,6 @@ impl Rng {
     fn ms(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.next() % (hi - lo + 1))
     }
-}
-
-fn outpostctl(args: &[&str]) {
-    let out = Command::new(bin("outpostctl"))
-        .args(args)
-        .output()
-        .expect("outpostctl runs");
-    assert!(
-        out.status.success(),
-        "outpostctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A signed bundle of the built slot's parts that claims `version`.
-fn bundle(built: &BuiltImage, version: &str, dir: &Path) -> PathBuf {
-    let slot = built.dir.join("slot");
-    let p = |f: &str| slot.join(f).display().to_string();
-    let path = dir.join(format!("{version}.bundle"));
-    let out = path.display().to_string();
-    outpostctl(&[
-        "bundle",
-        "build",
-        "--board",
-        "outpost,qemu-arm64",
-        "--version",
-        version,
-        "--rootfs",
-        &p("rootfs.squashfs"),
-        "--kernel",
-        &p("Image"),
-        "--initrd",
-        &p("initrd.img"),
-        "--out",
-        &out,
-    ]);
-    let key = repo_root().join("build/keys/outpost-bundle.key");
-    outpostctl(&["bundle", "sign", &out, "--key", &key.display().to_string()]);
-    path
 }
 
 /// Where the update stood when the power went: the last telling console line of this
@@ -144,7 +103,7 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
     while cuts < TRIALS {
         cycle += 1;
         let version = format!("0.2.{cycle}");
-        let file = bundle(&built, &version, dir.path());
+        let file = slot_bundle(&built, "outpost,qemu-arm64", &version, true, dir.path());
         let published = lab
             .portal
             .ctl_json(&["bundle", "publish", &file.display().to_string()]);

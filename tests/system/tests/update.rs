@@ -2,13 +2,12 @@
 //! assigned at the portal, downloaded through the tunnel, installed into the inactive
 //! slot, tried by U-Boot and committed by the health check, or rolled back.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use outpost_e2e_tests::{bin, eventually};
-use outpost_system_tests::lab::Lab;
-use outpost_system_tests::{build_image, build_image_as, repo_root, BuiltImage};
+use outpost_e2e_tests::eventually;
+use outpost_system_tests::lab::{slot_bundle, Lab};
+use outpost_system_tests::{build_image, build_image_as};
 
 /// A download of ~130 MB through the tunnel, a slot write and a reboot to `ready`, in
 /// software emulation.
@@ -38,62 +37,6 @@ fn wait_update_final(lab: &Lab, version: &str) -> serde_json::Value {
             );
         done.then_some(s)
     })
-}
-
-fn outpostctl(args: &[&str]) {
-    let out = Command::new(bin("outpostctl"))
-        .args(args)
-        .output()
-        .expect("outpostctl runs");
-    assert!(
-        out.status.success(),
-        "outpostctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// An unsigned bundle of the built slot's parts.
-fn unsigned_bundle(built: &BuiltImage, board: &str, version: &str, out: &Path) -> PathBuf {
-    let slot = built.dir.join("slot");
-    let p = |f: &str| slot.join(f).display().to_string();
-    let path = out.join(format!("{board}-{version}.bundle").replace(',', "_"));
-    outpostctl(&[
-        "bundle",
-        "build",
-        "--board",
-        board,
-        "--version",
-        version,
-        "--rootfs",
-        &p("rootfs.squashfs"),
-        "--kernel",
-        &p("Image"),
-        "--initrd",
-        &p("initrd.img"),
-        "--out",
-        &path.display().to_string(),
-    ]);
-    path
-}
-
-/// The key scripts/build-image signs with (and the image trusts).
-fn build_key() -> String {
-    repo_root()
-        .join("build/keys/outpost-bundle.key")
-        .display()
-        .to_string()
-}
-
-fn signed_bundle(built: &BuiltImage, board: &str, version: &str, out: &Path) -> PathBuf {
-    let path = unsigned_bundle(built, board, version, out);
-    outpostctl(&[
-        "bundle",
-        "sign",
-        &path.display().to_string(),
-        "--key",
-        &build_key(),
-    ]);
-    path
 }
 
 #[test]
@@ -173,11 +116,11 @@ fn a_good_update_commits_and_a_bad_one_rolls_back() {
 fn refused_bundles_leave_the_inactive_slot_untouched() {
     let a = build_image("qemu-arm64", "test").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let unsigned = unsigned_bundle(&a, "outpost,qemu-arm64", "0.5.0", dir.path());
-    let wrong_board = signed_bundle(&a, "outpost,rpi4", "0.5.1", dir.path());
-    let downgrade = signed_bundle(&a, "outpost,qemu-arm64", "0.0.9", dir.path());
+    let unsigned = slot_bundle(&a, "outpost,qemu-arm64", "0.5.0", false, dir.path());
+    let wrong_board = slot_bundle(&a, "outpost,rpi4", "0.5.1", true, dir.path());
+    let downgrade = slot_bundle(&a, "outpost,qemu-arm64", "0.0.9", true, dir.path());
     // Tampered: the signed manifest's version edited afterwards (same length).
-    let tampered = signed_bundle(&a, "outpost,qemu-arm64", "0.5.2", dir.path());
+    let tampered = slot_bundle(&a, "outpost,qemu-arm64", "0.5.2", true, dir.path());
     let mut bytes = std::fs::read(&tampered).unwrap();
     let head = bytes.len().min(1 << 20);
     let at = bytes[..head]
