@@ -16,7 +16,9 @@ use smoltcp::time::Instant as SmolInstant;
 pub use smoltcp::wire::{EthernetAddress, Ipv4Address};
 use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
 
-/// Most guest endpoints tracked at once; the guest has one WireGuard socket.
+/// Most guest endpoints tracked at once; the guest has one WireGuard socket, but each
+/// restart of the daemon (or of the guest) brings a new source port, so the flow used
+/// least recently gives way to a new one.
 const MAX_FLOWS: usize = 16;
 const FRAME_MAX: usize = 1600;
 
@@ -97,7 +99,8 @@ pub struct RelayStats {
     pub frames_out: u64,
     pub to_target: u64,
     pub from_target: u64,
-    pub flows_refused: u64,
+    /// Flows dropped to make room for a new one (the least recently used).
+    pub flows_evicted: u64,
 }
 
 pub struct Relay {
@@ -107,7 +110,8 @@ pub struct Relay {
     iface: Interface,
     sockets: SocketSet<'static>,
     udp: SocketHandle,
-    flows: HashMap<IpEndpoint, UdpSocket>,
+    /// Guest endpoint -> (socket toward the target, when the flow last carried a packet).
+    flows: HashMap<IpEndpoint, (UdpSocket, std::time::Instant)>,
     started: Instant,
     pub stats: RelayStats,
 }
@@ -195,16 +199,25 @@ impl Relay {
         for (data, from) in out {
             if !self.flows.contains_key(&from) {
                 if self.flows.len() >= MAX_FLOWS {
-                    self.stats.flows_refused += 1;
-                    continue;
+                    let oldest = self
+                        .flows
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(ep, _)| *ep);
+                    if let Some(ep) = oldest {
+                        self.flows.remove(&ep);
+                        self.stats.flows_evicted += 1;
+                        tracing::info!(guest = %ep, "flow evicted (least recently used)");
+                    }
                 }
                 let s = UdpSocket::bind("127.0.0.1:0")?;
                 s.connect(self.cfg.target)?;
                 s.set_nonblocking(true)?;
                 tracing::info!(guest = %from, target = %self.cfg.target, "new flow");
-                self.flows.insert(from, s);
+                self.flows.insert(from, (s, std::time::Instant::now()));
             }
-            if let Some(s) = self.flows.get(&from) {
+            if let Some((s, used)) = self.flows.get_mut(&from) {
+                *used = std::time::Instant::now();
                 if s.send(&data).is_ok() {
                     self.stats.to_target += 1;
                 }
@@ -212,7 +225,7 @@ impl Relay {
             }
         }
         let mut back: Vec<(Vec<u8>, IpEndpoint)> = Vec::new();
-        for (ep, s) in &self.flows {
+        for (ep, (s, _)) in &self.flows {
             while let Ok(n) = s.recv(&mut frame) {
                 back.push((frame[..n].to_vec(), *ep));
             }

@@ -59,9 +59,19 @@ fn arp_reply_to(relay_mac: EthernetAddress) -> Vec<u8> {
 }
 
 fn udp_frame(dst_mac: EthernetAddress, dst: Ipv4Address, dport: u16, payload: &[u8]) -> Vec<u8> {
+    udp_frame_from(40000, dst_mac, dst, dport, payload)
+}
+
+fn udp_frame_from(
+    sport: u16,
+    dst_mac: EthernetAddress,
+    dst: Ipv4Address,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let udp = UdpRepr {
-        src_port: 40000,
+        src_port: sport,
         dst_port: dport,
     };
     let ip = Ipv4Repr {
@@ -237,6 +247,64 @@ fn forwards_one_udp_port_both_ways_and_nothing_else() {
     let stats = handle.join().unwrap();
     assert_eq!(stats.to_target, 1);
     assert_eq!(stats.from_target, 1);
+}
+
+#[test]
+fn a_restarted_guest_socket_is_forwarded_even_after_many_restarts() {
+    // Every daemon restart in the guest sends from a new source port; the relay must
+    // keep forwarding (the least recently used flow gives way), not refuse new ones.
+    let qemu = UdpSocket::bind("127.0.0.1:0").unwrap();
+    qemu.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
+    gateway
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut relay = Relay::bind(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        qemu: qemu.local_addr().unwrap(),
+        address: RELAY_IP,
+        prefix: 24,
+        mac: EthernetAddress([0x02, 0, 10, 0, 3, 1]),
+        port: 51820,
+        target: gateway.local_addr().unwrap(),
+    })
+    .unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        relay.run(|| s2.load(Ordering::Relaxed)).unwrap();
+        relay.stats
+    });
+    qemu.send_to(&arp_request(), relay_addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut relay_mac = None;
+    while relay_mac.is_none() && Instant::now() < end {
+        if let Ok((n, _)) = qemu.recv_from(&mut buf) {
+            if let Some(Got::ArpReply(mac)) = parse(&buf[..n]) {
+                relay_mac = Some(mac);
+            }
+        }
+    }
+    let relay_mac = relay_mac.expect("ARP reply from the relay");
+    for i in 0..40u16 {
+        let payload = format!("boot {i}");
+        qemu.send_to(
+            &udp_frame_from(41000 + i, relay_mac, RELAY_IP, 51820, payload.as_bytes()),
+            relay_addr,
+        )
+        .unwrap();
+        let (n, _) = gateway
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("restart {i} not forwarded: {e}"));
+        assert_eq!(&buf[..n], payload.as_bytes());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stats = handle.join().unwrap();
+    assert_eq!(stats.to_target, 40);
+    assert_eq!(stats.flows_evicted, 40 - 16);
 }
 
 #[test]

@@ -100,6 +100,7 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
     let mut cuts = 0;
     let mut seen = std::collections::BTreeMap::<&'static str, u32>::new();
     let mut cycle = 0;
+    let mut resumed = 0;
     while cuts < TRIALS {
         cycle += 1;
         let version = format!("0.2.{cycle}");
@@ -157,6 +158,18 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
                     .ok()?;
                 h.stdout.contains("good").then_some(())
             });
+            // A download cut well into its run continues after what reached the disk.
+            if landed == "download" && delay >= Duration::from_secs(10) {
+                let line = eventually(&format!("cut {cuts}: the download resumed"), STEP, || {
+                    lab.vm
+                        .console()
+                        .lines()
+                        .find(|l| l.contains("downloading (resuming at byte "))
+                        .map(str::to_owned)
+                });
+                println!("cut {cuts}: {line}");
+                resumed += 1;
+            }
             // And the portal agrees with what runs.
             let s = eventually(&format!("cut {cuts}: a coherent state"), STEP, || {
                 let s = lab.sensor();
@@ -204,6 +217,6 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
             s["boot_slot"]
         );
     }
-    println!("cuts by moment: {seen:?}");
+    println!("cuts by moment: {seen:?}; downloads resumed after a cut: {resumed}");
     lab.vm.kill();
 }
