@@ -9,7 +9,7 @@ use outpost_system_tests::lab::Lab;
 
 fn outpostd_rss_kib(lab: &mut Lab) -> Result<u64, Box<dyn std::error::Error>> {
     let out = lab.vm.run(
-        "for p in $(pidof outpostd); do sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' /proc/$p/status; done | sort -n | tail -n1",
+        "for p in $(pidof outpostd); do awk '/^VmRSS:/ {print $2}' /proc/$p/status; done | sort -n | tail -n1",
     )?;
     Ok(out
         .stdout

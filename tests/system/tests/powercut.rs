@@ -59,6 +59,8 @@ fn moment_at(console: &str) -> &'static str {
     for line in console.lines() {
         if line.contains(": downloading") {
             now = "download";
+        } else if line.contains(": downloaded") {
+            now = "download check";
         } else if line.contains(": installing into slot") {
             now = "slot write";
         } else if line.contains(" installed into slot ") {
@@ -113,32 +115,38 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
             .ctl(&["bundle", "assign", &bid.to_string(), "--sensor", &id]);
         let line = format!(r"job \d+: update to {}[ :]", version.replace('.', r"\."));
         let outcome = loop {
-            // What the update does next decides where this cut goes.
-            let at = lab.vm.wait_for(&line, STEP).unwrap();
-            let (moment, delay) = if at.contains("downloading") {
-                ("download", rng.ms(1000, 30000))
-            } else if at.contains("installing") {
-                ("slot write", rng.ms(0, 15000))
-            } else if at.contains("installed") {
-                if rng.next() % 2 == 0 {
-                    // around the boot-state write and the reboot it starts, or while
-                    // U-Boot's script counts the new slot's try down
+            // The cuts take turns aiming at the four moments; each waits for its marker
+            // in this boot's console (a resumed job prints them again in order).
+            let aim =
+                ["download", "slot write", "boot-state change", "first boot"][(cuts % 4) as usize];
+            let marker = match aim {
+                // (a job whose download was complete says "downloaded before")
+                "download" => format!("{line}.*download"),
+                "slot write" => format!("{line}.*installing into slot"),
+                _ => format!("{line}.*installed into slot"),
+            };
+            let at = lab.vm.wait_for(&marker, STEP).unwrap();
+            let (moment, delay) = match aim {
+                "download" => ("download", rng.ms(1000, 30000)),
+                "slot write" => ("slot write", rng.ms(0, 15000)),
+                "boot-state change" => {
                     if rng.next() % 2 == 0 {
+                        // around the boot-state write and the reboot it starts
                         ("boot-state change", rng.ms(0, 1500))
                     } else {
+                        // while U-Boot's script counts the new slot's try down
                         lab.vm
                             .wait_for("outpost-boot: boot script started", STEP)
                             .unwrap();
                         ("boot-state change (U-Boot)", rng.ms(0, 2500))
                     }
-                } else {
+                }
+                _ => {
                     lab.vm
                         .wait_for("outpost-boot: boot script started", STEP)
                         .unwrap();
                     ("first boot", rng.ms(2000, 30000))
                 }
-            } else {
-                continue; // "resuming the update ..." and the like
             };
             std::thread::sleep(delay);
             let landed = moment_at(&lab.vm.console());
@@ -158,16 +166,22 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
                     .ok()?;
                 h.stdout.contains("good").then_some(())
             });
-            // A download cut well into its run continues after what reached the disk.
-            if landed == "download" && delay >= Duration::from_secs(10) {
-                let line = eventually(&format!("cut {cuts}: the download resumed"), STEP, || {
+            // A download cut well into its run (several synced MiB) continues after what
+            // reached the disk, or finds it complete: it never starts over.
+            if landed == "download" && delay >= Duration::from_secs(15) {
+                let job = format!("update to {version} (bundle ");
+                let line = eventually(&format!("cut {cuts}: the job to resume"), STEP, || {
                     lab.vm
                         .console()
                         .lines()
-                        .find(|l| l.contains("downloading (resuming at byte "))
+                        .find(|l| l.contains(&job))
                         .map(str::to_owned)
                 });
                 println!("cut {cuts}: {line}");
+                assert!(
+                    line.contains("(resuming at byte ") || line.contains("downloaded before"),
+                    "cut {cuts}: the download started over: {line}"
+                );
                 resumed += 1;
             }
             // And the portal agrees with what runs.

@@ -193,26 +193,29 @@ impl Updater {
         {
             return JobEnd::Failed(format!("cannot make room for the bundle: {e}"));
         }
-        // What an interrupted download left: the download resumes after it.
+        // What an interrupted job left: a complete download is checked again, a partial
+        // one resumes after what reached the disk.
+        let bundle = self.store.bundle_path(spec.bundle_id);
         let have = std::fs::metadata(self.store.part_path(spec.bundle_id))
             .map(|m| m.len())
             .unwrap_or(0);
-        let resuming = if have > 0 {
-            format!(" (resuming at byte {have})")
+        let start = if bundle.exists() {
+            "downloaded before; checking it".to_owned()
+        } else if have > 0 {
+            format!("downloading (resuming at byte {have})")
         } else {
-            String::new()
+            "downloading".to_owned()
         };
         ctx.reporter.job(
             Level::Info,
             job_id,
             &format!(
-                "update to {} (bundle {}, {} bytes): downloading{resuming}",
+                "update to {} (bundle {}, {} bytes): {start}",
                 spec.version, spec.bundle_id, spec.size
             ),
         );
 
         // 1. Download (unless a verified download is already there) and check.
-        let bundle = self.store.bundle_path(spec.bundle_id);
         let mut progress = Progress::new(ctx.client, self.progress_interval);
         let report = |state, pct| UpdateStateReport {
             job_id: Some(job_id),
@@ -246,6 +249,11 @@ impl Updater {
             {
                 return JobEnd::Failed(format!("cannot keep the downloaded bundle: {e}"));
             }
+            ctx.reporter.job(
+                Level::Info,
+                job_id,
+                &format!("update to {}: downloaded; checking it", spec.version),
+            );
         }
         match sha256_file(&bundle) {
             Ok(got) if got == want_sha => {}
