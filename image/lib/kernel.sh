@@ -131,9 +131,9 @@ initramfs_build() {
 		blockdev sync setsid cttyhack echo ls mdev printf; do
 		ln -s busybox "$ir/usr/bin/$applet"
 	done
-	# e2fsck, resize2fs, dumpe2fs with their libraries and the loader
+	# e2fsck, resize2fs, dumpe2fs, fsck.fat with their libraries and the loader
 	local tool
-	for tool in usr/sbin/e2fsck usr/sbin/resize2fs usr/sbin/dumpe2fs; do
+	for tool in usr/sbin/e2fsck usr/sbin/resize2fs usr/sbin/dumpe2fs usr/sbin/fsck.fat; do
 		copy_with_libs "$rootfs" "$ir" "$tool"
 	done
 	cp -L "$rootfs/usr/lib/ld-linux-aarch64.so.1" "$ir/usr/lib/ld-linux-aarch64.so.1"

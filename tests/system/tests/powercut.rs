@@ -16,6 +16,7 @@ use std::time::Duration;
 use outpost_e2e_tests::eventually;
 use outpost_system_tests::build_image;
 use outpost_system_tests::lab::{slot_bundle, Lab};
+use regex::Regex;
 
 /// Cuts in the whole test, over as many updates as they take.
 const TRIALS: u32 = 20;
@@ -74,6 +75,38 @@ fn moment_at(console: &str) -> &'static str {
     now
 }
 
+/// Waits until the portal's update state for `version` agrees with the slot the sensor
+/// runs (`slot` is the one it ran before the update) and returns `sensor show`. The only
+/// failure a power cut may cause is an update cut off before its slot was made active.
+fn coherent_state(lab: &Lab, version: &str, slot: &str, when: &str) -> serde_json::Value {
+    let s = eventually(&format!("{when}: a coherent state"), STEP, || {
+        let s = lab.sensor();
+        let u = &s["update"];
+        if u["version"] != version {
+            return None; // the first report of this update has not come yet
+        }
+        let want = match u["state"].as_str()? {
+            "committed" => other(slot),
+            "failed" | "rolled_back" => slot,
+            // still under way: from the old slot, or the new one before its commit
+            // report arrived (then `committed` follows)
+            "downloading" | "installing" => slot,
+            "refused" => panic!("{when}: a good bundle was refused: {s}"),
+            _ => return None,
+        };
+        (s["boot_slot"] == want).then_some(s)
+    });
+    let u = &s["update"];
+    if u["state"] == "failed" {
+        let reason = u["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("interrupted before activation"),
+            "{when}: update {version} failed for a reason no power cut explains: {reason}"
+        );
+    }
+    s
+}
+
 fn other(slot: &str) -> &'static str {
     if slot == "a" {
         "b"
@@ -113,7 +146,11 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
         let bid = published["id"].as_i64().expect("bundle id");
         lab.portal
             .ctl(&["bundle", "assign", &bid.to_string(), "--sensor", &id]);
-        let line = format!(r"job \d+: update to {}[ :]", version.replace('.', r"\."));
+        let v = version.replace('.', r"\.");
+        let line = format!(r"job \d+: update to {v}[ :]");
+        // how the job's end reads on the console (the job's own line, or the verdict a
+        // later boot gives: "update 0.2.1 failed: interrupted before activation ...")
+        let ended = format!(r"update (?:to )?{v} (?:failed|refused|rolled back): ");
         let outcome = loop {
             // The cuts take turns aiming at the four moments; each waits for its marker
             // in this boot's console (a resumed job prints them again in order).
@@ -121,11 +158,20 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
                 ["download", "slot write", "boot-state change", "first boot"][(cuts % 4) as usize];
             let marker = match aim {
                 // (a job whose download was complete says "downloaded before")
-                "download" => format!("{line}.*download"),
-                "slot write" => format!("{line}.*installing into slot"),
-                _ => format!("{line}.*installed into slot"),
+                "download" => "download",
+                "slot write" => "installing into slot",
+                _ => "installed into slot",
             };
-            let at = lab.vm.wait_for(&marker, STEP).unwrap();
+            // ... or for the job's end, if it ends before that moment comes
+            let at = lab
+                .vm
+                .wait_for(&format!("{line}.*{marker}|{ended}"), STEP)
+                .unwrap();
+            if Regex::new(&ended).unwrap().is_match(&at) {
+                println!("update {version} ended before a cut at the {aim}: {at}");
+                let s = coherent_state(&lab, &version, &slot, "the end of the update");
+                break s["update"]["state"].as_str().unwrap_or_default().to_owned();
+            }
             let (moment, delay) = match aim {
                 "download" => ("download", rng.ms(1000, 30000)),
                 "slot write" => ("slot write", rng.ms(0, 15000)),
@@ -185,22 +231,7 @@ fn every_power_cut_during_an_update_comes_back_on_a_good_slot() {
                 resumed += 1;
             }
             // And the portal agrees with what runs.
-            let s = eventually(&format!("cut {cuts}: a coherent state"), STEP, || {
-                let s = lab.sensor();
-                let u = &s["update"];
-                if u["version"] != version.as_str() {
-                    return None; // the first report of this update has not come yet
-                }
-                let want = match u["state"].as_str()? {
-                    "committed" => other(&slot),
-                    "failed" | "rolled_back" => slot.as_str(),
-                    // still under way: from the old slot, or the new one before its commit
-                    // report arrived (then `committed` follows)
-                    "downloading" | "installing" => slot.as_str(),
-                    _ => return None,
-                };
-                (s["boot_slot"] == want).then_some(s)
-            });
+            let s = coherent_state(&lab, &version, &slot, &format!("cut {cuts}"));
             let state = s["update"]["state"].as_str().unwrap_or_default().to_owned();
             println!(
                 "cut {cuts}: healthy on slot {}, update {state}",
