@@ -1,6 +1,7 @@
 # Outpost A/B boot script (RAUC convention), the same on every board.
 # Contract: docs/boot-flow.md. Compiled to boot.scr by scripts/build-image,
-# after the board's boot-preamble.cmd (which sets `console` and `outpost_fdt`).
+# after the board's boot-preamble.cmd (which sets `console` and `outpost_fdt`;
+# `console dt` leaves the console to the device tree's stdout-path).
 #
 # Boot state: /bootstate.0 and /bootstate.1 on the FAT partition, 4096 bytes
 # each, `env export -c` format (CRC32 + NUL-separated name=value).
@@ -80,14 +81,16 @@ setenv bs_write 'setexpr num ${bs_winseq} + 1; run num2dec; setenv BOOT_SEQ ${de
 echo "outpost-boot: BOOT_ORDER=${BOOT_ORDER} BOOT_A_LEFT=${BOOT_A_LEFT} BOOT_B_LEFT=${BOOT_B_LEFT} (from copy ${bs_winner})"
 
 # --- choose the first slot in BOOT_ORDER with tries left ----------------------
+# Only a slot on trial (BOOT_TRIAL) spends a try: a committed slot boots however
+# often the board restarts (power cuts, a WAN outage that keeps the health check
+# from passing), so it never drifts to the older slot. A slot whose trial used
+# up its tries has 0 left and is skipped.
 setenv slot none
 for s in ${BOOT_ORDER}; do
 	if test "${slot}" = none; then
 		if test "${s}" = A; then
 			if test ${BOOT_A_LEFT} -gt 0; then
 				setenv slot A
-				setenv dec "${BOOT_A_LEFT}"; run dec2num; setexpr num ${num} - 1; run num2dec
-				setenv BOOT_A_LEFT ${dec}
 			else
 				echo "outpost-boot: slot A has no tries left, skipped"
 			fi
@@ -95,8 +98,6 @@ for s in ${BOOT_ORDER}; do
 		if test "${s}" = B; then
 			if test ${BOOT_B_LEFT} -gt 0; then
 				setenv slot B
-				setenv dec "${BOOT_B_LEFT}"; run dec2num; setexpr num ${num} - 1; run num2dec
-				setenv BOOT_B_LEFT ${dec}
 			else
 				echo "outpost-boot: slot B has no tries left, skipped"
 			fi
@@ -113,8 +114,22 @@ if test "${slot}" = none; then
 	reset
 fi
 
-# The counter is written back BEFORE booting: a slot that hangs uses a try.
-run bs_write
+# A trial boot spends its try and writes the counter back BEFORE booting, so a
+# slot that hangs or panics uses a try. Other boots write nothing (no FAT write
+# on an ordinary boot), unless no copy was valid: then the defaults are written.
+setenv bs_dirty 0
+if test "${bs_winner}" = none; then setenv bs_dirty 1; fi
+if test "${BOOT_TRIAL}" = "${slot}"; then
+	setenv bs_dirty 1
+	if test "${slot}" = A; then
+		setenv dec "${BOOT_A_LEFT}"; run dec2num; setexpr num ${num} - 1; run num2dec
+		setenv BOOT_A_LEFT ${dec}
+	else
+		setenv dec "${BOOT_B_LEFT}"; run dec2num; setexpr num ${num} - 1; run num2dec
+		setenv BOOT_B_LEFT ${dec}
+	fi
+fi
+if test "${bs_dirty}" = 1; then run bs_write; fi
 
 if test "${slot}" = A; then
 	setenv slotdir slot-a
@@ -143,10 +158,14 @@ if test "${BOOT_TRIAL}" = "${slot}"; then
 	echo "outpost-boot: slot ${slot} is on trial (not marked good yet): outpost.trial=1"
 	setenv outpost_trial outpost.trial=1
 fi
-setenv bootargs "console=${console} root=PARTUUID=${rootuuid} ro rootwait outpost.slot=${slot} ${outpost_trial} ${outpost_extra}"
+# console=dt: no console= at all; Linux uses the device tree's stdout-path.
+setenv bootcon "console=${console} "
+if test "${console}" = dt; then setenv bootcon; fi
+setenv bootargs "${bootcon}root=PARTUUID=${rootuuid} ro rootwait panic=10 outpost.slot=${slot} ${outpost_trial} ${outpost_extra}"
 
-# Device tree: QEMU's (U-Boot's control DT), or on boards that say so the
-# slot's own copy, so kernel and device tree are updated together.
+# Device tree: the one handed to U-Boot (QEMU's, or the Pi firmware's with its
+# fixups: U-Boot's control DT), or on boards that say so the slot's own copy, so
+# kernel and device tree are updated together.
 setenv fdt ${fdtcontroladdr}
 setenv fdt_from_slot 0
 if test "${outpost_fdt}" = slot; then
@@ -160,7 +179,12 @@ if test "${fdt_from_slot}" = 1; then
 	fi
 fi
 
+# The slot's kernel is Debian's arm64 Image, gzip-compressed (a third of the bytes
+# to read and to download in an update); booti inflates it into kernel_comp_addr_r
+# and moves it to kernel_addr_r, so kernel_addr_r needs room for the whole Image
+# below the initramfs. An uncompressed Image boots as before.
 if fatload ${devtype} ${devnum}:${bootpart} ${kernel_addr_r} ${slotdir}/Image; then
+	setenv kernel_comp_size ${filesize}
 	if fatload ${devtype} ${devnum}:${bootpart} ${ramdisk_addr_r} ${slotdir}/initrd.img; then
 		setenv rd_size ${filesize}
 		booti ${kernel_addr_r} ${ramdisk_addr_r}:${rd_size} ${fdt}

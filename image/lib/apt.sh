@@ -108,15 +108,17 @@ apt_resolve_one() {
 	suite=""
 	[ "$spec" != "$name" ] && suite="${spec#*/}"
 	if [ -n "$suite" ]; then
+		# awk reads to the end (no `exit`): apt-cache killed by SIGPIPE would fail
+		# the pipeline under pipefail, at random.
 		v=$(apt-cache policy "$name" | awk -v s="$suite" '
 			/^     [^ ]/ || /^ \*\*\* / { ver = ($1 == "***") ? $2 : $1 }
-			$0 ~ (" " s "/") && ver != "" { print ver; exit }')
+			!found && $0 ~ (" " s "/") && ver != "" { print ver; found = 1 }')
 	else
 		v=$(apt-cache policy "$name" | awk '/Candidate:/ { print $2 }')
 	fi
 	[ -n "$v" ] && [ "$v" != "(none)" ] || die "package $spec not found in the configured suites"
 	local arch
-	arch=$(apt-cache show "$name=$v" | awk '/^Architecture:/ { print $2; exit }')
+	arch=$(apt-cache show "$name=$v" | awk '!found && /^Architecture:/ { print $2; found = 1 }')
 	echo "$name $v $arch"
 }
 

@@ -23,6 +23,7 @@ HOST_TOOLS=(
 	"mcopy:mtools"
 	"mke2fs:e2fsprogs"
 	"mkimage:u-boot-tools"
+	"setcap:libcap2-bin"
 	"zstd:zstd"
 	"xz:xz-utils"
 	"cpio:cpio"

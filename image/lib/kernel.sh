@@ -35,7 +35,11 @@ kernel_unpack() {
 	# "ARMd" magic at offset 56 marks an arm64 Image
 	[ "$(dd if="$KERNEL_DIR/Image" bs=1 skip=56 count=4 2>/dev/null)" = ARMd ] ||
 		die "kernel $vmlinuz is not an arm64 Image after decompression"
-	log "kernel $KVER: Image $(($(fsize "$KERNEL_DIR/Image") / 1048576)) MiB"
+	# The slot carries the Image gzip-compressed (booti inflates it, see
+	# board/common/boot.cmd): about a third of the bytes on the card and in every
+	# update bundle. -n keeps the output byte-identical across builds.
+	gzip -9 -n -c "$KERNEL_DIR/Image" >"$KERNEL_DIR/Image.gz" || die "cannot compress the kernel"
+	log "kernel $KVER: Image $(($(fsize "$KERNEL_DIR/Image") / 1048576)) MiB, $(($(fsize "$KERNEL_DIR/Image.gz") / 1048576)) MiB gzip-compressed"
 }
 
 # Copies the trimmed module tree into the rootfs and runs depmod.
@@ -56,42 +60,23 @@ kernel_modules_install() {
 # Module file paths (relative to lib/modules/$KVER) for the names given, with
 # their dependencies first, each once. Built-in modules are skipped.
 module_closure() {
-	local moddir="$1"
+	python3 "$ROOT/image/lib/modules.py" closure "$@"
+}
+
+# Boards with a device tree: every driver in the supplier chains of the root
+# device and the network (DRIVER_CHECK_NODES in board.conf) must be built in or
+# shipped in the initramfs, or the board could not find its card (docs/boot-flow.md).
+initramfs_driver_check() {
+	local moddir="$1" dtb
 	shift
-	python3 - "$moddir" "$@" <<'EOF'
-import os, sys
-moddir, wanted = sys.argv[1], sys.argv[2:]
-norm = lambda n: n.replace("-", "_")
-deps, byname = {}, {}
-with open(os.path.join(moddir, "modules.dep")) as f:
-    for line in f:
-        path, _, rest = line.partition(":")
-        deps[path] = rest.split()
-        base = os.path.basename(path).split(".ko")[0]
-        byname[norm(base)] = path
-builtin = set()
-with open(os.path.join(moddir, "modules.builtin")) as f:
-    for line in f:
-        builtin.add(norm(os.path.basename(line.strip()).split(".ko")[0]))
-order, seen = [], set()
-def visit(path):
-    if path in seen:
-        return
-    seen.add(path)
-    # modules.dep lists the full closure; load deepest first
-    for d in reversed(deps.get(path, [])):
-        visit(d)
-    order.append(path)
-for name in wanted:
-    n = norm(name)
-    if n in byname:
-        visit(byname[n])
-    elif n in builtin:
-        continue
-    else:
-        sys.exit(f"module {name} is neither a module nor built in")
-print("\n".join(order))
-EOF
+	[ -n "${DRIVER_CHECK_NODES:-}" ] || return 0
+	local node_args=() n
+	for n in $DRIVER_CHECK_NODES; do node_args+=(--node "$n"); done
+	for dtb in ${DTBS:-}; do
+		python3 "$ROOT/image/lib/modules.py" check-dtb --dtb "$KERNEL_DIR/usr/lib/linux-image-$KVER/$dtb" \
+			--moddir "$moddir" --kernel "$KERNEL_DIR/Image" "${node_args[@]}" "$@" >&2 ||
+			die "driver check of $dtb failed: add the missing modules to INITRAMFS_MODULES in board/$BOARD/board.conf"
+	done
 }
 
 # Copies a dynamically linked binary and its libraries (by the ELF NEEDED
@@ -117,6 +102,39 @@ copy_with_libs() {
 	done
 }
 
+# Puts the modules NAME... (closed over modules.dep) into the initramfs tree $1 under
+# lib/modules/$KVER, decompressed (the initramfs is compressed as a whole), with
+# depmod's index files for them: /init coldplugs by modalias with busybox modprobe
+# (modules.alias, modules.dep) and falls back to insmod in the order of
+# etc/initramfs-modules. $2 is the depmod'ed module tree of the kernel.
+initramfs_modules() {
+	local ir="$1" moddir="$2" m list
+	shift 2
+	local dst="$ir/usr/lib/modules/$KVER"
+	list=$(module_closure "$moddir" "$@") || die "initramfs module list"
+	mkdir -p "$dst" "$ir/etc"
+	: >"$ir/etc/initramfs-modules"
+	while read -r m; do
+		[ -n "$m" ] || continue
+		mkdir -p "$dst/$(dirname "$m")"
+		case "$m" in
+		*.xz) xz -dc "$moddir/$m" >"$dst/${m%.xz}" ;;
+		*.zst) zstd -qdc "$moddir/$m" >"$dst/${m%.zst}" ;;
+		*) cp "$moddir/$m" "$dst/$m" ;;
+		esac
+		echo "$m" | sed 's/\.ko\.\(xz\|zst\)$/.ko/' >>"$ir/etc/initramfs-modules"
+	done <<<"$list"
+	# modules.builtin lets modprobe treat a built-in driver's name as loaded;
+	# modules.order keeps depmod's alias order the kernel's.
+	for m in modules.builtin modules.builtin.modinfo modules.order; do
+		[ -f "$moddir/$m" ] && cp "$moddir/$m" "$dst/$m"
+	done
+	depmod -b "$ir" "$KVER" || die "depmod for the initramfs failed"
+	# busybox reads the text indexes only
+	rm -f "$dst"/*.bin
+	[ -s "$dst/modules.alias" ] || die "initramfs modules.alias is empty"
+}
+
 initramfs_build() {
 	local rootfs="$1" out="$2"
 	local ir="$WORK/initramfs"
@@ -127,33 +145,29 @@ initramfs_build() {
 	ln -s usr/lib "$ir/lib"
 	cp "$rootfs/usr/bin/busybox" "$ir/usr/bin/busybox"
 	local applet
-	for applet in sh mount umount switch_root insmod sleep cat dd od tr sed basename mkdir reboot \
-		blockdev sync setsid cttyhack echo ls mdev printf; do
+	for applet in sh mount umount switch_root insmod modprobe uname find xargs sort sleep cat dd od tr \
+		sed basename mkdir reboot blockdev sync setsid cttyhack echo ls mdev printf; do
 		ln -s busybox "$ir/usr/bin/$applet"
 	done
 	# e2fsck, resize2fs, dumpe2fs, fsck.fat with their libraries and the loader
 	local tool
-	for tool in usr/sbin/e2fsck usr/sbin/resize2fs usr/sbin/dumpe2fs usr/sbin/fsck.fat; do
+	for tool in usr/sbin/e2fsck usr/sbin/resize2fs usr/sbin/dumpe2fs usr/sbin/fsck.fat usr/sbin/mke2fs; do
 		copy_with_libs "$rootfs" "$ir" "$tool"
 	done
 	cp -L "$rootfs/usr/lib/ld-linux-aarch64.so.1" "$ir/usr/lib/ld-linux-aarch64.so.1"
+	# A board without a battery-backed clock boots in 1970: e2fsck must not take the
+	# file system's times for a fault (or refuse to preen) when they look "in the future".
+	printf '[options]\n\tbroken_system_clock = 1\n' >"$ir/etc/e2fsck.conf"
+	# mke2fs recreates a data partition damaged beyond repair with the rootfs' defaults
+	[ -f "$rootfs/etc/mke2fs.conf" ] && cp "$rootfs/etc/mke2fs.conf" "$ir/etc/mke2fs.conf"
 
-	# modules: decompressed (the initramfs is compressed as a whole), in order
-	local moddir="$rootfs/usr/lib/modules/$KVER" m names
+	local moddir="$rootfs/usr/lib/modules/$KVER" names
 	names=$(list_file "$ROOT/image/initramfs/modules.txt" | tr '\n' ' ')
 	names="$names ${INITRAMFS_MODULES:-}"
 	# shellcheck disable=SC2086
-	module_closure "$moddir" $names >"$WORK/initramfs-modules.txt" || die "initramfs module list"
-	: >"$ir/etc/initramfs-modules"
-	while read -r m; do
-		mkdir -p "$ir/lib/modules/$(dirname "$m")"
-		case "$m" in
-		*.xz) xz -dc "$moddir/$m" >"$ir/lib/modules/${m%.xz}" ;;
-		*.zst) zstd -qdc "$moddir/$m" >"$ir/lib/modules/${m%.zst}" ;;
-		*) cp "$moddir/$m" "$ir/lib/modules/$m" ;;
-		esac
-		echo "$m" | sed 's/\.ko\.\(xz\|zst\)$/.ko/' >>"$ir/etc/initramfs-modules"
-	done <"$WORK/initramfs-modules.txt"
+	initramfs_modules "$ir" "$moddir" $names
+	# shellcheck disable=SC2086
+	initramfs_driver_check "$moddir" $names
 
 	install -m 0755 "$ROOT/image/initramfs/init" "$ir/init"
 	(cd "$ir" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |

@@ -208,6 +208,22 @@ rootfs_finalize() {
 		tar --null -T - -cf "$pyc_cache.tmp") && mv "$pyc_cache.tmp" "$pyc_cache"
 }
 
+# The scanner's only privileges, as file capabilities on the openvas binary (kept by
+# squashfs as the security.capability xattr): raw sockets (CAP_NET_RAW) for alive
+# detection by ICMP, TCP ping and ARP, and packet capture (CAP_NET_ADMIN) for the
+# checks that listen for a target's callback. openvas runs as _gvm, started by
+# ospd-openvas (also _gvm, no capabilities); nothing else in the stack gets one.
+rootfs_capabilities() {
+	local rootfs="$1" bin="$1/usr/sbin/openvas" caps
+	[ -f "$bin" ] || return 0
+	setcap cap_net_raw,cap_net_admin=ep "$bin" || die "setcap on usr/sbin/openvas failed"
+	caps=$(getcap "$bin")
+	case "$caps" in
+	*cap_net_admin,cap_net_raw=ep*) log "capabilities: usr/sbin/openvas ${caps##* }" ;;
+	*) die "usr/sbin/openvas carries the wrong capabilities: $caps" ;;
+	esac
+}
+
 # Manifest of every package in the image: name version arch (plus kernel/boot).
 rootfs_manifest() {
 	local rootfs="$1" list="$2" bootlist="$3"

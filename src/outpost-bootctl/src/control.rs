@@ -7,7 +7,8 @@ use crate::slot::Slot;
 use crate::state::BootState;
 use crate::store::CopyReport;
 
-/// Boot control for one mechanism (U-Boot state files today; Pi 5 tryboot later).
+/// Boot control for one mechanism: U-Boot state files ([`crate::UbootFileEnv`], QEMU and
+/// Pi 4) or the Pi 5 firmware's tryboot ([`crate::RpiTryboot`]).
 pub trait BootControl {
     /// The slot the bootloader will start next time.
     fn primary(&self) -> Result<Slot, BootCtlError>;
@@ -19,6 +20,21 @@ pub trait BootControl {
     fn mark_active(&self, slot: Slot) -> Result<(), BootCtlError>;
     /// Everything known, for logs and the portal.
     fn status(&self) -> Result<BootStatus, BootCtlError>;
+    /// How the device must restart so the bootloader does what `mark_active` set up.
+    /// U-Boot reads its state at every start: a plain reboot.
+    fn reboot_action(&self) -> Result<RebootAction, BootCtlError> {
+        Ok(RebootAction::Plain)
+    }
+}
+
+/// The restart the device must do after `mark_active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RebootAction {
+    /// An ordinary reboot.
+    Plain,
+    /// `reboot(2)` with `LINUX_REBOOT_CMD_RESTART2` and this argument (busybox/systemd
+    /// `reboot "<arg>"`), e.g. `0 tryboot` for the Pi firmware's one-shot trial.
+    WithArg(&'static str),
 }
 
 /// A snapshot of the boot state, serialisable for the portal.

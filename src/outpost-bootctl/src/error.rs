@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use crate::cmdline::CmdlineError;
 use crate::state::StateError;
 use crate::store::WriteError;
+use crate::tryboot::TrybootError;
 
 /// Errors from a boot-control backend; each names the file and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +21,6 @@ pub enum BootCtlError {
     State { dir: PathBuf, source: StateError },
     #[error("cannot write {path}: {source}")]
     Plan { path: PathBuf, source: WriteError },
+    #[error("{path}: {source}")]
+    Tryboot { path: PathBuf, source: TrybootError },
 }

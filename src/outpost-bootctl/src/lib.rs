@@ -8,7 +8,9 @@
 //!
 //! Pure core: [`envblob`] (the blob format), [`state`] (transitions and the boot-script
 //! decision), [`store`] (the two-copy rules). I/O shell: the [`BootControl`] trait and
-//! its [`UbootFileEnv`] backend.
+//! its backends, one per boot mechanism: [`UbootFileEnv`] (the U-Boot script's state
+//! files: QEMU, Pi 4) and [`RpiTryboot`] (the Pi 5 firmware's `autoboot.txt` and
+//! one-shot tryboot flag).
 
 pub mod cmdline;
 pub mod control;
@@ -17,11 +19,13 @@ pub mod error;
 pub mod slot;
 pub mod state;
 pub mod store;
+pub mod tryboot;
 pub mod uboot_file;
 
-pub use control::{BootControl, BootStatus};
+pub use control::{BootControl, BootStatus, RebootAction};
 pub use error::BootCtlError;
 pub use slot::Slot;
 pub use state::{BootDecision, BootState, DEFAULT_TRIES};
 pub use store::Loaded;
+pub use tryboot::{Autoboot, RpiTryboot, SlotPartitions};
 pub use uboot_file::UbootFileEnv;

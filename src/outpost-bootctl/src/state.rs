@@ -133,21 +133,27 @@ impl BootState {
         self.trial == Some(slot)
     }
 
-    /// What the U-Boot script does: walk `BOOT_ORDER`, take the first slot with tries
-    /// left and decrement it; if none has tries left, reset both to 3 and reboot. The
-    /// returned state is exactly what the script writes back (sequence + 1).
-    pub fn simulate_boot(&self) -> Result<(BootDecision, BootState), StateError> {
-        let mut next = self.successor()?;
+    /// What the U-Boot script does: walk `BOOT_ORDER` and take the first slot with tries
+    /// left; if none has tries left, reset both to 3 and reboot. Only a slot on trial
+    /// spends a try: the returned state is what the script writes back (sequence + 1),
+    /// or `None` when it writes nothing (an ordinary boot of a committed slot, which
+    /// must keep booting however often the board restarts).
+    pub fn simulate_boot(&self) -> Result<(BootDecision, Option<BootState>), StateError> {
         for slot in self.order.iter().copied() {
             let tries = self.tries(slot);
             if tries > 0 {
+                if !self.on_trial(slot) {
+                    return Ok((BootDecision::Boot(slot), None));
+                }
+                let mut next = self.successor()?;
                 next.set_tries(slot, tries - 1);
-                return Ok((BootDecision::Boot(slot), next));
+                return Ok((BootDecision::Boot(slot), Some(next)));
             }
         }
+        let mut next = self.successor()?;
         next.tries_a = DEFAULT_TRIES;
         next.tries_b = DEFAULT_TRIES;
-        Ok((BootDecision::ResetAndReboot, next))
+        Ok((BootDecision::ResetAndReboot, Some(next)))
     }
 
     /// Same state, next sequence number: every write goes through here.
@@ -316,6 +322,7 @@ mod tests {
             .unwrap();
         // Booting does not end it: every boot of B is a trial until B proves itself.
         let (_, booted) = active.simulate_boot().unwrap();
+        let booted = booted.expect("a trial boot writes its try back");
         assert!(booted.on_trial(Slot::B));
         // The fallback slot being marked good leaves B's trial standing.
         let back_on_a = on_trial(state(&[Slot::B, Slot::A], 2, 0, 9), Slot::B)
@@ -377,19 +384,35 @@ mod tests {
     }
 
     #[test]
-    fn boot_takes_first_slot_with_tries_and_decrements() {
+    fn only_a_trial_boot_spends_a_try() {
+        // Committed A: boots without a write, however many times.
         let s = state(&[Slot::A, Slot::B], 3, 3, 5);
+        assert_eq!(
+            s.simulate_boot().unwrap(),
+            (BootDecision::Boot(Slot::A), None)
+        );
+        let s = state(&[Slot::A, Slot::B], 1, 3, 5);
+        assert_eq!(
+            s.simulate_boot().unwrap(),
+            (BootDecision::Boot(Slot::A), None)
+        );
+        // B on trial: each boot takes one of its tries and writes it back.
+        let s = on_trial(state(&[Slot::B, Slot::A], 3, 3, 5), Slot::B);
         let (d, n) = s.simulate_boot().unwrap();
-        assert_eq!(d, BootDecision::Boot(Slot::A));
-        assert_eq!(n, state(&[Slot::A, Slot::B], 2, 3, 6));
+        assert_eq!(d, BootDecision::Boot(Slot::B));
+        assert_eq!(
+            n,
+            Some(on_trial(state(&[Slot::B, Slot::A], 3, 2, 6), Slot::B))
+        );
     }
 
     #[test]
     fn boot_skips_exhausted_slot() {
-        let s = state(&[Slot::B, Slot::A], 2, 0, 5);
+        // B's trial used up its tries: A boots, and A (committed) spends nothing.
+        let s = on_trial(state(&[Slot::B, Slot::A], 2, 0, 5), Slot::B);
         let (d, n) = s.simulate_boot().unwrap();
         assert_eq!(d, BootDecision::Boot(Slot::A));
-        assert_eq!(n, state(&[Slot::B, Slot::A], 1, 0, 6));
+        assert_eq!(n, None);
     }
 
     #[test]
@@ -397,7 +420,7 @@ mod tests {
         let s = state(&[Slot::B, Slot::A], 0, 0, 9);
         let (d, n) = s.simulate_boot().unwrap();
         assert_eq!(d, BootDecision::ResetAndReboot);
-        assert_eq!(n, state(&[Slot::B, Slot::A], 3, 3, 10));
+        assert_eq!(n, Some(state(&[Slot::B, Slot::A], 3, 3, 10)));
         // A slot missing from BOOT_ORDER is never booted, even with tries left.
         let s = state(&[Slot::B], 3, 0, 1);
         assert_eq!(s.simulate_boot().unwrap().0, BootDecision::ResetAndReboot);
@@ -442,7 +465,7 @@ mod tests {
                     let expected = match d {
                         BootDecision::Boot(slot) => slot,
                         BootDecision::ResetAndReboot => {
-                            s.simulate_boot().unwrap().1.primary().unwrap()
+                            s.simulate_boot().unwrap().1.unwrap().primary().unwrap()
                         }
                     };
                     assert_eq!(s.primary(), Some(expected), "{s:?}");
@@ -460,7 +483,12 @@ mod tests {
             n.mark_good(Slot::A),
             Err(StateError::SequenceExhausted { seq: MAX_SEQ })
         );
-        assert!(n.simulate_boot().is_err());
+        // A committed slot still boots (nothing is written), a trial boot cannot count.
+        assert_eq!(
+            n.simulate_boot().unwrap(),
+            (BootDecision::Boot(Slot::A), None)
+        );
+        assert!(on_trial(n.clone(), Slot::A).simulate_boot().is_err());
         assert!(n.mark_active(Slot::B).is_err());
     }
 }

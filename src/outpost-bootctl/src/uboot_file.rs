@@ -122,11 +122,20 @@ impl UbootFileEnv {
         Ok(outcome)
     }
 
-    /// Does on these files what the boot script does at power-on (decide, decrement,
-    /// write back). For tests and image tooling; the device itself never calls it.
+    /// Does on these files what the boot script does at power-on (decide; on a trial
+    /// boot decrement and write back; write the defaults when no copy is valid). For
+    /// tests and image tooling; the device itself never calls it.
     pub fn simulate_boot(&self) -> Result<BootDecision, BootCtlError> {
-        self.update("simulated boot", false, |s| {
-            s.simulate_boot().map(|(decision, next)| (next, decision))
+        self.update("simulated boot", true, |s| {
+            s.simulate_boot().map(|(decision, next)| {
+                // Nothing to write: unchanged, which `update` skips unless no copy is
+                // valid (then the script writes the defaults, and so does this).
+                let next = next.unwrap_or_else(|| BootState {
+                    seq: s.seq.saturating_add(1),
+                    ..s.clone()
+                });
+                (next, decision)
+            })
         })
     }
 }

@@ -34,8 +34,26 @@ fn copy(env: &UbootFileEnv, i: usize) -> Vec<u8> {
     fs::read(env.dir().join(COPY_NAMES[i])).unwrap()
 }
 
+/// Both copies as they are on the card (`None`: not written yet).
+fn files(env: &UbootFileEnv) -> [Option<Vec<u8>>; 2] {
+    [0, 1].map(|i| fs::read(env.dir().join(COPY_NAMES[i])).ok())
+}
+
 fn put(env: &UbootFileEnv, i: usize, bytes: &[u8]) {
     fs::write(env.dir().join(COPY_NAMES[i]), bytes).unwrap();
+}
+
+/// Makes `s` (with the next sequence number) the state in force, in both copies.
+fn put_state(env: &UbootFileEnv, s: &BootState) {
+    let mut vars = outpost_bootctl::envblob::EnvVars::new();
+    BootState {
+        seq: s.seq + 1,
+        ..s.clone()
+    }
+    .to_vars(&mut vars);
+    let bytes = outpost_bootctl::envblob::encode(&vars).unwrap();
+    put(env, 0, &bytes);
+    put(env, 1, &bytes);
 }
 
 #[test]
@@ -258,22 +276,42 @@ fn full_update_cycle_with_bad_update_falls_back_to_a() {
 }
 
 #[test]
-fn nothing_marks_good_resets_counters_instead_of_bricking() {
+fn a_committed_slot_keeps_booting_without_marking_good() {
+    // A WAN outage keeps the health check from passing: the committed slot must not
+    // drift to the other one, however many times the board restarts.
     let tmp = tempfile::tempdir().unwrap();
     let env = env_in(tmp.path(), None);
-    let mut booted = Vec::new();
-    while let BootDecision::Boot(s) = env.simulate_boot().unwrap() {
-        booted.push(s);
+    for _ in 0..10 {
+        assert_eq!(env.simulate_boot().unwrap(), BootDecision::Boot(Slot::A));
     }
-    assert_eq!(
-        booted,
-        [Slot::A, Slot::A, Slot::A, Slot::B, Slot::B, Slot::B]
-    );
+    // Only the first boot wrote anything (the defaults, no copy being valid).
     assert_eq!(
         env.load().unwrap().state,
-        state(&[Slot::A, Slot::B], 3, 3, 7)
+        state(&[Slot::A, Slot::B], 3, 3, 1)
     );
-    assert_eq!(env.simulate_boot().unwrap(), BootDecision::Boot(Slot::A));
+}
+
+#[test]
+fn no_tries_left_anywhere_resets_counters_instead_of_bricking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = env_in(tmp.path(), Some(Slot::A));
+    env.mark_active(Slot::B).unwrap();
+    // B's trial fails three times, then A boots.
+    let mut booted = Vec::new();
+    for _ in 0..4 {
+        if let BootDecision::Boot(s) = env.simulate_boot().unwrap() {
+            booted.push(s);
+        }
+    }
+    assert_eq!(booted, [Slot::B, Slot::B, Slot::B, Slot::A]);
+    // A state where no slot has tries (as older boot scripts could leave it): both
+    // get their tries back and the board starts over.
+    let mut s = env.load().unwrap().state;
+    s.tries_a = 0;
+    put_state(&env, &s);
+    assert_eq!(env.simulate_boot().unwrap(), BootDecision::ResetAndReboot);
+    let s = env.load().unwrap().state;
+    assert_eq!((s.tries_a, s.tries_b), (3, 3));
 }
 
 #[test]
@@ -316,17 +354,17 @@ fn repeated_mark_good_does_not_rewrite_the_card() {
     let env = env_in(tmp.path(), Some(Slot::A));
     env.simulate_boot().unwrap();
     env.mark_good().unwrap();
-    let files = [copy(&env, 0), copy(&env, 1)];
+    let before = files(&env);
     let seq = env.load().unwrap().state.seq;
     env.mark_good().unwrap();
     assert_eq!(env.load().unwrap().state.seq, seq);
-    assert_eq!([copy(&env, 0), copy(&env, 1)], files);
+    assert_eq!(files(&env), before);
     // The same for a second mark_active: B is already first, with full tries, on trial.
     env.mark_active(Slot::B).unwrap();
-    let files = [copy(&env, 0), copy(&env, 1)];
+    let before = files(&env);
     env.mark_active(Slot::B).unwrap();
     assert_eq!(env.load().unwrap().state.seq, seq + 1);
-    assert_eq!([copy(&env, 0), copy(&env, 1)], files);
+    assert_eq!(files(&env), before);
     // With no valid copy at all, marking good writes even though it changes nothing,
     // so the card holds a real state afterwards.
     let fresh_dir = tmp.path().join("fresh");

@@ -281,12 +281,24 @@ fn state(order: &[Slot], a: u32, b: u32, seq: u32) -> BootState {
     }
 }
 
+fn trial(mut s: BootState, slot: Slot) -> BootState {
+    s.trial = Some(slot);
+    s
+}
+
 /// Boots once and checks U-Boot did what `simulate_boot` predicts: same decision on
 /// the console, same state written, written to the non-winning copy, winner intact.
 fn boot_and_compare(disk: &Path) -> BootDecision {
     let before = load(disk);
     let before_raw = get_copies(disk);
-    let (expected_decision, expected_state) = before.state.simulate_boot().unwrap();
+    let (expected_decision, written) = before.state.simulate_boot().unwrap();
+    // No valid copy: the script writes the defaults it booted with.
+    let written = written.or_else(|| {
+        before.winner.is_none().then(|| BootState {
+            seq: before.state.seq + 1,
+            ..before.state.clone()
+        })
+    });
 
     let (ending, console) = run_uboot(disk);
     // Without a kernel the script must reset, so a device retries (and falls back)
@@ -298,21 +310,30 @@ fn boot_and_compare(disk: &Path) -> BootDecision {
     );
 
     let after = load(disk);
-    assert_eq!(
-        after.state, expected_state,
-        "U-Boot wrote a different state than simulate_boot; console:\n{console}"
-    );
-    assert_eq!(
-        after.winner,
-        Some(before.write_target()),
-        "written to the wrong copy"
-    );
-    if let Some(w) = before.winner {
-        assert_eq!(
-            get_copies(disk)[w],
-            before_raw[w],
-            "U-Boot overwrote the copy in force"
-        );
+    match written {
+        Some(expected_state) => {
+            assert_eq!(
+                after.state, expected_state,
+                "U-Boot wrote a different state than simulate_boot; console:\n{console}"
+            );
+            assert_eq!(
+                after.winner,
+                Some(before.write_target()),
+                "written to the wrong copy"
+            );
+            if let Some(w) = before.winner {
+                assert_eq!(
+                    get_copies(disk)[w],
+                    before_raw[w],
+                    "U-Boot overwrote the copy in force"
+                );
+            }
+        }
+        None => assert_eq!(
+            get_copies(disk),
+            before_raw,
+            "an ordinary boot of a committed slot must not write the boot state; console:\n{console}"
+        ),
     }
     match expected_decision {
         BootDecision::Boot(slot) => {
@@ -374,9 +395,15 @@ fn fresh_image_boots_a_then_update_to_b_then_good() {
     });
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
     with_backend(&disk, Slot::B, |env| env.mark_good().unwrap());
-    // seq: 1 fresh, 2 boot, 3 good, 4 active, 5 boot, 6 good.
-    assert_eq!(load(&disk).state, state(&[Slot::B, Slot::A], 3, 3, 6));
-    assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+    // seq: 1 fresh (A's boot and its mark_good change nothing), 2 active, 3 B's trial
+    // boot, 4 good.
+    assert_eq!(load(&disk).state, state(&[Slot::B, Slot::A], 3, 3, 4));
+    // Committed now: B boots again and again (power cuts, no portal) without spending
+    // a try or writing the FAT.
+    for _ in 0..4 {
+        assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+    }
+    assert_eq!(load(&disk).state, state(&[Slot::B, Slot::A], 3, 3, 4));
 }
 
 #[test]
@@ -389,13 +416,14 @@ fn a_trial_slot_is_flagged_until_marked_good_and_old_copies_still_boot() {
     let legacy = envblob::encode(&vars).unwrap();
     let disk = make_disk(tmp.path(), [Some(&legacy), Some(&[0u8; 4096])]);
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::A));
-    // The script's own write spells out "no trial" from now on.
-    let written = get_copies(&disk)[1].clone().unwrap();
-    assert_eq!(envblob::decode(&written).unwrap()["BOOT_TRIAL"], "none");
 
     with_backend(&disk, Slot::A, |env| env.mark_active(Slot::B).unwrap());
     // Every boot of B is a trial until B marks itself good: the first try...
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
+    // (the script's own write carries the trial on)
+    let after = load(&disk);
+    let written = get_copies(&disk)[after.winner.unwrap()].clone().unwrap();
+    assert_eq!(envblob::decode(&written).unwrap()["BOOT_TRIAL"], "B");
     // ...and the second, after the watchdog (or a hang) reset the board.
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
     with_backend(&disk, Slot::B, |env| env.mark_good().unwrap());
@@ -406,16 +434,20 @@ fn a_trial_slot_is_flagged_until_marked_good_and_old_copies_still_boot() {
 #[test]
 fn bad_update_falls_back_to_a_and_sequence_crosses_digits() {
     let tmp = tempfile::tempdir().unwrap();
-    // B has one try left and seq 9 -> 10 checks decimal arithmetic in the script.
+    // B, on trial, has one try left and seq 9 -> 10 checks decimal arithmetic in the
+    // script.
     let older = blob(&state(&[Slot::A, Slot::B], 3, 3, 8));
-    let current = blob(&state(&[Slot::B, Slot::A], 3, 1, 9));
+    let current = blob(&trial(state(&[Slot::B, Slot::A], 3, 1, 9), Slot::B));
     let disk = make_disk(tmp.path(), [Some(&older), Some(&current)]);
 
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::B));
     assert_eq!(load(&disk).state.seq, 10);
-    // B never marked good: next boot skips it.
+    // B never marked good: next boot skips it, and A (committed) spends nothing.
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::A));
-    assert_eq!(load(&disk).state, state(&[Slot::B, Slot::A], 2, 0, 11));
+    assert_eq!(
+        load(&disk).state,
+        trial(state(&[Slot::B, Slot::A], 3, 0, 10), Slot::B)
+    );
 }
 
 #[test]
@@ -436,10 +468,10 @@ fn corrupt_newer_copy_is_ignored_and_missing_copies_mean_defaults() {
     let disk = make_disk(tmp.path(), [Some(&torn), Some(&valid)]);
     assert_eq!(load(&disk).winner, Some(1));
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::A));
-    assert_eq!(load(&disk).state, state(&[Slot::A, Slot::B], 1, 3, 21));
+    assert_eq!(load(&disk).state, state(&[Slot::A, Slot::B], 2, 3, 20));
 
     // Neither copy present: both sides use the defaults and create copy 0.
     put_copies(&disk, [None, None]);
     assert_eq!(boot_and_compare(&disk), BootDecision::Boot(Slot::A));
-    assert_eq!(load(&disk).state, state(&[Slot::A, Slot::B], 2, 3, 1));
+    assert_eq!(load(&disk).state, state(&[Slot::A, Slot::B], 3, 3, 1));
 }

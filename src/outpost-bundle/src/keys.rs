@@ -120,6 +120,16 @@ impl TrustedKeys {
         self.keys.iter().find(|k| k.as_bytes() == id)
     }
 
+    /// Whether `signature` over `msg` is valid and by the trusted key `signer`. Strict, as
+    /// for bundles: one message has one valid signature per key. Other signed formats
+    /// (feed manifests) use this with their own key file and a context prefix in `msg`.
+    pub fn verify(&self, signer: &[u8; 32], msg: &[u8], signature: &[u8; 64]) -> bool {
+        self.find(signer).is_some_and(|k| {
+            k.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(signature))
+                .is_ok()
+        })
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
         self.keys.iter().map(|k| KeyId(k.to_bytes()))
     }

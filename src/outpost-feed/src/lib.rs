@@ -19,19 +19,25 @@
 //! # Ok::<(), outpost_feed::FeedError>(())
 //! ```
 
+pub mod batch;
 mod checksum;
 mod decide;
 mod error;
 mod nasl;
 mod notus;
+pub mod release;
 mod status;
 mod time;
 
 pub use checksum::{verify_sha256sums, ChecksumProblem};
 pub use decide::{feed_ready, sync_decision, FeedRefusal, SyncDecision};
 pub use error::FeedError;
-pub use nasl::{count_nasl, read_feed_info, PluginFeedInfo};
+pub use nasl::{count_nasl, parse_feed_info, read_feed_info, PluginFeedInfo};
 pub use notus::{count_notus_advisories, count_notus_products, NotusCount};
 pub use outpost_wire::provision::FeedThresholds;
+pub use release::{
+    sign_manifest, verify_manifest, FeedFile, FeedManifest, ManifestSignature, ReleaseError,
+    MANIFEST_FORMAT,
+};
 pub use status::{inspect, inspect_verified, FeedPaths, FeedStatus};
-pub use time::parse_plugin_set;
+pub use time::{civil_from_unix, parse_plugin_set, unix_from_civil};

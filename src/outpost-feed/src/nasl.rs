@@ -63,7 +63,12 @@ pub fn read_feed_info(plugins_dir: &Path) -> Result<Option<PluginFeedInfo>, Feed
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(FeedError::read(path, e)),
     };
-    let text = String::from_utf8_lossy(&bytes);
+    Ok(Some(parse_feed_info(&String::from_utf8_lossy(&bytes))))
+}
+
+/// Parses the text of `plugin_feed_info.inc` the way ospd-openvas does: `KEY = "value";`
+/// per line.
+pub fn parse_feed_info(text: &str) -> PluginFeedInfo {
     let mut info = PluginFeedInfo::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once('=') else {
@@ -84,7 +89,7 @@ pub fn read_feed_info(plugins_dir: &Path) -> Result<Option<PluginFeedInfo>, Feed
         };
         *slot = Some(value.to_owned());
     }
-    Ok(Some(info))
+    info
 }
 
 #[cfg(test)]

@@ -1,4 +1,34 @@
-//! Feed timestamps: `PLUGIN_SET = "YYYYMMDDHHMM"` is UTC wall time.
+//! Feed timestamps (`PLUGIN_SET = "YYYYMMDDHHMM"` is UTC wall time) and the UTC calendar
+//! arithmetic behind them, which the device clock's console lines and the synthetic feed
+//! generator use too (one copy of Howard Hinnant's civil-date algorithms).
+
+/// (year, month, day, hour, minute, second) of a Unix time, UTC, proleptic Gregorian.
+pub fn civil_from_unix(t: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs / 3_600, secs % 3_600 / 60, secs % 60)
+}
+
+/// Unix seconds of a UTC date and time (proleptic Gregorian); the caller checks ranges.
+pub fn unix_from_civil(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> i64 {
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3600 + mi * 60 + s
+}
 
 /// Parses a `PLUGIN_SET` value (`YYYYMMDDHHMM`, UTC) into Unix seconds.
 /// Returns `None` for anything that is not a real date and time.
@@ -36,22 +66,25 @@ fn days_in_month(y: u32, m: u32) -> u32 {
     }
 }
 
-/// Days since 1970-01-01 (Howard Hinnant's civil-from-days, inverted);
-/// only for years >= 1970, which the caller guarantees.
+/// Days since 1970-01-01; only for years >= 1970, which the caller guarantees.
 fn days_from_civil(y: u32, m: u32, d: u32) -> u64 {
-    let y = if m <= 2 { y - 1 } else { y } as u64;
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let m = m as u64;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d as u64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    (unix_from_civil(i64::from(y), i64::from(m), i64::from(d), 0, 0, 0) / 86_400) as u64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_round_trips() {
+        // date -u -d @1764860462 -> 2025-12-04 15:01:02
+        assert_eq!(civil_from_unix(1_764_860_462), (2025, 12, 4, 15, 1, 2));
+        assert_eq!(civil_from_unix(-1), (1969, 12, 31, 23, 59, 59));
+        for t in [0, 951_782_400, 4_107_542_399, 1_709_164_800] {
+            let (y, mo, d, h, mi, s) = civil_from_unix(t);
+            assert_eq!(unix_from_civil(y, mo, d, h, mi, s), t);
+        }
+    }
 
     #[test]
     fn known_dates() {

@@ -14,7 +14,7 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant as SmolInstant;
 pub use smoltcp::wire::{EthernetAddress, Ipv4Address};
-use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 /// Most guest endpoints tracked at once; the guest has one WireGuard socket, but each
 /// restart of the daemon (or of the guest) brings a new source port, so the flow used
@@ -101,6 +101,8 @@ pub struct RelayStats {
     pub from_target: u64,
     /// Flows dropped to make room for a new one (the least recently used).
     pub flows_evicted: u64,
+    /// Bytes for the guest dropped because their address stopped answering ARP.
+    pub undeliverable_dropped: u64,
 }
 
 pub struct Relay {
@@ -112,6 +114,12 @@ pub struct Relay {
     udp: SocketHandle,
     /// Guest endpoint -> (socket toward the target, when the flow last carried a packet).
     flows: HashMap<IpEndpoint, (UdpSocket, std::time::Instant)>,
+    /// Datagrams toward the guest leave through one socket per guest address (all
+    /// bound to the relay's port; the first socket receives): smoltcp holds a socket's
+    /// whole queue while its first datagram waits for ARP, so an address the guest gave
+    /// up must not hold back the one it uses now. With, per socket, since when its queue
+    /// has not shrunk and its length then.
+    to_guest: HashMap<IpAddress, (SocketHandle, Option<(std::time::Instant, usize)>)>,
     started: Instant,
     pub stats: RelayStats,
 }
@@ -155,6 +163,7 @@ impl Relay {
             sockets,
             udp,
             flows: HashMap::new(),
+            to_guest: HashMap::new(),
             started,
             stats: RelayStats::default(),
         })
@@ -230,13 +239,12 @@ impl Relay {
                 back.push((frame[..n].to_vec(), *ep));
             }
         }
-        {
-            let sock = self.sockets.get_mut::<udp::Socket>(self.udp);
-            for (data, ep) in back {
-                if sock.send_slice(&data, ep).is_ok() {
-                    self.stats.from_target += 1;
-                    moved = true;
-                }
+        for (data, ep) in back {
+            let handle = self.socket_toward(ep.addr);
+            let sock = self.sockets.get_mut::<udp::Socket>(handle);
+            if sock.send_slice(&data, ep).is_ok() {
+                self.stats.from_target += 1;
+                moved = true;
             }
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
@@ -246,7 +254,57 @@ impl Relay {
                 moved = true;
             }
         }
+        self.drop_undeliverable();
         Ok(moved)
+    }
+
+    /// The socket datagrams to `guest` leave through (made on first use).
+    fn socket_toward(&mut self, guest: IpAddress) -> SocketHandle {
+        if let Some((h, _)) = self.to_guest.get(&guest) {
+            return *h;
+        }
+        let mut sock = udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0u8; 1]),
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; 256],
+                vec![0u8; 256 * FRAME_MAX],
+            ),
+        );
+        if let Err(e) = sock.bind(IpEndpoint::new(self.cfg.address.into(), self.cfg.port)) {
+            tracing::warn!(error = %e, "relay: cannot bind a socket toward the guest");
+        }
+        let h = self.sockets.add(sock);
+        self.to_guest.insert(guest, (h, None));
+        h
+    }
+
+    /// A LAN drops a packet whose destination stops answering ARP; so does this: a
+    /// guest address whose queue has not shrunk for a while loses its socket and what
+    /// waited in it (a changed address, a rebooted guest).
+    fn drop_undeliverable(&mut self) {
+        const GIVE_UP: Duration = Duration::from_secs(3);
+        let now = std::time::Instant::now();
+        let mut gone = Vec::new();
+        for (guest, (h, stuck)) in self.to_guest.iter_mut() {
+            let queued = self.sockets.get::<udp::Socket>(*h).send_queue();
+            match *stuck {
+                _ if queued == 0 => *stuck = None,
+                Some((since, was)) if queued >= was => {
+                    if now.duration_since(since) >= GIVE_UP {
+                        gone.push((*guest, *h));
+                    }
+                }
+                // new, or draining: start watching again
+                _ => *stuck = Some((now, queued)),
+            }
+        }
+        for (guest, h) in gone {
+            self.to_guest.remove(&guest);
+            let queued = self.sockets.get::<udp::Socket>(h).send_queue();
+            self.sockets.remove(h);
+            self.stats.undeliverable_dropped += queued as u64;
+            tracing::info!(%guest, "dropped datagrams for a guest address that no longer answers ARP");
+        }
     }
 
     /// Runs until `stop` returns true.

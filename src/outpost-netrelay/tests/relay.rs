@@ -69,13 +69,24 @@ fn udp_frame_from(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
+    udp_frame_src(GUEST_IP, sport, dst_mac, dst, dport, payload)
+}
+
+fn udp_frame_src(
+    src: Ipv4Address,
+    sport: u16,
+    dst_mac: EthernetAddress,
+    dst: Ipv4Address,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let udp = UdpRepr {
         src_port: sport,
         dst_port: dport,
     };
     let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
+        src_addr: src,
         dst_addr: dst,
         next_header: IpProtocol::Udp,
         payload_len: udp.header_len() + payload.len(),
@@ -94,7 +105,7 @@ fn udp_frame_from(
     let mut up = UdpPacket::new_unchecked(ipp.payload_mut());
     udp.emit(
         &mut up,
-        &GUEST_IP.into(),
+        &src.into(),
         &dst.into(),
         payload.len(),
         |b| b.copy_from_slice(payload),
@@ -139,30 +150,17 @@ fn parse(frame: &[u8]) -> Option<Got> {
 
 #[test]
 fn forwards_one_udp_port_both_ways_and_nothing_else() {
-    let qemu = UdpSocket::bind("127.0.0.1:0").unwrap();
-    qemu.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let Running {
+        qemu,
+        gateway,
+        relay_addr,
+        stop,
+        handle,
+    } = Running::start();
+    // short: this test also waits for datagrams that must not come
     gateway
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut relay = Relay::bind(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        qemu: qemu.local_addr().unwrap(),
-        address: RELAY_IP,
-        prefix: 24,
-        mac: EthernetAddress([0x02, 0, 10, 0, 3, 1]),
-        port: 51820,
-        target: gateway.local_addr().unwrap(),
-    })
-    .unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let handle = std::thread::spawn(move || {
-        relay.run(|| s2.load(Ordering::Relaxed)).unwrap();
-        relay.stats
-    });
 
     let recv = |deadline: Duration| -> Vec<Got> {
         let end = Instant::now() + deadline;
@@ -249,46 +247,79 @@ fn forwards_one_udp_port_both_ways_and_nothing_else() {
     assert_eq!(stats.from_target, 1);
 }
 
+/// A relay running on its own thread between a fake QEMU socket and a fake gateway.
+struct Running {
+    qemu: UdpSocket,
+    gateway: UdpSocket,
+    relay_addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<outpost_netrelay::RelayStats>,
+}
+
+impl Running {
+    fn start() -> Running {
+        let qemu = UdpSocket::bind("127.0.0.1:0").unwrap();
+        qemu.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
+        gateway
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut relay = Relay::bind(RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            qemu: qemu.local_addr().unwrap(),
+            address: RELAY_IP,
+            prefix: 24,
+            mac: EthernetAddress([0x02, 0, 10, 0, 3, 1]),
+            port: 51820,
+            target: gateway.local_addr().unwrap(),
+        })
+        .unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            relay.run(|| s2.load(Ordering::Relaxed)).unwrap();
+            relay.stats
+        });
+        Running {
+            qemu,
+            gateway,
+            relay_addr,
+            stop,
+            handle,
+        }
+    }
+}
+
+/// The guest asks for the relay's MAC, as its kernel would before the first datagram.
+fn arp_for_relay(qemu: &UdpSocket, relay_addr: std::net::SocketAddr) -> EthernetAddress {
+    qemu.send_to(&arp_request(), relay_addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok((n, _)) = qemu.recv_from(&mut buf) {
+            if let Some(Got::ArpReply(mac)) = parse(&buf[..n]) {
+                return mac;
+            }
+        }
+    }
+    panic!("no ARP reply from the relay");
+}
+
 #[test]
 fn a_restarted_guest_socket_is_forwarded_even_after_many_restarts() {
     // Every daemon restart in the guest sends from a new source port; the relay must
     // keep forwarding (the least recently used flow gives way), not refuse new ones.
-    let qemu = UdpSocket::bind("127.0.0.1:0").unwrap();
-    qemu.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let gateway = UdpSocket::bind("127.0.0.1:0").unwrap();
-    gateway
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut relay = Relay::bind(RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        qemu: qemu.local_addr().unwrap(),
-        address: RELAY_IP,
-        prefix: 24,
-        mac: EthernetAddress([0x02, 0, 10, 0, 3, 1]),
-        port: 51820,
-        target: gateway.local_addr().unwrap(),
-    })
-    .unwrap();
-    let relay_addr = relay.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let handle = std::thread::spawn(move || {
-        relay.run(|| s2.load(Ordering::Relaxed)).unwrap();
-        relay.stats
-    });
-    qemu.send_to(&arp_request(), relay_addr).unwrap();
+    let Running {
+        qemu,
+        gateway,
+        relay_addr,
+        stop,
+        handle,
+    } = Running::start();
+    let relay_mac = arp_for_relay(&qemu, relay_addr);
     let mut buf = [0u8; 2048];
-    let end = Instant::now() + Duration::from_secs(3);
-    let mut relay_mac = None;
-    while relay_mac.is_none() && Instant::now() < end {
-        if let Ok((n, _)) = qemu.recv_from(&mut buf) {
-            if let Some(Got::ArpReply(mac)) = parse(&buf[..n]) {
-                relay_mac = Some(mac);
-            }
-        }
-    }
-    let relay_mac = relay_mac.expect("ARP reply from the relay");
     for i in 0..40u16 {
         let payload = format!("boot {i}");
         qemu.send_to(
@@ -319,4 +350,64 @@ fn refuses_a_target_off_loopback() {
         target: "192.0.2.1:51820".parse().unwrap(),
     });
     assert!(r.is_err());
+}
+
+#[test]
+fn a_reply_to_a_vanished_guest_address_does_not_block_the_others() {
+    // The guest changed its address (or rebooted): the gateway still answers the old
+    // one, which no longer answers ARP. Datagrams for the current address must get
+    // through all the same.
+    let Running {
+        qemu,
+        gateway,
+        relay_addr,
+        stop,
+        handle,
+    } = Running::start();
+    // The current address ARPs for the relay (so the relay knows it).
+    let relay_mac = arp_for_relay(&qemu, relay_addr);
+    let mut buf = [0u8; 2048];
+    // A datagram from the old address, whose MAC the relay never learned; the answer
+    // to it waits for an ARP reply that never comes.
+    let old = Ipv4Address::new(10, 0, 3, 9);
+    qemu.send_to(
+        &udp_frame_src(old, 50000, relay_mac, RELAY_IP, 51820, b"old"),
+        relay_addr,
+    )
+    .unwrap();
+    let (_, old_flow) = gateway
+        .recv_from(&mut buf)
+        .expect("the old address forwarded");
+    gateway.send_to(b"to the old address", old_flow).unwrap();
+    // Then the current address speaks, and the gateway answers it.
+    qemu.send_to(
+        &udp_frame_from(41000, relay_mac, RELAY_IP, 51820, b"new"),
+        relay_addr,
+    )
+    .unwrap();
+    let (n, new_flow) = gateway
+        .recv_from(&mut buf)
+        .expect("the current address forwarded");
+    assert_eq!(&buf[..n], b"new");
+    gateway
+        .send_to(b"to the current address", new_flow)
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut delivered = false;
+    while !delivered && Instant::now() < end {
+        if let Ok((n, _)) = qemu.recv_from(&mut buf) {
+            if let Some(Got::Udp(41000, payload)) = parse(&buf[..n]) {
+                delivered = payload == b"to the current address";
+            }
+        }
+    }
+    // The answer to the old address is given up once ARP has had its chance.
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let stats = handle.join().unwrap();
+    assert!(
+        delivered,
+        "the answer to the current address was held back: {stats:?}"
+    );
+    assert!(stats.undeliverable_dropped >= 1, "{stats:?}");
 }

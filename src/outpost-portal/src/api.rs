@@ -24,15 +24,18 @@ use outpost_wire::log::from_ndjson;
 use outpost_wire::sensor::{
     Activity, ClaimRequest, HeartbeatRequest, HeartbeatResponse, JobSpec, JobStatusResponse,
     JobStatusUpdate, RegisterRequest, RegisterResponse, ReportUpload, RotateKeyRequest,
-    TunnelConfig,
+    TunnelConfig, MAX_HEARTBEAT_JOBS,
 };
 use outpost_wire::{
     paths, ErrorCode, Secret, API_VERSION, API_VERSION_HEADER, IDEMPOTENCY_HEADER, MAX_JSON_BODY,
-    MAX_LOG_BODY, MAX_LOG_EVENTS, MAX_REPORT_BODY,
+    MAX_LOG_BODY, MAX_LOG_EVENTS,
 };
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{job_refusal, ApiError};
-use crate::store::{NewSensor, SensorAuth, SensorRow, Store};
+use crate::store::{
+    Heartbeat, NewSensor, PeerInstall, RegisterRefusal, RotationBegun, SensorAuth, SensorRow, Store,
+};
 use crate::Settings;
 use crate::{auth, updates};
 
@@ -40,6 +43,8 @@ pub struct AppState {
     pub store: Store,
     pub settings: Settings,
     pub admin_hash: String,
+    /// Seals scan credentials before they reach the database (sealed.rs).
+    pub sealer: crate::sealed::Sealer,
     /// The WireGuard gateway, when the portal runs one.
     pub gateway: Option<Arc<Gateway>>,
 }
@@ -59,7 +64,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/sensor/jobs/{id}/report", post(report))
         .route("/api/sensor/jobs/{id}/status", post(job_status))
         .route(paths::UPDATE_STATE, post(updates::report_state))
-        .route("/api/sensor/bundles/{id}", get(updates::download));
+        .route("/api/sensor/bundles/{id}", get(updates::download))
+        .route(
+            outpost_wire::feed::RELEASE_PATH,
+            get(crate::feed_api::release),
+        )
+        .route(outpost_wire::feed::BLOBS_PATH, post(crate::feed_api::blobs));
     let admin = Router::new()
         .route("/api/admin/tokens", post(create_token))
         .route("/api/admin/jobs", post(create_job).get(list_jobs))
@@ -192,13 +202,24 @@ pub(crate) async fn sensor_auth(
         .sensor_by_key(&auth::hash(key))
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key"))?;
+    let mut sensor = sensor;
     match via {
         Some(Extension(peer)) => {
-            if peer.public_key.to_base64() != sensor.wg_public_key {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "this API key belongs to another sensor's tunnel",
-                ));
+            let key = peer.public_key.to_base64();
+            if key != sensor.wg_public_key {
+                // The second phase of a key rotation: the first request through a
+                // tunnel keyed with the sensor's pending key proves the sensor has it.
+                let Some(old) = state.store.finish_rotation(&sensor.id, &key).await? else {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "this API key belongs to another sensor's tunnel",
+                    ));
+                };
+                if let (Some(gw), Ok(old)) = (&state.gateway, old.parse::<PublicKey>()) {
+                    gw.remove_peer(&old);
+                }
+                tracing::info!(sensor = %sensor.id, "WireGuard key rotation complete; the old key is no longer accepted");
+                sensor.wg_public_key = key;
             }
         }
         None => {
@@ -258,6 +279,9 @@ fn validate_register(req: &RegisterRequest) -> Result<(), ApiError> {
     ] {
         check_field(v, f, 256)?;
     }
+    if let Some(serial) = &req.board_serial {
+        check_field(serial, "board_serial", 64)?;
+    }
     let key = base64::engine::general_purpose::STANDARD
         .decode(req.wg_public_key.trim())
         .ok()
@@ -275,54 +299,101 @@ fn validate_register(req: &RegisterRequest) -> Result<(), ApiError> {
 
 async fn register(State(st): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let token = auth::bearer(&headers)?.to_owned();
-    let req: RegisterRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
+    let mut req: RegisterRequest = read_json(&headers, body, MAX_JSON_BODY).await?;
     validate_register(&req)?;
-    let id = auth::random_secret("sn_", 8);
-    let api_key = auth::random_secret("osk_", 32);
-    let site = req.site.clone();
-    let name = req.name.clone();
     let wg_key: PublicKey = req
         .wg_public_key
         .trim()
         .parse()
         .map_err(|e| ApiError::bad_request(format!("`wg_public_key`: {e}")))?;
-    let address = st
-        .store
-        .register(
-            &auth::hash(&token),
-            NewSensor {
-                id: id.clone(),
-                api_key_hash: auth::hash(&api_key),
-                req,
-                now: now(),
-                tunnel_pool: st.settings.tunnel.as_ref().map(crate::gateway::pool),
-            },
-        )
-        .await??;
-    let tunnel = match (&st.gateway, &st.settings.tunnel, address) {
-        (Some(gw), Some(t), Some(addr)) => {
-            gw.add_peer(GatewayPeer {
-                public_key: wg_key,
-                allowed_ip: addr,
-                preshared_key: None,
-            })
-            .map_err(|e| {
-                ApiError::new(ErrorCode::Internal, format!("adding the tunnel peer: {e}"))
-            })?;
-            Some(tunnel_config(gw, t, addr))
+    // One spelling per key, so a retry finds the row and the unique index holds.
+    req.wg_public_key = wg_key.to_base64();
+    let name = req.name.clone();
+    let salt = auth::random_secret("", 32);
+    let new = NewSensor {
+        id: auth::random_secret("sn_", 8),
+        api_key_hash: auth::hash(&auth::derive_api_key(&token, &salt)),
+        api_key_salt: salt,
+        req,
+        now: now(),
+        tunnel_pool: st.settings.tunnel.as_ref().map(crate::gateway::pool),
+    };
+    let gw = st.gateway.clone();
+    let install: PeerInstall = Box::new(move |addr| match (gw, addr) {
+        (Some(gw), Some(addr)) => ensure_peer(&gw, wg_key, addr),
+        _ => Ok(()),
+    });
+    let reg = match st.store.register(&auth::hash(&token), new, install).await {
+        Ok(Ok(reg)) => reg,
+        Ok(Err(RegisterRefusal::Token(r))) => return Err(r.into()),
+        Ok(Err(RegisterRefusal::KeyInUse)) => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this WireGuard key is already registered to a sensor enrolled with another \
+                 token; delete that sensor first, or give the device a new key",
+            ))
         }
+        Ok(Err(RegisterRefusal::Peer(e))) => {
+            tracing::error!(error = %e, "adding the tunnel peer failed; registration rolled back");
+            // 5xx: the agent retries with backoff; nothing was stored, so the retry is clean.
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "the portal could not add the tunnel peer; nothing was registered, try again",
+            ));
+        }
+        Err(e) => {
+            // The transaction may have failed after the peer went in: take it out again
+            // unless a stored sensor owns it.
+            if let Some(gw) = &st.gateway {
+                let owned = st
+                    .store
+                    .tunnel_peers()
+                    .await
+                    .map(|rows| rows.iter().any(|r| r.wg_public_key == wg_key.to_base64()));
+                if matches!(owned, Ok(false)) {
+                    gw.remove_peer(&wg_key);
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let tunnel = match (&st.gateway, &st.settings.tunnel, reg.tunnel_address) {
+        (Some(gw), Some(t), Some(addr)) => Some(tunnel_config(gw, t, addr)),
         _ => None,
     };
-    tracing::info!(sensor = %id, %name, %site, tunnel = ?address, "sensor registered");
+    if reg.created {
+        tracing::info!(sensor = %reg.sensor_id, %name, site = %reg.site, tunnel = ?reg.tunnel_address, "sensor registered");
+    } else {
+        tracing::info!(sensor = %reg.sensor_id, "registration repeated; answered with the stored sensor");
+    }
     let resp = RegisterResponse {
-        sensor_id: id,
-        api_key: Secret::new(api_key),
-        site,
+        api_key: Secret::new(auth::derive_api_key(&token, &reg.api_key_salt)),
+        sensor_id: reg.sensor_id,
+        site: reg.site,
         tunnel,
         heartbeat_interval_s: st.settings.heartbeat_interval.as_secs() as u32,
         claim_interval_s: st.settings.claim_interval.as_secs() as u32,
     };
     Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+/// Adds the sensor's peer to the gateway unless it is there already (a retried
+/// registration, or a peer loaded at start).
+fn ensure_peer(gw: &Gateway, key: PublicKey, addr: std::net::Ipv4Addr) -> Result<(), String> {
+    match gw.peer_status(&key) {
+        Some(p) if p.identity.tunnel_addr == addr => return Ok(()),
+        // A stale entry with another address (no stored sensor owns it): replace it.
+        Some(_) => {
+            gw.remove_peer(&key);
+        }
+        None => {}
+    }
+    gw.add_peer(GatewayPeer {
+        public_key: key,
+        allowed_ip: addr,
+        preshared_key: None,
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn tunnel_config(
@@ -339,8 +410,11 @@ fn tunnel_config(
     }
 }
 
-/// Key rotation: the sensor sends a new public key (authenticated by its API key, through
-/// its current tunnel); the gateway swaps the peer entry, keeping the tunnel address.
+/// Key rotation, first phase: the sensor sends the new public key it has already stored
+/// (authenticated by its API key, through its current tunnel). The portal keeps it as
+/// pending and the gateway accepts it beside the current key, so a sensor whose answer
+/// was lost keeps working with the old key and simply sends the same key again; the old
+/// key goes only once a request comes through the new one (`sensor_auth`).
 async fn rotate_key(
     State(st): St,
     headers: HeaderMap,
@@ -366,28 +440,41 @@ async fn rotate_key(
         .into_iter()
         .find(|r| r.sensor_id == sensor.id)
         .ok_or_else(|| ApiError::bad_request("this sensor has no tunnel address"))?;
-    st.store
-        .rotate_key(&sensor.id, &new_key.to_base64())
-        .await?;
-    // The answer still has to travel back through the old key's tunnel, so the peer entry
-    // is swapped just after it; a sensor that reconnects sooner is answered by WireGuard's
-    // own handshake retry a few seconds later.
-    let old = sensor.wg_public_key.parse::<PublicKey>().ok();
-    let (gw2, addr) = (gw.clone(), row.tunnel_address);
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if let Some(old) = old {
-            gw2.remove_peer(&old);
+    match st
+        .store
+        .begin_rotation(&sensor.id, &new_key.to_base64())
+        .await?
+    {
+        RotationBegun::NoSensor => return Err(ApiError::not_found("this sensor is gone")),
+        RotationBegun::KeyInUse => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this WireGuard key belongs to another sensor; make a new one",
+            ))
         }
-        if let Err(e) = gw2.add_peer(GatewayPeer {
-            public_key: new_key,
-            allowed_ip: addr,
-            preshared_key: None,
-        }) {
-            tracing::error!(error = %e, "installing the rotated tunnel key failed");
+        RotationBegun::AlreadyCurrent => {}
+        RotationBegun::Pending { replaced } => {
+            // A pending key the sensor no longer has (it made another) stops counting.
+            if let Some(old) = replaced.and_then(|k| k.parse::<PublicKey>().ok()) {
+                gw.remove_peer(&old);
+            }
+            if gw.peer_status(&new_key).is_none() {
+                gw.add_peer_sharing_address(GatewayPeer {
+                    public_key: new_key,
+                    allowed_ip: row.tunnel_address,
+                    preshared_key: None,
+                })
+                .map_err(|e| {
+                    tracing::error!(sensor = %sensor.id, error = %e, "accepting the rotated tunnel key failed");
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        "the portal could not accept the new key yet; keep the old one and try again",
+                    )
+                })?;
+            }
+            tracing::info!(sensor = %sensor.id, "WireGuard key rotation begun: both keys accepted until the new one is used");
         }
-    });
-    tracing::info!(sensor = %sensor.id, "WireGuard key rotated");
+    }
     Ok(Json(tunnel_config(gw, t, row.tunnel_address)).into_response())
 }
 
@@ -406,12 +493,33 @@ async fn heartbeat(
     if let Some(slot) = &hb.boot_slot {
         check_field(slot, "boot_slot", 8)?;
     }
-    let lease = st.settings.lease.as_secs() as i64;
-    let (cancel_jobs, rotate_wg_key) = st.store.heartbeat(&sensor.id, &hb, now(), lease).await?;
+    if hb
+        .running_jobs
+        .as_ref()
+        .is_some_and(|j| j.len() > MAX_HEARTBEAT_JOBS)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`running_jobs` lists more than {MAX_HEARTBEAT_JOBS} jobs"
+        )));
+    }
+    let out = st
+        .store
+        .heartbeat(&Heartbeat {
+            sensor: &sensor.id,
+            req: &hb,
+            now: now(),
+            lease_s: st.settings.lease.as_secs() as i64,
+            grace_s: st.settings.claim_grace.as_secs() as i64,
+            rules: st.settings.loss_rules(),
+        })
+        .await?;
+    for j in &out.lost {
+        tracing::warn!(sensor = %sensor.id, job = j.id, now = j.state.as_str(), "the sensor no longer runs this job");
+    }
     Ok(Json(HeartbeatResponse {
         server_time: now(),
-        cancel_jobs,
-        rotate_wg_key,
+        cancel_jobs: out.cancel_jobs,
+        rotate_wg_key: out.rotate_wg_key,
     }))
 }
 
@@ -429,8 +537,13 @@ async fn claim(
         .claim(&sensor, &req.capabilities, now(), lease)
         .await?
     {
-        Some(job) => {
+        Some(mut job) => {
             tracing::info!(sensor = %sensor.id, job = job.id, "job claimed");
+            // Only the claiming sensor ever sees the credentials again.
+            st.sealer.open(&mut job.spec).map_err(|e| {
+                tracing::error!(job = job.id, error = %e, "scan credentials cannot be opened");
+                ApiError::new(outpost_wire::ErrorCode::Internal, e.to_string())
+            })?;
             Ok(Json(job).into_response())
         }
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -462,7 +575,7 @@ async fn report(
 ) -> Result<Response, ApiError> {
     let sensor = sensor_auth(&st, &headers, &via).await?;
     let job = job_id(&id)?;
-    let upload: ReportUpload = read_json(&headers, body, MAX_REPORT_BODY).await?;
+    let upload = receive_report(&st, &headers, body).await?;
     if upload.request_id.is_empty() || upload.request_id.len() > 128 {
         return Err(ApiError::bad_request(
             "`request_id` must be 1 to 128 characters",
@@ -489,6 +602,90 @@ async fn report(
         StatusCode::OK
     };
     Ok((status, Json(ack)).into_response())
+}
+
+/// Directory under the data directory for report uploads being received.
+const UPLOAD_DIR: &str = "uploads";
+
+/// Receives a report upload without holding its body: the bytes go to a temporary file
+/// under the data directory as they arrive, the size limit is checked on the way (before
+/// anything is written past it), and the report is parsed from the file. What stays in
+/// memory is the parsed report, i.e. its content once (at most `max_report_body`), plus,
+/// on PostgreSQL, the driver's encoded copy while the row is written; never the raw body
+/// besides. The file is removed whatever the outcome.
+async fn receive_report(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ReportUpload, ApiError> {
+    let limit = st.settings.max_report_body;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        drain(body).await;
+        return Err(too_large());
+    }
+    let internal = |what: &str, e: std::io::Error| {
+        tracing::error!(error = %e, "{what}");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the portal could not take the report; try again",
+        )
+    };
+    let dir = st.settings.data_dir.join(UPLOAD_DIR);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| internal("creating the upload directory failed", e))?;
+    let file = crate::bundles::TempUpload::new(
+        dir.join(format!(".report-{}.tmp", auth::random_secret("", 8))),
+    );
+    let out = tokio::fs::File::create(file.path())
+        .await
+        .map_err(|e| internal("creating a report upload file failed", e))?;
+    // Frames are a few KB; batch the writes (each is a blocking-pool hop).
+    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, out);
+    let mut seen = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            // Read (and drop) a little more, so the client reads the 413, not a reset.
+            drain(body).await;
+            return Err(too_large());
+        }
+        out.write_all(&data)
+            .await
+            .map_err(|e| internal("writing a report upload failed", e))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| internal("writing a report upload failed", e))?;
+    drop(out);
+    let path = file.path().to_owned();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path)?;
+        Ok::<_, std::io::Error>(serde_json::from_reader::<_, ReportUpload>(
+            std::io::BufReader::with_capacity(256 * 1024, f),
+        ))
+    })
+    .await
+    .map_err(|e| internal("reading a report upload failed", std::io::Error::other(e)))?
+    .map_err(|e| internal("reading a report upload failed", e))?;
+    drop(file);
+    parsed.map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
 }
 
 async fn job_status(
@@ -586,9 +783,10 @@ async fn create_job(State(st): St, headers: HeaderMap, body: Body) -> Result<Res
             Some(_) => {}
         }
     }
+    let spec = st.sealer.seal(&req.spec);
     let id = st
         .store
-        .create_job_for(&req.site, &req.spec, req.sensor_id.as_deref(), now())
+        .create_job_for(&req.site, &spec, req.sensor_id.as_deref(), now())
         .await?;
     Ok((StatusCode::CREATED, Json(job_info(&st, id).await?)).into_response())
 }
@@ -605,15 +803,23 @@ async fn list_jobs(
 ) -> Result<Response, ApiError> {
     admin_auth(&st, &headers)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(st.store.jobs(limit).await?).into_response())
+    let mut jobs = st.store.jobs(limit).await?;
+    for j in &mut jobs {
+        crate::sealed::redact(&mut j.spec);
+    }
+    Ok(Json(jobs).into_response())
 }
 
 /// A job for the admin API, or 404 naming it.
 async fn job_info(st: &AppState, id: i64) -> Result<outpost_wire::admin::JobInfo, ApiError> {
-    st.store
+    let mut job = st
+        .store
         .job(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    // Credentials are shown to nobody after entry.
+    crate::sealed::redact(&mut job.spec);
+    Ok(job)
 }
 
 async fn get_job(
@@ -756,17 +962,24 @@ async fn delete_sensor(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     admin_auth(&st, &headers)?;
-    let key = st
+    // Its current key and, mid-rotation, its pending one.
+    let keys: Vec<String> = st
         .store
-        .sensors()
+        .tunnel_peers()
         .await?
         .into_iter()
-        .find(|r| r.info.id == id)
-        .map(|r| r.info.wg_public_key);
-    if st.store.delete_sensor(&id, now()).await? {
-        if let (Some(gw), Some(key)) = (&st.gateway, key.and_then(|k| k.parse::<PublicKey>().ok()))
-        {
-            gw.remove_peer(&key);
+        .filter(|r| r.sensor_id == id)
+        .flat_map(|r| std::iter::once(r.wg_public_key).chain(r.pending_key))
+        .collect();
+    if st
+        .store
+        .delete_sensor(&id, now(), st.settings.loss_rules())
+        .await?
+    {
+        if let Some(gw) = &st.gateway {
+            for key in keys.iter().filter_map(|k| k.parse::<PublicKey>().ok()) {
+                gw.remove_peer(&key);
+            }
         }
         tracing::info!(sensor = %id, "sensor deleted");
         Ok(StatusCode::NO_CONTENT)
@@ -800,6 +1013,7 @@ mod tests {
                 status: SensorStatus::Offline,
                 hostname: String::new(),
                 board: String::new(),
+                board_serial: None,
                 agent_version: String::new(),
                 wg_public_key: String::new(),
                 registered_at: 0,

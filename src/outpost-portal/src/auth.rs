@@ -16,6 +16,20 @@ pub fn random_secret(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex::encode(buf))
 }
 
+/// A sensor's API key: HMAC-SHA256 keyed with the enrollment token over a random salt the
+/// portal stores. The token reaches the portal in every registration attempt, so a retry
+/// after a lost answer can be given the same key, while the database alone (token hash,
+/// salt, key hash) does not give the key away.
+pub fn derive_api_key(token: &str, salt: &str) -> String {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"outpost sensor api key v1\0");
+    mac.update(salt.as_bytes());
+    format!("osk_{}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }

@@ -57,6 +57,11 @@ pub struct TempUpload {
 }
 
 impl TempUpload {
+    /// A file at `path` (not created here) that goes away with this value.
+    pub fn new(path: PathBuf) -> TempUpload {
+        TempUpload { path, keep: false }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

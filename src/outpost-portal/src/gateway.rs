@@ -52,15 +52,31 @@ pub async fn start(
     cfg.prefix = t.prefix;
     let gw = Gateway::bind(cfg)
         .with_context(|| format!("binding the WireGuard gateway on {}", t.listen))?;
+    // A bad row costs that sensor its tunnel, never the portal its start.
     for row in store.tunnel_peers().await? {
-        match row.wg_public_key.parse::<PublicKey>() {
-            Ok(public_key) => gw.add_peer(GatewayPeer {
-                public_key,
-                allowed_ip: row.tunnel_address,
-                preshared_key: None,
-            })?,
-            Err(e) => {
-                tracing::warn!(sensor = %row.sensor_id, error = %e, "skipping a sensor with an unreadable key")
+        // Mid-rotation both keys are accepted; the pending one shares the address.
+        let keys =
+            std::iter::once((row.wg_public_key, false)).chain(row.pending_key.map(|k| (k, true)));
+        for (key, pending) in keys {
+            match key.parse::<PublicKey>() {
+                Ok(public_key) => {
+                    let peer = GatewayPeer {
+                        public_key,
+                        allowed_ip: row.tunnel_address,
+                        preshared_key: None,
+                    };
+                    let added = if pending {
+                        gw.add_peer_sharing_address(peer)
+                    } else {
+                        gw.add_peer(peer)
+                    };
+                    if let Err(e) = added {
+                        tracing::error!(sensor = %row.sensor_id, pending, error = %e, "skipping a tunnel key that cannot be added");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sensor = %row.sensor_id, pending, error = %e, "skipping an unreadable WireGuard key")
+                }
             }
         }
     }

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use outpost_portal::Settings;
 
+mod feed_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "outpost-portal",
@@ -22,6 +24,21 @@ struct Cli {
 enum Cmd {
     /// Serve the sensor and admin APIs over HTTPS.
     Serve(ServeArgs),
+    /// The feed mirror, on this host's data directory: keygen, import (verify and
+    /// publish a feed tree), list.
+    Feed(FeedArgs),
+}
+
+#[derive(clap::Args)]
+struct FeedArgs {
+    /// The portal's data directory.
+    #[arg(long, env = "OUTPOST_PORTAL_DIR")]
+    data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: feed_cmd::FeedCmd,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +58,13 @@ struct ServeArgs {
     /// Seconds a claimed job stays leased without a heartbeat before it is re-queued.
     #[arg(long, default_value_t = 600)]
     lease: u64,
+    /// Times a job may be lost (lease expired, sensor restarted without it) before it
+    /// fails instead of going back to the queue.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Seconds after a claim before a heartbeat that does not list the job takes it back.
+    #[arg(long, default_value_t = 60)]
+    claim_grace: u64,
     /// Heartbeat interval told to sensors, seconds.
     #[arg(long, default_value_t = 30)]
     heartbeat_interval: u64,
@@ -87,12 +111,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cmd::Serve(a) = cli.cmd;
+    let a = match cli.cmd {
+        Cmd::Serve(a) => a,
+        Cmd::Feed(f) => return feed_cmd::run(f.cmd, Some(&f.data_dir), f.json),
+    };
     let mut s = Settings::new(a.data_dir, a.listen);
     s.database = a.database;
     s.offline_after = Duration::from_secs(a.offline_after);
     s.lease = Duration::from_secs(a.lease);
     s.reap_every = Duration::from_secs(a.lease.clamp(1, 5));
+    s.max_attempts = a.max_attempts.max(1);
+    s.claim_grace = Duration::from_secs(a.claim_grace);
     s.heartbeat_interval = Duration::from_secs(a.heartbeat_interval.max(1));
     s.claim_interval = Duration::from_secs(a.claim_interval.max(1));
     s.extra_sans = a.sans;

@@ -54,6 +54,7 @@ impl Portal {
             tracing::info!(listen = %gw.local_addr(), portal = %t.portal_address(), "WireGuard gateway up");
         }
         let admin_token = ensure_admin_token(&settings)?;
+        let sealer = crate::sealed::Sealer::load_or_create(&settings.data_dir)?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -65,6 +66,7 @@ impl Portal {
         let state = Arc::new(AppState {
             store,
             admin_hash: auth::hash(&admin_token),
+            sealer,
             settings,
             gateway,
         });
@@ -170,9 +172,12 @@ async fn reap(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
-                match state.store.requeue_expired(outpost_wire::unix_now()).await {
-                    Ok(ids) if !ids.is_empty() => tracing::warn!(jobs = ?ids, "leases expired; jobs re-queued"),
-                    Ok(_) => {}
+                match state.store.requeue_expired(outpost_wire::unix_now(), state.settings.loss_rules()).await {
+                    Ok(lost) => {
+                        for j in lost {
+                            tracing::warn!(job = j.id, now = j.state.as_str(), "lease expired");
+                        }
+                    }
                     Err(e) => tracing::error!(error = %e, "lease reaper failed"),
                 }
             }

@@ -16,6 +16,12 @@ pub struct Settings {
     pub lease: Duration,
     /// How often expired leases are looked for.
     pub reap_every: Duration,
+    /// A job lost this many times (lease expired, sensor restarted without it, sensor
+    /// deleted) fails instead of going back to the queue.
+    pub max_attempts: u32,
+    /// A job claimed less than this long ago is not taken from a sensor whose heartbeat
+    /// does not list it: the claim's answer and the heartbeat may cross.
+    pub claim_grace: Duration,
     /// Told to sensors at registration.
     pub heartbeat_interval: Duration,
     pub claim_interval: Duration,
@@ -26,6 +32,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// The WireGuard gateway, when sensors should reach the API through the tunnel.
     pub tunnel: Option<TunnelSettings>,
+    /// Largest report upload accepted, bytes (the wire limit by default; tests lower it).
+    pub max_report_body: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -70,12 +78,21 @@ impl Settings {
             offline_after: Duration::from_secs(120),
             lease: Duration::from_secs(600),
             reap_every: Duration::from_secs(5),
+            max_attempts: 3,
+            claim_grace: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
             extra_sans: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tunnel: None,
+            max_report_body: outpost_wire::MAX_REPORT_BODY as u64,
+        }
+    }
+
+    pub fn loss_rules(&self) -> crate::store::LossRules {
+        crate::store::LossRules {
+            max_attempts: self.max_attempts.max(1),
         }
     }
 

@@ -55,6 +55,16 @@ fn sans(extra: &[String]) -> Result<Vec<SanType>> {
         .collect()
 }
 
+/// 00:00 UTC of the day before `now`.
+fn start_of_yesterday_utc(now: std::time::SystemTime) -> time::OffsetDateTime {
+    let days = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
+        .saturating_sub(1);
+    time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(days as i64)
+}
+
 /// Creates the CA and server certificate in `dir` unless they exist.
 pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
     if dir.join(SERVER_CERT).exists() && dir.join(SERVER_KEY).exists() {
@@ -66,6 +76,11 @@ pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
         .push(DnType::CommonName, "Outpost portal CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // Valid from the start of yesterday (UTC), not from rcgen's 1975: a sensor takes
+    // the pinned CA's notBefore as a lower bound for the time when it has no clock,
+    // and a day's margin covers hosts whose clocks run a little behind.
+    let not_before = start_of_yesterday_utc(std::time::SystemTime::now());
+    ca.not_before = not_before;
     ca.not_after = rcgen::date_time_ymd(2046, 1, 1);
     let ca_cert = ca.self_signed(&ca_key)?;
 
@@ -75,6 +90,9 @@ pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
         .distinguished_name
         .push(DnType::CommonName, "outpost-portal");
     params.subject_alt_names = sans(extra_sans)?;
+    // The same notBefore as the CA: a sensor that knows no better time than the CA's
+    // birth must still accept the server certificate.
+    params.not_before = not_before;
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
 
@@ -114,4 +132,21 @@ pub fn server_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>> {
         .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_start_the_day_before() {
+        // 2026-12-04T15:01:02Z
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_396_462);
+        let nb = start_of_yesterday_utc(now);
+        assert_eq!(
+            nb,
+            time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_796_256_000)
+        );
+        assert_eq!((nb.year(), u8::from(nb.month()), nb.day()), (2026, 12, 3));
+    }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{dump, https, start_portal, Backend, TestPortal};
-use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, JobState, TokenCreated};
+use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, JobState, SensorInfo, TokenCreated};
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, Metrics,
     RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
@@ -87,9 +87,13 @@ fn register_req(name: &str, site: &str) -> RegisterRequest {
         os: "Outpost test".into(),
         board: "qemu-arm64".into(),
         hardware_serial: "0000".into(),
+        board_serial: None,
         agent_version: "0.1.0".into(),
         capabilities: vec![Capability::Scan],
-        wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+        // Every device has its own key; the portal registers a key once.
+        wg_public_key: outpost_tunnel::PrivateKey::generate()
+            .public_key()
+            .to_base64(),
     }
 }
 
@@ -101,6 +105,7 @@ fn scan_spec() -> JobSpec {
         families: vec![],
         oids: vec![],
         alive_test: Default::default(),
+        alive_methods: vec![],
         credentials: vec![],
         deadline_s: 600,
     })
@@ -306,6 +311,7 @@ async fn job_lifecycle(backend: Backend) {
         firmware_version: None,
         boot_slot: None,
         metrics: Metrics::default(),
+        running_jobs: None,
     };
     let r = api.post("/api/sensor/heartbeat", key, &hb);
     assert_eq!(r.status, 200);
@@ -380,6 +386,152 @@ async fn job_lifecycle(backend: Backend) {
     tp.portal.stop().await;
 }
 
+/// The board serial a sensor sends at registration is kept and shown to operators;
+/// a sensor without one shows none, and a serial that is not short printable text is
+/// refused before anything is stored.
+async fn board_serial(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 2, 3600);
+
+    let mut bad = register_req("pi", "berlin");
+    for serial in ["10000000\nabcdef01".to_owned(), "1".repeat(65)] {
+        bad.board_serial = Some(serial);
+        unchanged(&tp, "a registration with a bad board serial", || {
+            let r = api.post("/api/sensor/register", &tok, &bad);
+            assert_eq!(r.status, 400, "{}", r.body);
+            assert!(r.error().message.contains("board_serial"), "{}", r.body);
+        })
+        .await;
+    }
+
+    let mut pi = register_req("pi", "berlin");
+    pi.board_serial = Some("10000000abcdef01".into());
+    let r = api.post("/api/sensor/register", &tok, &pi);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pi_id = r.json::<RegisterResponse>().sensor_id;
+    let vm_id = register(&api, &tok, "vm").sensor_id;
+
+    let r = api.get("/api/admin/sensors", &tp.admin_token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sensors: Vec<SensorInfo> = r.json();
+    let serial = |id: &str| {
+        sensors
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("{id} listed: {}", r.body))
+            .board_serial
+            .clone()
+    };
+    assert_eq!(serial(&pi_id).as_deref(), Some("10000000abcdef01"));
+    assert_eq!(serial(&vm_id), None);
+    // Absent, not null, for a sensor without one (older clients parse both ways).
+    let raw: Value = r.json();
+    let vm = raw
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == vm_id.as_str()))
+        .unwrap();
+    assert!(vm.get("board_serial").is_none(), "{vm}");
+
+    let r = api.get(&format!("/api/admin/sensors/{pi_id}"), &tp.admin_token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json::<SensorInfo>().board_serial.as_deref(),
+        Some("10000000abcdef01")
+    );
+    tp.portal.stop().await;
+}
+
+/// Scan credentials: stored sealed (no trace of the password or key in any table),
+/// shown to no admin after entry, handed in clear only to the sensor that claims the job.
+async fn credentials_at_rest(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 1, 3600);
+    let s = register(&api, &tok, "a");
+    let (password, private_key) = (
+        "Branch-ssh-pw-71c2",
+        "-----BEGIN OPENSSH PRIVATE KEY-----k3y",
+    );
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "kind": "scan", "targets": ["10.9.0.2"], "ports": "T:22", "families": ["General"],
+        "credentials": [
+            {"service": "ssh", "username": "audit", "password": password},
+            {"service": "ssh", "username": "deploy", "private_key": private_key}
+        ]
+    }))
+    .unwrap();
+    let r = api.post(
+        "/api/admin/jobs",
+        &tp.admin_token,
+        &CreateJob {
+            site: "berlin".into(),
+            spec,
+            sensor_id: None,
+        },
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        !r.body.contains(password) && !r.body.contains("k3y"),
+        "{}",
+        r.body
+    );
+    let job = r.json::<JobInfo>().id;
+
+    // Everything the database holds: PostgreSQL's rows as text, SQLite's file bytes
+    // (the database and its write-ahead log).
+    let stored = match backend {
+        Backend::Postgres => dump(&tp.database).await,
+        Backend::Sqlite => {
+            let mut bytes = std::fs::read(&tp.database).unwrap();
+            bytes.extend(std::fs::read(format!("{}-wal", tp.database)).unwrap_or_default());
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    };
+    assert!(stored.contains("deploy"), "the job is stored");
+    assert!(
+        !stored.contains(password) && !stored.contains("k3y"),
+        "a credential in clear in the database"
+    );
+    for path in [
+        format!("/api/admin/jobs/{job}"),
+        "/api/admin/jobs".to_owned(),
+    ] {
+        let r = api.get(&path, &tp.admin_token);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            !r.body.contains(password) && !r.body.contains("k3y") && !r.body.contains("sealed:"),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body.contains(outpost_portal::sealed::REDACTED),
+            "{}",
+            r.body
+        );
+    }
+
+    let r = api.post(
+        "/api/sensor/claim",
+        s.api_key.expose(),
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let claimed: Job = r.json();
+    let JobSpec::Scan(scan) = claimed.spec else {
+        panic!("a scan job")
+    };
+    assert_eq!(
+        scan.credentials[0].password.as_ref().map(|p| p.expose()),
+        Some(password)
+    );
+    assert_eq!(
+        scan.credentials[1].private_key.as_ref().map(|p| p.expose()),
+        Some(private_key)
+    );
+    tp.portal.stop().await;
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,3 +552,81 @@ both!(
 );
 both!(bad_input, bad_input_sqlite, bad_input_postgres);
 both!(job_lifecycle, job_lifecycle_sqlite, job_lifecycle_postgres);
+both!(board_serial, board_serial_sqlite, board_serial_postgres);
+both!(
+    credentials_at_rest,
+    credentials_at_rest_sqlite,
+    credentials_at_rest_postgres
+);
+
+/// Report uploads are streamed to a file, not buffered: the limit holds for a body that
+/// declares no length (checked as the bytes arrive), a report just under it round-trips
+/// whole, and no upload file is left behind.
+async fn report_upload_streaming(backend: Backend) {
+    const LIMIT: u64 = 256 * 1024;
+    let tp = start_portal(backend, |s| s.max_report_body = LIMIT).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 1, 3600);
+    let a = register(&api, &tok, "a");
+    let job = queue(&api, &tp);
+    let claimed = api.post(
+        "/api/sensor/claim",
+        a.api_key.expose(),
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    let path = format!("/api/sensor/jobs/{job}/report");
+
+    let mut big = upload("big");
+    big.content = "x".repeat(LIMIT as usize);
+    let big = serde_json::to_vec(&big).unwrap();
+    unchanged(&tp, "oversized reports", || {
+        // Declared too large: refused before reading.
+        let r = api.post_raw(&path, a.api_key.expose(), &[], big.clone());
+        assert_eq!(
+            (r.status, r.error().error),
+            (413, ErrorCode::PayloadTooLarge),
+            "{}",
+            r.body
+        );
+        // Chunked, no length: refused once the bytes pass the limit.
+        let resp = api
+            .agent
+            .post(&format!("{}{path}", api.base))
+            .header("authorization", &format!("Bearer {}", a.api_key.expose()))
+            .header("content-type", "application/json")
+            .send(ureq::SendBody::from_reader(&mut &big[..]))
+            .expect("request sent");
+        assert_eq!(resp.status().as_u16(), 413);
+    })
+    .await;
+
+    // Just under the limit, through the same streamed path: stored whole.
+    let mut fits = upload("fits");
+    let overhead = serde_json::to_vec(&fits).unwrap().len();
+    fits.content = "y".repeat(LIMIT as usize - overhead - 1);
+    let body = serde_json::to_vec(&fits).unwrap();
+    assert!(body.len() as u64 <= LIMIT);
+    let r = api.post_raw(
+        &path,
+        a.api_key.expose(),
+        &[("idempotency-key", "fits")],
+        body,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let stored: Value = api
+        .get(&format!("/api/admin/jobs/{job}/report"), &tp.admin_token)
+        .json();
+    assert_eq!(stored["content"].as_str(), Some(fits.content.as_str()));
+    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "upload files left behind: {left:?}");
+    tp.portal.stop().await;
+}
+
+both!(
+    report_upload_streaming,
+    report_upload_streaming_sqlite,
+    report_upload_streaming_postgres
+);

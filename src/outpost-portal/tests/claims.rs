@@ -22,6 +22,7 @@ fn spec(i: usize) -> JobSpec {
         families: vec![],
         oids: vec![],
         alive_test: Default::default(),
+        alive_methods: vec![],
         credentials: vec![],
         deadline_s: 60,
     })
@@ -119,14 +120,24 @@ async fn lease_expiry(backend: Backend) {
     assert_eq!((job.id, job.attempt), (id, 0));
 
     // Before the lease ends nothing moves.
-    assert!(store.requeue_expired(now + 5).await.unwrap().is_empty());
+    assert!(store
+        .requeue_expired(now + 5, Default::default())
+        .await
+        .unwrap()
+        .is_empty());
 
     // Eight reapers race after the lease ended: exactly one re-queues it.
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.requeue_expired(now + 11).await.unwrap()
+            store
+                .requeue_expired(now + 11, Default::default())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
         }));
     }
     let mut requeued = Vec::new();
@@ -156,7 +167,11 @@ async fn lease_expiry(backend: Backend) {
         .await
         .unwrap();
     assert!(refused.is_err(), "the old lease holder was refused");
-    assert!(store.requeue_expired(now + 13).await.unwrap().is_empty());
+    assert!(store
+        .requeue_expired(now + 13, Default::default())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

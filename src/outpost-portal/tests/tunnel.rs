@@ -82,6 +82,7 @@ fn heartbeat() -> HeartbeatRequest {
         firmware_version: None,
         boot_slot: None,
         metrics: Metrics::default(),
+        running_jobs: None,
     }
 }
 
@@ -104,6 +105,7 @@ fn register_caps(
         os: "test".into(),
         board: "test".into(),
         hardware_serial: "0".into(),
+        board_serial: None,
         agent_version: "0.1.0".into(),
         capabilities: caps.to_vec(),
         wg_public_key: key.public_key().to_base64(),
@@ -419,4 +421,186 @@ fn download_run(tp: &TestPortal) {
     let t = s.tunnel.expect("b is a peer");
     assert!(!t.session_up);
     assert_eq!((t.handshakes_completed, t.rx_bytes, t.tx_bytes), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_survives_a_lost_answer() {
+    lost_rotation_answer(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_survives_a_lost_answer_postgres() {
+    lost_rotation_answer(Backend::Postgres).await
+}
+
+async fn lost_rotation_answer(backend: Backend) {
+    let tp = start_portal(backend, |s| {
+        s.tunnel = Some(TunnelSettings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            String::new(),
+        ));
+    })
+    .await;
+    let tp = Arc::new(tp);
+    let t2 = tp.clone();
+    let state = tokio::task::spawn_blocking(move || lost_rotation_first(&t2))
+        .await
+        .unwrap();
+
+    // The portal restarts mid-rotation: both keys come back from the database.
+    let tp = Arc::into_inner(tp).expect("no other holder");
+    let (dir, database, admin_token, ca_pem) = (tp.dir, tp.database, tp.admin_token, tp.ca_pem);
+    tp.portal.stop().await;
+    let mut s =
+        outpost_portal::Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    s.database = Some(database.clone());
+    s.tunnel = Some(TunnelSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        String::new(),
+    ));
+    let portal = outpost_portal::Portal::start(s)
+        .await
+        .expect("the portal restarts mid-rotation");
+    let tp = Arc::new(TestPortal {
+        portal,
+        dir,
+        database,
+        admin_token,
+        ca_pem,
+    });
+    let t2 = tp.clone();
+    tokio::task::spawn_blocking(move || lost_rotation_second(&t2, state))
+        .await
+        .unwrap();
+}
+
+/// Where the first half of the lost-answer test leaves the sensor.
+struct LostRotation {
+    old_key: PrivateKey,
+    new_key: PrivateKey,
+    api_key: String,
+    tun: TunnelConfig,
+}
+
+fn lost_rotation_first(tp: &TestPortal) -> LostRotation {
+    let direct = https(&tp.ca_pem);
+    let (_, body) = post(
+        &direct,
+        &format!("{}/api/admin/tokens", tp.portal.url),
+        &tp.admin_token,
+        &CreateToken {
+            site: "berlin".into(),
+            uses: 1,
+            ttl_s: 600,
+        },
+    );
+    let token = serde_json::from_str::<TokenCreated>(&body).unwrap().token;
+    let old_key = PrivateKey::generate();
+    let reg = register(tp, "a", &token, &old_key);
+    let tun = reg.tunnel.clone().unwrap();
+    let api = format!("https://{}", tun.portal_address);
+    let key = reg.api_key.expose().to_owned();
+    let dev_old = start_device(old_key.clone(), &tun);
+    let via_old = tunnel_agent(dev_old.clone(), &tp.ca_pem);
+    let (status, _) = post(
+        &direct,
+        &format!(
+            "{}/api/admin/sensors/{}/rotate-key",
+            tp.portal.url, reg.sensor_id
+        ),
+        &tp.admin_token,
+        &(),
+    );
+    assert_eq!(status, 202);
+    assert!(beat(&via_old, &api, &key).rotate_wg_key);
+
+    // The sensor stores its new key, sends it, and never sees the answer: the portal
+    // has taken it, the sensor does not know.
+    let new_key = PrivateKey::generate();
+    let rotate = RotateKeyRequest {
+        wg_public_key: new_key.public_key().to_base64(),
+    };
+    let _lost = post(&via_old, &format!("{api}/api/sensor/wg-key"), &key, &rotate);
+
+    // It keeps working on the old key, even after a restart (a new tunnel, new
+    // handshake), and is still asked to rotate.
+    assert!(
+        beat(&via_old, &api, &key).rotate_wg_key,
+        "the rotation is not done yet"
+    );
+    drop(via_old);
+    drop(dev_old);
+    let dev_old = start_device(old_key.clone(), &tun);
+    let via_old = tunnel_agent(dev_old, &tp.ca_pem);
+    assert!(beat(&via_old, &api, &key).rotate_wg_key);
+    LostRotation {
+        old_key,
+        new_key,
+        api_key: key,
+        tun,
+    }
+}
+
+fn beat(via: &ureq::Agent, api: &str, key: &str) -> HeartbeatResponse {
+    let (status, body) = post(
+        via,
+        &format!("{api}/api/sensor/heartbeat"),
+        key,
+        &heartbeat(),
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn lost_rotation_second(tp: &TestPortal, st: LostRotation) {
+    let gw = tp.portal.state.gateway.clone().unwrap();
+    // The restarted gateway listens elsewhere; the sensor learns it as it would from
+    // its configuration.
+    let mut tun = st.tun.clone();
+    tun.endpoint = gw.local_addr().to_string();
+    let api = format!("https://{}", tun.portal_address);
+    let key = st.api_key.as_str();
+    assert!(gw.peer_status(&st.old_key.public_key()).is_some());
+    assert!(gw.peer_status(&st.new_key.public_key()).is_some());
+
+    // The old key still works after the restart; the retry sends the same stored key and
+    // gets the same answer.
+    let dev_old = start_device(st.old_key.clone(), &tun);
+    let via_old = tunnel_agent(dev_old.clone(), &tp.ca_pem);
+    assert!(beat(&via_old, &api, key).rotate_wg_key);
+    let rotate = RotateKeyRequest {
+        wg_public_key: st.new_key.public_key().to_base64(),
+    };
+    let (status, body) = post(&via_old, &format!("{api}/api/sensor/wg-key"), key, &rotate);
+    assert_eq!(status, 200, "{body}");
+    let rotated: TunnelConfig = serde_json::from_str(&body).unwrap();
+    assert_eq!(rotated.sensor_address, tun.sensor_address);
+    assert!(beat(&via_old, &api, key).rotate_wg_key);
+
+    // The first request through the new key completes the rotation.
+    drop(via_old);
+    drop(dev_old);
+    let dev_new = start_device(st.new_key.clone(), &rotated);
+    let via_new = tunnel_agent(dev_new, &tp.ca_pem);
+    assert!(
+        !beat(&via_new, &api, key).rotate_wg_key,
+        "done: the request cleared"
+    );
+    assert!(!beat(&via_new, &api, key).rotate_wg_key);
+    assert!(gw.peer_status(&st.new_key.public_key()).is_some());
+    assert!(
+        gw.peer_status(&st.old_key.public_key()).is_none(),
+        "the old key is dropped once the new one is used"
+    );
+    let old = DeviceTunnel::start(DeviceConfig::new(
+        st.old_key.clone(),
+        tun.portal_public_key.parse().unwrap(),
+        tun.endpoint.parse().unwrap(),
+        tun.sensor_address.parse().unwrap(),
+    ))
+    .unwrap();
+    assert!(
+        old.wait_handshake(Duration::from_secs(3)).is_err(),
+        "the rotated-away key gets no handshake"
+    );
 }

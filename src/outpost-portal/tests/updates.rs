@@ -60,9 +60,13 @@ fn register(api: &Api, tok: &str, name: &str, site: &str, caps: &[Capability]) -
         os: "Outpost test".into(),
         board: "Raspberry Pi 4 Model B".into(),
         hardware_serial: "0000".into(),
+        board_serial: None,
         agent_version: "0.1.0".into(),
         capabilities: caps.to_vec(),
-        wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+        // Every device has its own key; the portal registers a key once.
+        wg_public_key: outpost_tunnel::PrivateKey::generate()
+            .public_key()
+            .to_base64(),
     };
     let r = api.post("/api/sensor/register", tok, &req);
     assert_eq!(r.status, 201, "{}", r.text());
@@ -121,6 +125,7 @@ fn scan_spec() -> JobSpec {
         families: vec![],
         oids: vec![],
         alive_test: Default::default(),
+        alive_methods: vec![],
         credentials: vec![],
         deadline_s: 600,
     })
@@ -147,6 +152,7 @@ fn heartbeat(firmware: &str, slot: &str) -> HeartbeatRequest {
         firmware_version: Some(firmware.into()),
         boot_slot: Some(slot.into()),
         metrics: Metrics::default(),
+        running_jobs: None,
     }
 }
 
@@ -664,9 +670,15 @@ async fn update_state_transitions(backend: Backend) {
     // Long after both leases ended, only b's (still downloading) job goes back.
     let lease = tp.portal.state.settings.lease.as_secs() as i64;
     let later = outpost_wire::unix_now() + lease + 3600;
-    let requeued = tp.portal.state.store.requeue_expired(later).await.unwrap();
+    let requeued = tp
+        .portal
+        .state
+        .store
+        .requeue_expired(later, Default::default())
+        .await
+        .unwrap();
     assert_eq!(
-        requeued,
+        requeued.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![jb],
         "the rebooting sensor's job stays completed"
     );

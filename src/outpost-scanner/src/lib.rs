@@ -21,6 +21,7 @@
 
 mod component;
 mod error;
+mod ledger;
 mod probe;
 mod process;
 mod stack;
@@ -30,6 +31,7 @@ mod vts;
 
 pub use component::{Component, Probe, ProbePolicy, RestartPolicy, RunAs, RuntimeDir};
 pub use error::{ProbeError, ScannerError};
+pub use ledger::{Ledger, Leftover};
 pub use probe::{check_probe, established_to_port, mqtt_connect_packet, redis_save};
 
 pub use stack::{

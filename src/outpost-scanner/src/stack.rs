@@ -100,6 +100,12 @@ pub const MQTT_TOPICS: [&str; 3] = [
 ];
 
 impl StackConfig {
+    /// Where the supervisor keeps the stack's process groups (in `config_dir`, a tmpfs
+    /// on the device), so a restarted daemon stops what a dead one left running.
+    pub fn ledger(&self) -> crate::Ledger {
+        crate::Ledger::new(self.config_dir.join("process-groups"))
+    }
+
     /// The sensor's layout, Debian's paths and accounts.
     pub fn device() -> Self {
         StackConfig {

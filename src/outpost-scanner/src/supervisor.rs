@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::component::Component;
 use crate::error::ScannerError;
+use crate::ledger::Ledger;
 use crate::probe::check_probe;
 use crate::process;
 use crate::users::{Identity, Passwd};
@@ -243,6 +244,18 @@ impl Supervisor {
         passwd: Option<&Passwd>,
         on_event: impl Fn(&Event) + Send + 'static,
     ) -> Result<Supervisor, ScannerError> {
+        Self::start_with_ledger(components, passwd, None, on_event)
+    }
+
+    /// Like [`Supervisor::start_with`], keeping the running process groups in `ledger`:
+    /// groups a previous supervisor left running are stopped first (each reported as
+    /// [`Event::Stopped`]), then the stack starts.
+    pub fn start_with_ledger(
+        components: Vec<Component>,
+        passwd: Option<&Passwd>,
+        ledger: Option<Ledger>,
+        on_event: impl Fn(&Event) + Send + 'static,
+    ) -> Result<Supervisor, ScannerError> {
         let mut seen = HashSet::new();
         let mut slots = Vec::with_capacity(components.len());
         for c in components {
@@ -271,6 +284,7 @@ impl Supervisor {
             on_event: Box::new(on_event),
             shared: shared.clone(),
             all_ready: false,
+            ledger,
         };
         let thread = thread::Builder::new()
             .name("scanner-supervisor".into())
@@ -425,6 +439,7 @@ struct Control {
     on_event: Callback,
     shared: Arc<Shared>,
     all_ready: bool,
+    ledger: Option<Ledger>,
 }
 
 /// How often the loop looks at its children when nothing else is due.
@@ -432,6 +447,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 impl Control {
     fn run(&mut self, commands: mpsc::Receiver<Command>) {
+        self.stop_leftovers();
         loop {
             match commands.recv_timeout(TICK) {
                 Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -445,6 +461,50 @@ impl Control {
         }
         self.shutdown();
         self.publish();
+    }
+
+    /// What a supervisor that died left running goes before anything starts.
+    fn stop_leftovers(&mut self) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let grace = self
+            .slots
+            .iter()
+            .map(|s| s.spec.stop_grace)
+            .max()
+            .unwrap_or_default();
+        for l in ledger.stop_leftovers(grace) {
+            self.emit(Event::Stopped {
+                component: l.component,
+                status: format!(
+                    "left running by a previous supervisor (process group {}): stopped",
+                    l.pgid
+                ),
+            });
+        }
+    }
+
+    /// Writes the running groups down (see [`Ledger`]).
+    fn record_groups(&self) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let groups: Vec<(i32, &str, &std::path::Path)> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.run {
+                Run::Starting { child, .. } | Run::Ready { child, .. } => Some((
+                    i32::try_from(child.id()).ok()?,
+                    s.spec.name.as_str(),
+                    s.spec.program.as_path(),
+                )),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = ledger.record(&groups) {
+            warn!(target: "outpost_scanner", error = %e, "cannot record the scanner's process groups");
+        }
     }
 
     fn emit(&self, e: Event) {
@@ -466,6 +526,13 @@ impl Control {
         }
         self.all_ready = now_ready;
         let snapshot: Vec<_> = self.slots.iter().map(Slot::status).collect();
+        let pids_changed = {
+            let s = self.shared.lock();
+            s.iter().map(|c| c.pid).ne(snapshot.iter().map(|c| c.pid))
+        };
+        if pids_changed {
+            self.record_groups();
+        }
         let mut s = self.shared.lock();
         if *s != snapshot {
             *s = snapshot;

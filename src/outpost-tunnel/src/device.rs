@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,6 +53,10 @@ pub struct DeviceConfig {
     pub mtu: u16,
     /// Default timeout of [`DeviceTunnel::connect`].
     pub connect_timeout: Duration,
+    /// The endpoint as configured (`host:port`), resolved again when the tunnel
+    /// rebinds, so a portal that moved to a new address is found. `None`: keep
+    /// `peer_endpoint`.
+    pub endpoint_name: Option<String>,
 }
 
 impl DeviceConfig {
@@ -71,13 +75,21 @@ impl DeviceConfig {
             preshared_key: None,
             mtu: 1420,
             connect_timeout: Duration::from_secs(30),
+            endpoint_name: None,
         }
     }
 }
 
 pub(crate) struct DeviceLink {
     tunn: Tunn,
+    /// Replaced when the tunnel rebinds; the driver takes the current one each round.
     udp: Arc<UdpSocket>,
+    endpoint: SocketAddr,
+    endpoint_name: Option<String>,
+    /// Sends failed for a local reason (the address the socket was connected from is
+    /// gone): rebind at the next timer tick.
+    rebind_wanted: bool,
+    last_rebind: Option<Instant>,
     address: Ipv4Addr,
     buf: Vec<u8>,
     stats: TunnelStats,
@@ -125,9 +137,94 @@ impl Backoff {
     }
 }
 
+/// A connected UDP socket for `endpoint`, from whatever local address routes there now.
+fn connected_socket(endpoint: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = match endpoint {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let udp = UdpSocket::bind(bind)?;
+    // A connected socket only accepts datagrams from the portal: the kernel filters
+    // everything else before we spend any crypto on it. It also fixes the local
+    // address, which is why a changed address needs a new socket.
+    udp.connect(endpoint)?;
+    crate::netstack::tune_udp(&udp);
+    Ok(udp)
+}
+
+/// The first socket. With no route to the portal yet (no DHCP lease, cable out,
+/// interface not up) the tunnel still starts: an unconnected placeholder whose sends
+/// fail, so the driver keeps rebinding until a route appears. Any other error is real.
+fn first_socket(endpoint: SocketAddr) -> io::Result<(UdpSocket, bool)> {
+    match connected_socket(endpoint) {
+        Ok(udp) => Ok((udp, false)),
+        Err(e) if no_route_yet(&e) => {
+            tracing::info!(%endpoint, error = %e, "no route to the portal yet; the tunnel waits for one");
+            let bind: SocketAddr = match endpoint {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            Ok((UdpSocket::bind(bind)?, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors that say "this host has no usable route or address yet", not "wrong setting".
+fn no_route_yet(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::ENETUNREACH | libc_errno::EHOSTUNREACH | libc_errno::EADDRNOTAVAIL)
+    )
+}
+
+/// Rebinds at most this often (a send that keeps failing must not spin).
+const REBIND_MIN_GAP: Duration = Duration::from_secs(5);
+
 impl DeviceLink {
+    /// A new socket (and, for a named endpoint, a fresh lookup): the sensor's address
+    /// changed (a new DHCP lease) or the portal's did. WireGuard itself needs nothing:
+    /// the peer follows our new endpoint on the next authenticated packet.
+    fn rebind(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_rebind
+            .is_some_and(|at| now.duration_since(at) < REBIND_MIN_GAP)
+        {
+            return;
+        }
+        self.last_rebind = Some(now);
+        self.rebind_wanted = false;
+        if let Some(name) = &self.endpoint_name {
+            match name.to_socket_addrs() {
+                Ok(mut addrs) => {
+                    if let Some(a) = addrs.find(|a| a.is_ipv4() == self.endpoint.is_ipv4()) {
+                        if a != self.endpoint {
+                            tracing::info!(endpoint = %name, old = %self.endpoint, new = %a, "the portal's address changed");
+                            self.endpoint = a;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(endpoint = %name, error = %e, "cannot resolve the portal's endpoint; keeping the last address")
+                }
+            }
+        }
+        match connected_socket(self.endpoint) {
+            Ok(udp) => {
+                let old = self.udp.local_addr().ok();
+                tracing::info!(old = ?old, new = ?udp.local_addr().ok(), endpoint = %self.endpoint, "tunnel socket rebound");
+                self.udp = Arc::new(udp);
+                self.stats.rebinds += 1;
+            }
+            Err(e) => {
+                tracing::info!(endpoint = %self.endpoint, error = %e, "cannot rebind the tunnel socket yet")
+            }
+        }
+    }
+
     fn send(&mut self, len: usize) {
-        send(&self.udp, &mut self.stats, &self.buf[..len]);
+        self.rebind_wanted |= send(&self.udp, &mut self.stats, &self.buf[..len]);
     }
 
     /// After a handshake completes boringtun holds packets queued while
@@ -135,7 +232,9 @@ impl DeviceLink {
     fn flush_queued(&mut self) {
         loop {
             let r = self.tunn.decapsulate(None, &[], &mut self.buf);
-            if !emit(&self.udp, &mut self.stats, r) {
+            let (sent, local_failure) = emit(&self.udp, &mut self.stats, r);
+            self.rebind_wanted |= local_failure;
+            if !sent {
                 break;
             }
         }
@@ -196,16 +295,22 @@ impl DeviceLink {
     /// WireGuard timers: retransmit handshakes, keepalives, rekeying, and
     /// our own backoff once boringtun gives up.
     fn on_timer(&mut self) {
+        if self.rebind_wanted {
+            self.rebind();
+        }
         let r = self.tunn.update_timers(&mut self.buf);
         match r {
             TunnResult::Err(WireGuardError::ConnectionExpired) => {
                 if self.backoff.expired_tick(Instant::now()) {
+                    // Handshakes stopped succeeding: the portal may have moved, or the
+                    // path from our address may be gone. Start over from a new socket.
+                    self.rebind();
                     let r = self.tunn.format_handshake_initiation(&mut self.buf, false);
-                    emit(&self.udp, &mut self.stats, r);
+                    self.rebind_wanted |= emit(&self.udp, &mut self.stats, r).1;
                 }
             }
             other => {
-                emit(&self.udp, &mut self.stats, other);
+                self.rebind_wanted |= emit(&self.udp, &mut self.stats, other).1;
             }
         }
     }
@@ -215,32 +320,54 @@ impl DeviceLink {
     }
 }
 
-fn send(udp: &UdpSocket, stats: &mut TunnelStats, datagram: &[u8]) {
+/// Sends one datagram; true when it failed for a local reason that a new socket may
+/// cure (the address the socket was connected from is gone, no route from it).
+fn send(udp: &UdpSocket, stats: &mut TunnelStats, datagram: &[u8]) -> bool {
     let len = datagram.len();
     if datagram.first() == Some(&4) && len > 32 {
         stats.tx_packets += 1;
         stats.tx_bytes += (len - 32) as u64;
     }
-    if let Err(e) = udp.send(datagram) {
-        // ECONNREFUSED (ICMP from a restarting portal) lands here too.
-        tracing::trace!(error = %e, "tunnel UDP send failed");
-        stats.dropped.record(DropReason::SendFailed);
+    match udp.send(datagram) {
+        Ok(_) => false,
+        Err(e) => {
+            // ECONNREFUSED (ICMP from a restarting portal) lands here too: not ours.
+            tracing::trace!(error = %e, "tunnel UDP send failed");
+            stats.dropped.record(DropReason::SendFailed);
+            // EDESTADDRREQ: the unconnected placeholder of a tunnel started without a route.
+            matches!(
+                e.raw_os_error(),
+                Some(
+                    libc_errno::EINVAL
+                        | libc_errno::EADDRNOTAVAIL
+                        | libc_errno::ENETUNREACH
+                        | libc_errno::EHOSTUNREACH
+                        | libc_errno::EDESTADDRREQ
+                )
+            )
+        }
     }
 }
 
-/// Send what boringtun produced; true if something was sent.
-fn emit(udp: &UdpSocket, stats: &mut TunnelStats, r: TunnResult<'_>) -> bool {
+/// The errno values `send` on a connected socket gives when its local address went.
+mod libc_errno {
+    pub const EINVAL: i32 = 22;
+    pub const EADDRNOTAVAIL: i32 = 99;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTUNREACH: i32 = 113;
+    pub const EDESTADDRREQ: i32 = 89;
+}
+
+/// Sends what boringtun produced: (something was sent, a local send failure).
+fn emit(udp: &UdpSocket, stats: &mut TunnelStats, r: TunnResult<'_>) -> (bool, bool) {
     match r {
-        TunnResult::WriteToNetwork(p) => {
-            send(udp, stats, p);
-            true
-        }
-        TunnResult::Err(WireGuardError::ConnectionExpired) => false,
+        TunnResult::WriteToNetwork(p) => (true, send(udp, stats, p)),
+        TunnResult::Err(WireGuardError::ConnectionExpired) => (false, false),
         TunnResult::Err(e) => {
             tracing::debug!(error = ?e, "tunnel encapsulation error");
-            false
+            (false, false)
         }
-        _ => false,
+        _ => (false, false),
     }
 }
 
@@ -248,7 +375,7 @@ impl Link for DeviceLink {
     fn transmit(&mut self, stack: &mut Stack) {
         while let Some(packet) = stack.device.tx.pop_front() {
             let r = self.tunn.encapsulate(&packet, &mut self.buf);
-            emit(&self.udp, &mut self.stats, r);
+            self.rebind_wanted |= emit(&self.udp, &mut self.stats, r).1;
         }
     }
 }
@@ -276,17 +403,9 @@ impl DeviceTunnel {
     /// handshake initiation.
     pub fn start(config: DeviceConfig) -> Result<Self, TunnelError> {
         let endpoint = config.peer_endpoint;
-        let bind: SocketAddr = match endpoint {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
         let bind_err = |source| TunnelError::Bind { endpoint, source };
-        let udp = UdpSocket::bind(bind).map_err(bind_err)?;
-        // A connected socket only accepts datagrams from the portal: the
-        // kernel filters everything else before we spend any crypto on it.
-        udp.connect(endpoint).map_err(bind_err)?;
+        let (udp, no_route) = first_socket(endpoint).map_err(bind_err)?;
         let local_udp = udp.local_addr().map_err(bind_err)?;
-        crate::netstack::tune_udp(&udp);
         let udp = Arc::new(udp);
 
         if !(576..=9000).contains(&config.mtu) {
@@ -310,7 +429,11 @@ impl DeviceTunnel {
         let stack = Stack::new(config.address, 32, usize::from(config.mtu));
         let link = DeviceLink {
             tunn,
-            udp: udp.clone(),
+            udp,
+            endpoint,
+            endpoint_name: config.endpoint_name.clone(),
+            rebind_wanted: no_route,
+            last_rebind: None,
             address: config.address,
             buf: vec![0u8; WG_BUF],
             stats: TunnelStats::default(),
@@ -321,13 +444,13 @@ impl DeviceTunnel {
             let mut core = shared.lock();
             let link = &mut core.link;
             let r = link.tunn.format_handshake_initiation(&mut link.buf, false);
-            emit(&link.udp, &mut link.stats, r);
+            link.rebind_wanted |= emit(&link.udp, &mut link.stats, r).1;
         }
         let driver = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("outpost-tunnel".into())
-                .spawn(move || drive(shared, udp, endpoint.ip()))
+                .spawn(move || drive(shared))
                 .map_err(TunnelError::Thread)?
         };
         tracing::info!(peer = %config.peer_public_key, %endpoint, address = %config.address, "device tunnel started");
@@ -457,15 +580,19 @@ fn free_port(stack: &Stack) -> Result<u16, TunnelError> {
 }
 
 /// The driver: receive datagrams, run smoltcp and WireGuard timers.
-fn drive(shared: Arc<Shared<DeviceLink>>, udp: Arc<UdpSocket>, peer_ip: IpAddr) {
+fn drive(shared: Arc<Shared<DeviceLink>>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     while !shared.is_closed() {
-        let wait = {
+        let (wait, udp, peer_ip) = {
             let mut core = shared.lock();
             let delay = core.stack.poll_delay().unwrap_or(TIMER_TICK);
             let tick_left = TIMER_TICK.saturating_sub(last_tick.elapsed());
-            delay.min(tick_left).max(Duration::from_millis(1))
+            (
+                delay.min(tick_left).max(Duration::from_millis(1)),
+                core.link.udp.clone(),
+                core.link.endpoint.ip(),
+            )
         };
         // Only fails for a zero duration, which `max` rules out.
         let _ = udp.set_read_timeout(Some(wait));

@@ -100,6 +100,9 @@ pub struct TunnelStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub dropped: DropCounters,
+    /// Times the device tunnel took a new UDP socket (its address or the portal's
+    /// changed, or handshakes stopped succeeding).
+    pub rebinds: u64,
 }
 
 impl TunnelStats {

@@ -269,3 +269,55 @@ fn tokio_server_on_gateway_streams() {
     assert_eq!(&got[prefix.len()..], &payload.to_ascii_uppercase()[..]);
     rt.block_on(server).unwrap();
 }
+
+#[test]
+fn two_keys_share_an_address_during_a_rotation() {
+    init_logs();
+    let gw_key = PrivateKey::generate();
+    let gw = gateway(&gw_key, "127.0.0.1:0".parse().unwrap());
+    serve(gw.clone());
+    let endpoint = gw.local_addr();
+    let old = PrivateKey::generate();
+    let new = PrivateKey::generate();
+    let addr = device_addr(0);
+    let peer = |key: &PrivateKey| outpost_tunnel::GatewayPeer {
+        public_key: key.public_key(),
+        allowed_ip: addr,
+        preshared_key: None,
+    };
+    gw.add_peer(peer(&old)).unwrap();
+    // A plain add refuses the address; the rotation's add shares it.
+    assert!(gw.add_peer(peer(&new)).is_err());
+    gw.add_peer_sharing_address(peer(&new)).unwrap();
+    let start = |key: &PrivateKey| {
+        outpost_tunnel::DeviceTunnel::start(outpost_tunnel::DeviceConfig::new(
+            key.clone(),
+            gw_key.public_key(),
+            endpoint,
+            addr,
+        ))
+        .unwrap()
+    };
+    // Either key reaches the portal as the same address, alternately.
+    let dev_old = start(&old);
+    assert_eq!(
+        request(&dev_old, "GET", "/bytes/10", b"").0,
+        addr.to_string()
+    );
+    let dev_new = start(&new);
+    assert_eq!(
+        request(&dev_new, "GET", "/bytes/10", b"").0,
+        addr.to_string()
+    );
+    assert_eq!(
+        request(&dev_old, "GET", "/bytes/10", b"").0,
+        addr.to_string()
+    );
+    drop(dev_old);
+    // The rotation completes: the old key goes, the new one keeps working.
+    assert!(gw.remove_peer(&old.public_key()));
+    let (_, body) = request(&dev_new, "GET", "/bytes/5000", b"");
+    assert_eq!(body, pattern(5000));
+    assert!(gw.peer_status(&old.public_key()).is_none());
+    assert_eq!(gw.stats().peers, 1);
+}

@@ -204,6 +204,10 @@ pub struct SensorInfo {
     pub status: SensorStatus,
     pub hostname: String,
     pub board: String,
+    /// The board's own serial number (e.g. the Raspberry Pi's) as the sensor sent it
+    /// at registration; absent when it has none or enrolled before portals kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_serial: Option<String>,
     pub agent_version: String,
     pub wg_public_key: String,
     pub registered_at: i64,

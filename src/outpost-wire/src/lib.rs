@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod feed;
 pub mod log;
 pub mod provision;
 pub mod secret;

@@ -32,6 +32,12 @@ pub struct RegisterRequest {
     pub os: String,
     pub board: String,
     pub hardware_serial: String,
+    /// The board's own serial number from its device tree (`serial-number`, e.g. the
+    /// Raspberry Pi's), when it has one. `hardware_serial` falls back to DMI or the
+    /// machine id where there is none; this field never does. Optional, so portals
+    /// and agents from before it parse both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_serial: Option<String>,
     pub agent_version: String,
     pub capabilities: Vec<Capability>,
     /// The device's WireGuard public key, base64 as `wg pubkey` prints it.
@@ -128,7 +134,16 @@ pub struct HeartbeatRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_slot: Option<String>,
     pub metrics: Metrics,
+    /// Ids of the jobs the sensor holds: the one it runs, and those whose report or update
+    /// outcome it still has to deliver. The portal re-queues (or fails) the sensor's other
+    /// running jobs. Absent from older agents and before the agent has looked at what a
+    /// previous run left behind; then every running job of the sensor keeps its lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_jobs: Option<Vec<i64>>,
 }
+
+/// Most job ids a heartbeat may list (a sensor runs one job at a time).
+pub const MAX_HEARTBEAT_JOBS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
@@ -257,7 +272,8 @@ pub struct UpdateStateReport {
     pub slot: Option<String>,
 }
 
-/// Which hosts to treat as alive before scanning them.
+/// Which hosts to treat as alive before scanning them: the named presets jobs have
+/// always carried. Any other combination is given as [`ScanSpec::alive_methods`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AliveTest {
@@ -268,6 +284,67 @@ pub enum AliveTest {
     TcpAck,
     Arp,
     ConsiderAlive,
+}
+
+impl AliveTest {
+    /// The methods this preset stands for.
+    pub fn methods(self) -> Vec<AliveMethod> {
+        match self {
+            AliveTest::IcmpAndTcpAck => vec![AliveMethod::Icmp, AliveMethod::TcpAck],
+            AliveTest::Icmp => vec![AliveMethod::Icmp],
+            AliveTest::TcpSyn => vec![AliveMethod::TcpSyn],
+            AliveTest::TcpAck => vec![AliveMethod::TcpAck],
+            AliveTest::Arp => vec![AliveMethod::Arp],
+            AliveTest::ConsiderAlive => vec![AliveMethod::ConsiderAlive],
+        }
+    }
+
+    /// The preset for exactly these methods, when there is one (so a portal can send
+    /// sensors that predate [`ScanSpec::alive_methods`] the same test).
+    pub fn preset_for(methods: &[AliveMethod]) -> Option<AliveTest> {
+        let mut m = methods.to_vec();
+        m.sort_unstable();
+        m.dedup();
+        [
+            AliveTest::IcmpAndTcpAck,
+            AliveTest::Icmp,
+            AliveTest::TcpSyn,
+            AliveTest::TcpAck,
+            AliveTest::Arp,
+            AliveTest::ConsiderAlive,
+        ]
+        .into_iter()
+        .find(|p| {
+            let mut pm = p.methods();
+            pm.sort_unstable();
+            pm == m
+        })
+    }
+}
+
+/// One way of finding out whether a host is up, as ospd-openvas names them in
+/// `<alive_test_methods>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AliveMethod {
+    Icmp,
+    TcpAck,
+    TcpSyn,
+    Arp,
+    /// Skip detection: every target address is scanned as if it answered.
+    ConsiderAlive,
+}
+
+impl AliveMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AliveMethod::Icmp => "icmp",
+            AliveMethod::TcpAck => "tcp_ack",
+            AliveMethod::TcpSyn => "tcp_syn",
+            AliveMethod::Arp => "arp",
+            AliveMethod::ConsiderAlive => "consider_alive",
+        }
+    }
 }
 
 /// A login the scanner may use for authenticated checks. Never written to disk or logs.
@@ -301,6 +378,11 @@ pub struct ScanSpec {
     pub oids: Vec<String>,
     #[serde(default)]
     pub alive_test: AliveTest,
+    /// Alive detection as any combination of methods (e.g. ICMP and ARP). When not
+    /// empty it replaces `alive_test`; sensors that predate it ignore it and use
+    /// `alive_test`, so a portal sets that to the nearest preset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alive_methods: Vec<AliveMethod>,
     #[serde(default)]
     pub credentials: Vec<Credential>,
     /// The sensor stops the scan and reports it failed after this many seconds.
@@ -310,6 +392,20 @@ pub struct ScanSpec {
 
 fn default_deadline() -> u64 {
     4 * 3600
+}
+
+impl ScanSpec {
+    /// The alive detection methods to run, sorted and without repeats.
+    pub fn alive_methods(&self) -> Vec<AliveMethod> {
+        let mut m = if self.alive_methods.is_empty() {
+            self.alive_test.methods()
+        } else {
+            self.alive_methods.clone()
+        };
+        m.sort_unstable();
+        m.dedup();
+        m
+    }
 }
 
 /// Job progress as the sensor reports it.
@@ -353,6 +449,23 @@ pub struct SeverityCounts {
     pub log: u32,
 }
 
+/// What a scan found on one host that answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostFindings {
+    pub host: String,
+    /// The host name the scanner learned, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    /// `port/proto` entries with at least one result on this host.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub findings: SeverityCounts,
+    /// False when the scan of this host did not run to its end (the job stopped first).
+    #[serde(default)]
+    pub complete: bool,
+}
+
 /// The JSON summary stored next to the raw report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ReportSummary {
@@ -360,6 +473,20 @@ pub struct ReportSummary {
     /// `host:port/proto` entries with at least one result.
     pub ports: Vec<String>,
     pub findings: SeverityCounts,
+    /// Hosts found alive (scanned), by address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_hosts: Vec<String>,
+    /// Target addresses that did not answer the alive test, as addresses and ranges
+    /// (`10.0.0.3-10.0.0.9`) after exclusions. Only a scan that ran to its end can say
+    /// an address is dead; a partial report lists none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_hosts: Vec<String>,
+    /// How many target addresses did not answer (ospd-openvas' count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_count: Option<u64>,
+    /// Ports and findings of each live host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_host: Vec<HostFindings>,
 }
 
 /// `POST /api/sensor/jobs/{id}/report`, with an `idempotency-key` header equal to `request_id`.
@@ -388,6 +515,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn register_request_board_serial_is_optional_both_ways() {
+        // what an agent from before the field sends
+        let old = serde_json::json!({
+            "name": "n", "site": "s", "hostname": "h", "os": "o", "board": "b",
+            "hardware_serial": "x", "agent_version": "0.1.0", "capabilities": ["scan"],
+            "wg_public_key": "k"
+        });
+        let req: RegisterRequest = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(req.board_serial, None);
+        // and without a serial a new agent sends exactly that
+        assert_eq!(serde_json::to_value(&req).unwrap(), old);
+        let with = RegisterRequest {
+            board_serial: Some("10000000abcdef01".into()),
+            ..req
+        };
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["board_serial"], "10000000abcdef01");
+        assert_eq!(serde_json::from_value::<RegisterRequest>(v).unwrap(), with);
+    }
+
+    #[test]
     fn job_spec_is_tagged_by_kind() {
         let spec = JobSpec::Scan(ScanSpec {
             targets: vec!["10.9.0.2".into()],
@@ -396,6 +544,7 @@ mod tests {
             families: vec!["General".into()],
             oids: vec![],
             alive_test: AliveTest::ConsiderAlive,
+            alive_methods: vec![],
             credentials: vec![],
             deadline_s: 60,
         });
@@ -414,6 +563,64 @@ mod tests {
     }
 
     #[test]
+    fn job_json_from_before_alive_methods_still_parses_and_round_trips() {
+        // A job exactly as portals sent it before `alive_methods` and the host summary.
+        let old = r#"{"id":3,"lease_expires_at":100,"attempt":0,"spec":{"kind":"scan",
+            "targets":["10.9.0.0/24","10.9.1.5-10.9.1.9"],"ports":"T:22",
+            "exclude_hosts":["10.9.0.7"],"families":["General"],"oids":[],
+            "alive_test":"arp","credentials":[],"deadline_s":60}}"#;
+        let job: Job = serde_json::from_str(old).unwrap();
+        let JobSpec::Scan(spec) = &job.spec else {
+            panic!("a scan job")
+        };
+        assert!(spec.alive_methods.is_empty());
+        assert_eq!(spec.alive_methods(), [AliveMethod::Arp]);
+        // A new portal sending a preset sends nothing an old sensor would not know.
+        let v = serde_json::to_value(&job).unwrap();
+        assert!(v["spec"].get("alive_methods").is_none(), "{v}");
+        let old_summary =
+            r#"{"hosts":["10.9.0.2"],"ports":[],"findings":{"high":0,"medium":0,"low":0,"log":1}}"#;
+        let s: ReportSummary = serde_json::from_str(old_summary).unwrap();
+        assert!(s.live_hosts.is_empty() && s.per_host.is_empty() && s.dead_count.is_none());
+        assert_eq!(serde_json::to_string(&s).unwrap(), old_summary);
+    }
+
+    #[test]
+    fn alive_method_combinations() {
+        let mut spec: ScanSpec = serde_json::from_str(
+            r#"{"targets":["h"],"ports":"T:80","alive_methods":["arp","icmp","arp"]}"#,
+        )
+        .unwrap();
+        // The combination wins over the (default) preset, sorted and without repeats.
+        assert_eq!(spec.alive_methods(), [AliveMethod::Icmp, AliveMethod::Arp]);
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap()["alive_methods"],
+            serde_json::json!(["arp", "icmp", "arp"])
+        );
+        spec.alive_methods.clear();
+        assert_eq!(
+            spec.alive_methods(),
+            [AliveMethod::Icmp, AliveMethod::TcpAck]
+        );
+        assert_eq!(
+            AliveTest::preset_for(&[AliveMethod::TcpAck, AliveMethod::Icmp]),
+            Some(AliveTest::IcmpAndTcpAck)
+        );
+        assert_eq!(
+            AliveTest::preset_for(&[AliveMethod::ConsiderAlive]),
+            Some(AliveTest::ConsiderAlive)
+        );
+        assert_eq!(
+            AliveTest::preset_for(&[AliveMethod::Icmp, AliveMethod::Arp]),
+            None
+        );
+        assert!(serde_json::from_str::<ScanSpec>(
+            r#"{"targets":["h"],"ports":"T:80","alive_methods":["smoke_signals"]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
     fn credentials_do_not_leak_through_debug() {
         let c = Credential {
             service: "ssh".into(),
@@ -423,6 +630,24 @@ mod tests {
             port: None,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn heartbeat_job_list_is_optional_both_ways() {
+        // An older agent's heartbeat (no `running_jobs`) still parses, as "not said".
+        let old = r#"{"activity":"idle","uptime_s":1,"agent_version":"0.1.0","metrics":{
+            "cpu_percent":0,"load_avg_1m":0,"mem_total_bytes":0,"mem_used_bytes":0,
+            "disk_total_bytes":0,"disk_used_bytes":0}}"#;
+        let hb: HeartbeatRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(hb.running_jobs, None);
+        // "Nothing running" is sent as an empty list, distinct from not saying.
+        let mut hb = hb;
+        hb.running_jobs = Some(vec![]);
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["running_jobs"], serde_json::json!([]));
+        hb.running_jobs = None;
+        let v = serde_json::to_value(&hb).unwrap();
+        assert!(v.get("running_jobs").is_none(), "{v}");
     }
 
     #[test]

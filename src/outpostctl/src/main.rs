@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use outpost_wire::admin::{
     paths, CreateJob, CreateToken, JobInfo, ReportInfo, SensorInfo, StoredLogEvent, TokenCreated,
 };
-use outpost_wire::sensor::{AliveTest, JobSpec, ScanSpec, UpdateState};
+use outpost_wire::sensor::{AliveMethod, AliveTest, JobSpec, ScanSpec, UpdateState};
 
 use client::{Client, Target};
 
@@ -115,7 +115,8 @@ enum JobCmd {
         /// Single VT OID to run (repeatable).
         #[arg(long = "oid")]
         oids: Vec<String>,
-        /// icmp-and-tcp-ack, icmp, tcp-syn, tcp-ack, arp or consider-alive.
+        /// icmp-and-tcp-ack, icmp, tcp-syn, tcp-ack, arp or consider-alive, or several
+        /// joined with `+` (e.g. icmp+arp).
         #[arg(long, default_value = "icmp-and-tcp-ack")]
         alive_test: String,
         /// Seconds before the sensor gives up on the scan.
@@ -182,15 +183,30 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn alive_test(s: &str) -> Result<AliveTest> {
-    Ok(match s {
-        "icmp-and-tcp-ack" => AliveTest::IcmpAndTcpAck,
-        "icmp" => AliveTest::Icmp,
-        "tcp-syn" => AliveTest::TcpSyn,
-        "tcp-ack" => AliveTest::TcpAck,
-        "arp" => AliveTest::Arp,
-        "consider-alive" => AliveTest::ConsiderAlive,
-        other => bail!("unknown alive test {other:?}"),
+/// A preset name, or methods joined with `+` or `,` (e.g. `icmp+arp`). Returns the
+/// preset (the nearest one for older sensors) and the methods when they are no preset.
+fn alive_test(s: &str) -> Result<(AliveTest, Vec<AliveMethod>)> {
+    if s == "icmp-and-tcp-ack" {
+        return Ok((AliveTest::IcmpAndTcpAck, Vec::new()));
+    }
+    let mut methods = Vec::new();
+    for m in s.split(['+', ',']) {
+        methods.push(match m.trim() {
+            "icmp" => AliveMethod::Icmp,
+            "tcp-syn" => AliveMethod::TcpSyn,
+            "tcp-ack" => AliveMethod::TcpAck,
+            "arp" => AliveMethod::Arp,
+            "consider-alive" => AliveMethod::ConsiderAlive,
+            other => bail!("unknown alive test {other:?}"),
+        });
+    }
+    Ok(match AliveTest::preset_for(&methods) {
+        Some(preset) => (preset, Vec::new()),
+        // Sensors that predate combinations run the first method alone.
+        None => (
+            AliveTest::preset_for(&methods[..1]).unwrap_or_default(),
+            methods,
+        ),
     })
 }
 
@@ -236,13 +252,15 @@ fn run(cli: Cli) -> Result<()> {
             deadline,
             sensor_id,
         }) => {
+            let (alive_test, alive_methods) = alive_test(&at)?;
             let spec = JobSpec::Scan(ScanSpec {
                 targets,
                 ports,
                 exclude_hosts,
                 families,
                 oids,
-                alive_test: alive_test(&at)?,
+                alive_test,
+                alive_methods,
                 credentials: Vec::new(),
                 deadline_s: deadline,
             });
@@ -439,6 +457,9 @@ fn print_sensor(s: &SensorInfo) {
             .unwrap_or_else(|| "never".into()),
     );
     line("board:", &s.board);
+    if let Some(serial) = &s.board_serial {
+        line("board serial:", serial);
+    }
     line("agent:", &s.agent_version);
     line(
         "firmware:",

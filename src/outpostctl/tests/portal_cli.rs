@@ -186,6 +186,7 @@ fn publish_assign_and_show_update_state() {
             os: "Outpost".into(),
             board: "Raspberry Pi 4 Model B".into(),
             hardware_serial: "1".into(),
+            board_serial: Some("10000000abcdef01".into()),
             agent_version: "0.1.0".into(),
             capabilities: vec![Capability::Scan, Capability::Update],
             wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
@@ -219,6 +220,7 @@ fn publish_assign_and_show_update_state() {
         firmware_version: Some("1.1.0".into()),
         boot_slot: Some("a".into()),
         metrics: Metrics::default(),
+        running_jobs: None,
     };
     assert_eq!(post(&a, &tp, "/api/sensor/heartbeat", key, &hb).0, 200);
     let (status, body) = post(
@@ -258,6 +260,13 @@ fn publish_assign_and_show_update_state() {
     );
     let s: SensorInfo = serde_json::from_str(&ok(&tp, &["sensor", "show", id, "--json"])).unwrap();
     assert_eq!(s.update.map(|u| u.state), Some(UpdateState::Refused));
+    // The Pi's serial as sent at registration, in the text and in the JSON.
+    assert_eq!(s.board_serial.as_deref(), Some("10000000abcdef01"));
+    assert!(show.contains("board serial:   10000000abcdef01"), "{show}");
+    let listed: Vec<SensorInfo> =
+        serde_json::from_str(&ok(&tp, &["sensor", "list", "--json"])).unwrap();
+    let row = listed.iter().find(|s| s.id == id).unwrap();
+    assert_eq!(row.board_serial.as_deref(), Some("10000000abcdef01"));
     let show = ok(&tp, &["job", "show", &job.id.to_string()]);
     assert!(
         show.contains("failed") && show.contains("untrusted key"),

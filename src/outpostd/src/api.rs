@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use std::io::Read as _;
 
+use outpost_wire::feed::{self, FeedBlobsRequest, FeedReleaseInfo};
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
     RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
@@ -18,6 +19,8 @@ use crate::transport::{Download, GetRequest, Request, Response, Transport, Trans
 
 /// Most of an error answer to a download that is read for its reason.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// Most of a small JSON answer fetched with `GET`.
+const MAX_JSON_ANSWER: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -155,6 +158,58 @@ impl PortalClient {
         })
     }
 
+    /// `GET /api/sensor/feed/release`: the feed release to run; `None` when the portal
+    /// has published none (204).
+    pub fn feed_release(&self) -> Result<Option<FeedReleaseInfo>, ApiError> {
+        let d = self.transport.get(&GetRequest {
+            path: feed::RELEASE_PATH,
+            bearer: Some(&self.api_key),
+            range_from: None,
+        })?;
+        let status = d.status;
+        let mut body = Vec::new();
+        d.body
+            .take(MAX_JSON_ANSWER)
+            .read_to_end(&mut body)
+            .map_err(|e| ApiError::Transport(TransportError(format!("reading the answer: {e}"))))?;
+        match status {
+            204 => Ok(None),
+            200..=299 => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| ApiError::Decode(e.to_string())),
+            _ => Err(ApiError::Status {
+                status,
+                body: serde_json::from_slice(&body).ok(),
+            }),
+        }
+    }
+
+    /// `POST /api/sensor/feed/blobs`: one batch of blobs, its body unread (zstd,
+    /// `outpost_feed::batch`).
+    pub fn feed_blobs(&self, sha256: &[String]) -> Result<Download, ApiError> {
+        let body = serde_json::to_vec(&FeedBlobsRequest {
+            sha256: sha256.to_vec(),
+        })
+        .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let d = self.transport.post_stream(&Request {
+            path: feed::BLOBS_PATH,
+            bearer: Some(&self.api_key),
+            content_type: JSON,
+            body,
+            idempotency_key: None,
+        })?;
+        if (200..300).contains(&d.status) {
+            return Ok(d);
+        }
+        let mut body = Vec::new();
+        // The reason is a nicety; a body that cannot be read leaves it out.
+        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
+        Err(ApiError::Status {
+            status: d.status,
+            body: serde_json::from_slice(&body).ok(),
+        })
+    }
+
     /// Sends one NDJSON batch of log events.
     pub fn send_log(&self, ndjson: String) -> Result<(), ApiError> {
         let resp = self.transport.post(&Request {
@@ -180,6 +235,23 @@ impl PortalClient {
             body,
             idempotency_key,
         )
+    }
+}
+
+/// The portal as the feed sync's source: the sensor API through the tunnel.
+impl outpost_feedsync::FeedSource for PortalClient {
+    fn release(&self) -> Result<Option<FeedReleaseInfo>, outpost_feedsync::SourceError> {
+        self.feed_release()
+            .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
+    }
+
+    fn blobs(
+        &self,
+        sha256: &[String],
+    ) -> Result<Box<dyn std::io::Read + Send>, outpost_feedsync::SourceError> {
+        self.feed_blobs(sha256)
+            .map(|d| d.body)
+            .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
     }
 }
 
@@ -261,6 +333,76 @@ pub mod fake {
                 .map(|e| serde_json::to_vec(&e).unwrap())
                 .unwrap_or_default(),
         }
+    }
+
+    fn sha(b: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    }
+
+    /// Offers a feed release of `files` (manifest path, content) signed with `key`, and
+    /// scripts the two batches a sync from nothing asks for: the manifest, then every
+    /// content blob (in digest order, as the sync asks).
+    pub fn serve_feed(
+        t: &FakeTransport,
+        key: &outpost_bundle::SecretKey,
+        files: &[(&str, &[u8])],
+    ) -> FeedReleaseInfo {
+        use outpost_feed::{sign_manifest, FeedFile, FeedManifest, MANIFEST_FORMAT};
+        let mut list: Vec<FeedFile> = files
+            .iter()
+            .map(|(p, b)| FeedFile {
+                path: (*p).into(),
+                size: b.len() as u64,
+                sha256: sha(b),
+            })
+            .collect();
+        list.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = FeedManifest {
+            format: MANIFEST_FORMAT,
+            plugin_set: "202509150400".into(),
+            notus_version: None,
+            vt_count: 1,
+            nasl_scripts: 1,
+            nasl_oids: 1,
+            notus_advisories: 0,
+            upstream_signers: vec![],
+            files: list,
+        }
+        .to_bytes();
+        let offer = FeedReleaseInfo {
+            release_id: 1,
+            plugin_set: "202509150400".into(),
+            vt_count: 1,
+            files: files.len() as u64,
+            bytes: files.iter().map(|(_, b)| b.len() as u64).sum(),
+            manifest_sha256: sha(&manifest),
+            manifest_size: manifest.len() as u64,
+            signature: sign_manifest(&manifest, key).to_line().trim_end().into(),
+        };
+        t.files.lock().unwrap().insert(
+            feed::RELEASE_PATH.into(),
+            serde_json::to_vec(&offer).unwrap(),
+        );
+        let batch = |items: &[&[u8]]| {
+            let names: Vec<String> = items.iter().map(|b| sha(b)).collect();
+            Response {
+                status: 200,
+                body: outpost_feed::batch::encode(
+                    names.iter().map(String::as_str).zip(items.iter().copied()),
+                )
+                .unwrap(),
+            }
+        };
+        t.push(feed::BLOBS_PATH, Ok(batch(&[&manifest])));
+        let mut content: Vec<&[u8]> = files.iter().map(|(_, b)| *b).collect();
+        content.sort_by_key(|b| sha(b));
+        content.dedup();
+        t.push(feed::BLOBS_PATH, Ok(batch(&content)));
+        offer
     }
 
     impl FakeTransport {
@@ -379,6 +521,7 @@ mod tests {
                 firmware_version: None,
                 boot_slot: None,
                 metrics: Default::default(),
+                running_jobs: None,
             })
             .unwrap_err();
         assert_eq!(err.status(), Some(403));
@@ -402,6 +545,58 @@ mod tests {
             body: None,
         };
         assert!(!s401.is_transient());
+    }
+
+    /// The client calls drive a whole feed sync: release info by GET, the manifest and
+    /// the content in zstd batches by POST, checked against the feed key.
+    #[test]
+    fn the_portal_client_feeds_a_sync() {
+        let t = Arc::new(FakeTransport::default());
+        let c = client(&t);
+        // A 404 is an error; only a 204 means "no release published".
+        assert!(c.feed_release().is_err());
+
+        let key = outpost_bundle::SecretKey::from_seed(&[3; 32]);
+        let script = b"script_oid(\"1.3.6.1.4.1.25623.1.0.1\");\n".to_vec();
+        let info = b"PLUGIN_SET = \"202509150400\";\n".to_vec();
+        let offer = serve_feed(
+            &t,
+            &key,
+            &[("nvt/a.nasl", &script), ("nvt/plugin_feed_info.inc", &info)],
+        );
+        assert_eq!(c.feed_release().unwrap(), Some(offer.clone()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let trusted =
+            outpost_bundle::TrustedKeys::parse(&key.public_line(""), std::path::Path::new("k"))
+                .unwrap();
+        let cfg = outpost_feedsync::SyncConfig::new(dir.path(), trusted);
+        let out = outpost_feedsync::sync(&cfg, &c, &mut |_| {}).unwrap();
+        let outpost_feedsync::SyncOutcome::Applied(r) = out else {
+            panic!("{out:?}");
+        };
+        assert_eq!((r.fetched_blobs, r.batches), (3, 2));
+        let seen = t.seen_on(feed::BLOBS_PATH);
+        assert_eq!(seen[0].bearer.as_deref(), Some("osk_key"));
+        assert_eq!(
+            seen[0].body,
+            format!(r#"{{"sha256":["{}"]}}"#, offer.manifest_sha256)
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("current/plugins/a.nasl")).unwrap(),
+            script
+        );
+
+        // A refusal carries the portal's reason.
+        t.push(
+            feed::BLOBS_PATH,
+            Ok(status(
+                404,
+                Some(ErrorBody::new(ErrorCode::NotFound, "no blob 00")),
+            )),
+        );
+        let err = c.feed_blobs(&["00".repeat(32)]).unwrap_err();
+        assert_eq!(err.portal_message(), Some("no blob 00"));
     }
 
     #[test]

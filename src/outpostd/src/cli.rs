@@ -25,6 +25,9 @@ usage: outpostd --config PATH --data-dir DIR [options]
   --redis-dir DIR             openvas: redis' VT cache (default /data/redis)
   --unsigned-feed             openvas: do not check the feed's signed sha256sums
                               (for the unsigned demo feed)
+  --feed-key PATH             openvas: the portal's feed key(s); when the file exists,
+                              feed_sync fetches the portal's release into --feed-dir
+                              (default /usr/share/outpost/feed-keys.pub)
   --ospd-gone-grace DUR       openvas: how long ospd-openvas may be unreachable during a
                               scan before the job fails (default 2m)
   --bundle-keys PATH          trusted update-bundle keys
@@ -34,8 +37,22 @@ usage: outpostd --config PATH --data-dir DIR [options]
                               boot files (default /boot)
   --boot-disk DEV             the disk holding the slots (default: the disk of the
                               partition mounted at --boot-dir)
+  --boot-backend NAME         A/B boot control: uboot-file-env (the U-Boot script's
+                              state files; QEMU, Pi 4; the default) or rpi-tryboot (the
+                              Pi 5 firmware's autoboot.txt and reboot '0 tryboot')
   --config-error-delay DUR    wait before exiting on a bad outpost.toml (default 10s)
   --auth-retry-interval DUR   retry delay when the portal refuses the token (default 60s)
+  --set-clock                 set the system clock: from the time floor at start (build
+                              time, the CA's notBefore, the time kept in the data dir)
+                              and from the portal's time (the image passes it; without
+                              it the clock is never touched)
+  --watchdog PATH             pet this hardware watchdog while the daemon is alive
+                              (the image passes /dev/watchdog)
+  --status-led NAME           show the sensor's state on this LED: a name under
+                              /sys/class/leds (the Pi's ACT) or an LED directory; an
+                              LED that does not exist is left alone (default: none)
+  --restart2 ARG              restart the machine now with reboot(2) RESTART2 and ARG
+                              (for init's shutdown action, after it unmounted all)
   -h, --help                  this text
   -V, --version               print the version
 
@@ -57,6 +74,8 @@ pub struct ScannerArgs {
     pub redis_dir: PathBuf,
     pub unsigned_feed: bool,
     pub ospd_gone_grace: Duration,
+    /// Trusted feed release keys; no file, no network sync.
+    pub feed_key: PathBuf,
 }
 
 impl Default for ScannerArgs {
@@ -69,6 +88,7 @@ impl Default for ScannerArgs {
             redis_dir: device.redis_data_dir,
             unsigned_feed: !device.verify_feed_signatures,
             ospd_gone_grace: crate::executor::DEFAULT_GONE_GRACE,
+            feed_key: "/usr/share/outpost/feed-keys.pub".into(),
         }
     }
 }
@@ -80,6 +100,7 @@ pub struct UpdateArgs {
     pub release_file: PathBuf,
     pub boot_dir: PathBuf,
     pub boot_disk: Option<PathBuf>,
+    pub boot_backend: crate::update::BootBackend,
 }
 
 impl Default for UpdateArgs {
@@ -89,6 +110,7 @@ impl Default for UpdateArgs {
             release_file: crate::release::DEFAULT_RELEASE_FILE.into(),
             boot_dir: "/boot".into(),
             boot_disk: None,
+            boot_backend: crate::update::BootBackend::default(),
         }
     }
 }
@@ -105,6 +127,9 @@ pub struct Args {
     pub auth_retry_interval: Duration,
     pub scanner: ScannerArgs,
     pub update: UpdateArgs,
+    pub set_clock: bool,
+    pub watchdog: Option<PathBuf>,
+    pub status_led: Option<String>,
 }
 
 // Parsed once per process; boxing `Args` would buy nothing.
@@ -112,6 +137,8 @@ pub struct Args {
 #[derive(Debug, PartialEq)]
 pub enum Command {
     Run(Args),
+    /// `--restart2 ARG`
+    Restart2(String),
     Help,
     Version,
 }
@@ -126,6 +153,8 @@ pub enum CliError {
     BadDuration { flag: &'static str, value: String },
     #[error("--executor: unknown executor {0:?} (available: dry-run, openvas)")]
     BadExecutor(String),
+    #[error("--boot-backend: unknown backend {0:?} (available: {names})", names = crate::update::BootBackend::NAMES)]
+    BadBootBackend(String),
 }
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
@@ -141,6 +170,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     let mut auth_retry_interval = Duration::from_secs(60);
     let mut scanner = ScannerArgs::default();
     let mut update = UpdateArgs::default();
+    let mut set_clock = false;
+    let mut watchdog = None;
+    let mut status_led = None;
 
     while let Some(arg) = p.next()? {
         match arg {
@@ -170,6 +202,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Long("scanner-log-dir") => scanner.log_dir = Some(PathBuf::from(p.value()?)),
             Long("redis-dir") => scanner.redis_dir = PathBuf::from(p.value()?),
             Long("unsigned-feed") => scanner.unsigned_feed = true,
+            Long("feed-key") => scanner.feed_key = PathBuf::from(p.value()?),
             Long("ospd-gone-grace") => {
                 scanner.ospd_gone_grace = duration(&mut p, "--ospd-gone-grace")?
             }
@@ -177,6 +210,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Long("release-file") => update.release_file = PathBuf::from(p.value()?),
             Long("boot-dir") => update.boot_dir = PathBuf::from(p.value()?),
             Long("boot-disk") => update.boot_disk = Some(PathBuf::from(p.value()?)),
+            Long("boot-backend") => {
+                let v = p.value()?.string()?;
+                update.boot_backend =
+                    crate::update::BootBackend::parse(&v).ok_or(CliError::BadBootBackend(v))?;
+            }
+            Long("restart2") => return Ok(Command::Restart2(p.value()?.string()?)),
+            Long("set-clock") => set_clock = true,
+            Long("watchdog") => watchdog = Some(PathBuf::from(p.value()?)),
+            Long("status-led") => status_led = Some(p.value()?.string()?),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -193,6 +235,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
         auth_retry_interval,
         scanner,
         update,
+        set_clock,
+        watchdog,
+        status_led,
     }))
 }
 
@@ -272,7 +317,32 @@ mod tests {
                 release_file: "/r".into(),
                 boot_dir: "/b".into(),
                 boot_disk: Some("/dev/vda".into()),
+                boot_backend: crate::update::BootBackend::UbootFileEnv,
             }
+        );
+    }
+
+    #[test]
+    fn boot_backend_and_restart2() {
+        let Command::Run(a) = run(&[
+            "--config=c",
+            "--data-dir=d",
+            "--boot-backend",
+            "rpi-tryboot",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            a.update.boot_backend,
+            crate::update::BootBackend::RpiTryboot
+        );
+        let e = run(&["--config=c", "--data-dir=d", "--boot-backend=grub"]).unwrap_err();
+        assert!(e.to_string().contains("uboot-file-env, rpi-tryboot"), "{e}");
+        // The shutdown action's call needs no --config.
+        assert_eq!(
+            run(&["--restart2", "0 tryboot"]).unwrap(),
+            Command::Restart2("0 tryboot".into())
         );
     }
 
@@ -336,6 +406,10 @@ mod tests {
         );
         assert!(!a.scanner.unsigned_feed);
         assert_eq!(a.scanner.ospd_gone_grace, Duration::from_secs(120));
+        assert_eq!(
+            a.scanner.feed_key,
+            PathBuf::from("/usr/share/outpost/feed-keys.pub")
+        );
 
         let Command::Run(a) = run(&[
             "--config=c",
@@ -347,6 +421,7 @@ mod tests {
             "--redis-dir=/tmp/redis",
             "--unsigned-feed",
             "--ospd-gone-grace=30s",
+            "--feed-key=/k/feed.pub",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -357,6 +432,20 @@ mod tests {
         assert_eq!(a.scanner.redis_dir, PathBuf::from("/tmp/redis"));
         assert!(a.scanner.unsigned_feed);
         assert_eq!(a.scanner.ospd_gone_grace, Duration::from_secs(30));
+        assert_eq!(a.scanner.feed_key, PathBuf::from("/k/feed.pub"));
+    }
+
+    #[test]
+    fn status_led_is_off_unless_named() {
+        let Command::Run(a) = run(&["--config=c", "--data-dir=d"]).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(a.status_led, None);
+        let Command::Run(a) = run(&["--config=c", "--data-dir=d", "--status-led", "ACT"]).unwrap()
+        else {
+            panic!("not a run")
+        };
+        assert_eq!(a.status_led.as_deref(), Some("ACT"));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn ensure_registered(
     transport: &dyn Transport,
     reporter: &Reporter,
     slow_retry: Duration,
+    pause: &mut dyn FnMut(Duration),
 ) -> Result<Registration, IdentityError> {
     let stored = identity::load_registration(data)?;
     match reusable(stored, provision, key) {
@@ -55,14 +56,8 @@ pub fn ensure_registered(
     }
     let facts = SysFacts::gather(std::path::Path::new("/"));
     let req = register::request(provision, &facts, &key.public_b64());
-    let resp = register::register_until_done(
-        transport,
-        provision,
-        &req,
-        reporter,
-        slow_retry,
-        &mut std::thread::sleep,
-    );
+    let resp =
+        register::register_until_done(transport, provision, &req, reporter, slow_retry, pause);
     let reg = Registration {
         sensor_id: resp.sensor_id,
         api_key: resp.api_key,
@@ -121,13 +116,31 @@ mod tests {
         let t = FakeTransport::default();
         portal(&t, "sn_1");
         let rep = capture("branch-1");
-        let first = ensure_registered(&data, &key, &p, &t, &rep, Duration::ZERO).unwrap();
+        let first = ensure_registered(
+            &data,
+            &key,
+            &p,
+            &t,
+            &rep,
+            Duration::ZERO,
+            &mut std::thread::sleep,
+        )
+        .unwrap();
         assert_eq!(first.sensor_id, "sn_1");
         assert_eq!(first.wg_public_key, key.public_b64());
         // "Reboot": a new key load and a second start register nothing.
         let (key, created) = identity::load_or_create_key(&data).unwrap();
         assert!(!created);
-        let again = ensure_registered(&data, &key, &p, &t, &rep, Duration::ZERO).unwrap();
+        let again = ensure_registered(
+            &data,
+            &key,
+            &p,
+            &t,
+            &rep,
+            Duration::ZERO,
+            &mut std::thread::sleep,
+        )
+        .unwrap();
         assert_eq!(again, first);
         assert_eq!(t.seen_on(paths::REGISTER).len(), 1);
         assert_eq!(
@@ -149,9 +162,27 @@ mod tests {
         portal(&t, "sn_2");
         let rep = capture("branch-1");
         let p1 = provision("https://127.0.0.1:8443");
-        ensure_registered(&data, &key, &p1, &t, &rep, Duration::ZERO).unwrap();
+        ensure_registered(
+            &data,
+            &key,
+            &p1,
+            &t,
+            &rep,
+            Duration::ZERO,
+            &mut std::thread::sleep,
+        )
+        .unwrap();
         let p2 = provision("https://127.0.0.2:8443");
-        let second = ensure_registered(&data, &key, &p2, &t, &rep, Duration::ZERO).unwrap();
+        let second = ensure_registered(
+            &data,
+            &key,
+            &p2,
+            &t,
+            &rep,
+            Duration::ZERO,
+            &mut std::thread::sleep,
+        )
+        .unwrap();
         assert_eq!(second.sensor_id, "sn_2");
         assert_eq!(second.portal_url, "https://127.0.0.2:8443");
         assert_eq!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use outpost_wire::sensor::{HeartbeatRequest, HeartbeatResponse, Metrics};
 
 use crate::api::{ApiError, PortalClient};
+use crate::clock::TimeKeeper;
 use crate::health::PortalContact;
 use crate::jobs::JobControl;
 use crate::register::AGENT_VERSION;
@@ -26,6 +27,10 @@ pub struct Heartbeat {
     pub running: Running,
     /// Told of every answered heartbeat (the health check waits for one).
     pub contact: Arc<PortalContact>,
+    /// Takes the portal's time (read over the pinned-CA channel) when ours is off.
+    pub clock: Option<Arc<TimeKeeper>>,
+    /// Ticked every round: the hardware watchdog is petted while this loop comes round.
+    pub alive: Option<Arc<crate::watchdog::Liveness>>,
 }
 
 /// Firmware facts every heartbeat carries.
@@ -49,8 +54,11 @@ impl Heartbeat {
             firmware_version: self.running.firmware_version.clone(),
             boot_slot: self.running.boot_slot.clone(),
             metrics,
+            running_jobs: self.control.running_jobs(),
         };
+        let sent = std::time::Instant::now();
         let resp = self.client.heartbeat(&req)?;
+        let rtt = sent.elapsed();
         self.contact.note_answer();
         for &job in &resp.cancel_jobs {
             if self.control.request_cancel(job) {
@@ -59,9 +67,20 @@ impl Heartbeat {
                 tracing::debug!(job, "cancellation for a job not running here");
             }
         }
-        let skew = resp.server_time - outpost_wire::unix_now();
-        if skew.abs() > 300 {
-            tracing::warn!(skew_s = skew, "sensor clock differs from the portal's");
+        match &self.clock {
+            Some(clock) => match clock.adopt_portal_time(resp.server_time, rtt) {
+                Ok(Some(step)) => self
+                    .reporter
+                    .say(&format!("clock set from the portal's time ({step:+} s)")),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot set the clock from the portal's time"),
+            },
+            None => {
+                let skew = resp.server_time - outpost_wire::unix_now();
+                if skew.abs() > 300 {
+                    tracing::warn!(skew_s = skew, "sensor clock differs from the portal's");
+                }
+            }
         }
         Ok(resp)
     }
@@ -95,9 +114,13 @@ impl Heartbeat {
     pub fn run(mut self, interval: Duration) {
         let mut outage = OutageNotice::new("heartbeat");
         loop {
+            if let Some(alive) = &self.alive {
+                alive.tick();
+            }
             match self.beat_once() {
                 Ok(resp) => {
                     outage.ok(&self.reporter);
+                    self.reporter.status().portal(true);
                     if resp.rotate_wg_key && self.rotate_key() {
                         self.reporter.say("WireGuard key rotated; reconnecting");
                         std::thread::sleep(rotate::EXIT_DELAY);
@@ -105,7 +128,10 @@ impl Heartbeat {
                         std::process::exit(rotate::EXIT_KEY_ROTATED);
                     }
                 }
-                Err(e) => outage.failed(&self.reporter, &e),
+                Err(e) => {
+                    outage.failed(&self.reporter, &e);
+                    self.reporter.status().portal(false);
+                }
             }
             std::thread::sleep(interval);
         }
@@ -138,6 +164,8 @@ mod tests {
                 )
             }),
             rotation: None,
+            clock: None,
+            alive: None,
             running: Running {
                 firmware_version: Some("1.2.0".into()),
                 boot_slot: Some("b".into()),
@@ -177,6 +205,40 @@ mod tests {
         assert_eq!(
             t.seen_on(paths::HEARTBEAT)[0].bearer.as_deref(),
             Some("osk_k")
+        );
+    }
+
+    #[test]
+    fn lists_the_jobs_it_holds_once_stock_is_taken() {
+        let t = Arc::new(FakeTransport::default());
+        t.default_for(
+            paths::HEARTBEAT,
+            ok_json(&HeartbeatResponse {
+                server_time: outpost_wire::unix_now(),
+                cancel_jobs: vec![],
+                rotate_wg_key: false,
+            }),
+        );
+        let control = Arc::new(JobControl::default());
+        let sent = |i: usize| -> HeartbeatRequest {
+            serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[i].body).unwrap()
+        };
+        // Before the claim loop has looked at the spool and the update store: not said,
+        // so the portal takes nothing away from a daemon that is still starting.
+        control.begin(9, Activity::Scanning);
+        beat(&t, &control).beat_once().unwrap();
+        assert_eq!(sent(0).running_jobs, None);
+        // Then: the running job and those with a report still to deliver.
+        control.take_stock([4]);
+        beat(&t, &control).beat_once().unwrap();
+        assert_eq!(sent(1).running_jobs, Some(vec![4, 9]));
+        control.end();
+        control.release(4);
+        beat(&t, &control).beat_once().unwrap();
+        assert_eq!(
+            sent(2).running_jobs,
+            Some(vec![]),
+            "idle is an empty list, not silence"
         );
     }
 

@@ -9,6 +9,7 @@
 //! | `identity.json` | the registration the portal answered: sensor id, API key, site, portal URL, tunnel config, intervals (a [`Registration`]) |
 //! | `spool/<job-id>.json` | finished reports (`ReportUpload`) waiting for the portal's acknowledgement |
 //! | `spool/rejected/<job-id>.json` | reports the portal refused (job no longer ours), kept for diagnosis |
+//! | `spool/inflight/<job-id>.jsonl` | results of the running scan, appended as they arrive; removed once its report is spooled, turned into a partial report after a crash |
 //!
 //! On restart the daemon reuses `wg.key` and `identity.json`, so a reboot never enrolls
 //! the sensor a second time.
@@ -74,6 +75,11 @@ impl DataDir {
     /// A rotated key between "portal accepted it" and "it replaced `wg.key`".
     pub fn next_key_path(&self) -> PathBuf {
         self.root.join("wg.key.next")
+    }
+    /// A key made for a rotation and sent (or about to be sent) to the portal, kept
+    /// until the portal's answer is in: a lost answer is retried with the same key.
+    pub fn pending_key_path(&self) -> PathBuf {
+        self.root.join("wg.key.pending")
     }
     pub fn spool_dir(&self) -> PathBuf {
         self.root.join("spool")
@@ -157,6 +163,37 @@ pub fn commit_rotation(
     fsutil::atomic_write(&next, text.as_bytes()).map_err(io(&next))?;
     save_registration(dir, reg)?;
     promote_next_key(dir)
+}
+
+/// The key to announce in a rotation: the one stored by an earlier attempt whose answer
+/// never came (the portal may already accept it), else a fresh one, stored (synced)
+/// before it leaves the device. A stored key equal to `current` is a leftover of a
+/// finished rotation and is replaced.
+pub fn pending_rotation_key(dir: &DataDir, current: &str) -> Result<DeviceKey, IdentityError> {
+    let path = dir.pending_key_path();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match parse_key(text.trim()) {
+            Some(key) if key.public_b64() != current => return Ok(key),
+            Some(_) => {}
+            None => tracing::warn!(path = %path.display(), "replacing an unreadable pending key"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path)(e)),
+    }
+    let key = DeviceKey::generate()?;
+    let text = format!("{}\n", key.private_b64().expose());
+    fsutil::atomic_write(&path, text.as_bytes()).map_err(io(&path))?;
+    Ok(key)
+}
+
+/// Forgets the pending key once its rotation is committed (or refused for good).
+pub fn discard_pending_key(dir: &DataDir) -> Result<(), IdentityError> {
+    let path = dir.pending_key_path();
+    match std::fs::remove_file(&path) {
+        Ok(()) => fsutil::sync_dir(dir.root()).map_err(io(dir.root())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&path)(e)),
+    }
 }
 
 fn promote_next_key(dir: &DataDir) -> Result<(), IdentityError> {

@@ -40,19 +40,55 @@ struct ControlState {
     current: Option<i64>,
     activity: Activity,
     cancel: bool,
+    /// Jobs with work left from outside the current run: a spooled report, an update
+    /// resumed after a restart or waiting for its reboot.
+    held: std::collections::BTreeSet<i64>,
+    /// The claim loop has looked at what a previous run left; until then the heartbeat
+    /// does not list jobs (and the portal keeps every lease of this sensor).
+    stock_taken: bool,
 }
 
 impl JobControl {
     pub(crate) fn begin(&self, job: i64, activity: Activity) {
-        *lock(&self.state) = ControlState {
-            current: Some(job),
-            activity,
-            cancel: false,
-        };
+        let mut s = lock(&self.state);
+        s.current = Some(job);
+        s.activity = activity;
+        s.cancel = false;
     }
 
     pub(crate) fn end(&self) {
-        *lock(&self.state) = ControlState::default();
+        let mut s = lock(&self.state);
+        s.current = None;
+        s.activity = Activity::Idle;
+        s.cancel = false;
+    }
+
+    /// Records what a previous run left (jobs with work still to deliver); from now on
+    /// the heartbeat lists the jobs this sensor holds.
+    pub(crate) fn take_stock(&self, held: impl IntoIterator<Item = i64>) {
+        let mut s = lock(&self.state);
+        s.held.extend(held);
+        s.stock_taken = true;
+    }
+
+    pub(crate) fn hold(&self, job: i64) {
+        lock(&self.state).held.insert(job);
+    }
+
+    pub(crate) fn release(&self, job: i64) {
+        lock(&self.state).held.remove(&job);
+    }
+
+    /// The jobs this sensor holds, for the heartbeat; `None` until stock is taken.
+    pub fn running_jobs(&self) -> Option<Vec<i64>> {
+        let s = lock(&self.state);
+        if !s.stock_taken {
+            return None;
+        }
+        let mut ids: Vec<i64> = s.held.iter().copied().chain(s.current).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
     }
 
     /// Asks the running job to stop if it is `job`; returns whether it was.
@@ -103,10 +139,12 @@ pub enum Delivery {
 
 /// How a job run ended.
 enum Ended {
-    /// A report to deliver, after the final status (if any) is posted.
+    /// A report to deliver, after the final status (if any) is posted. The run is
+    /// released once the report is spooled.
     Report {
-        report: JobReport,
+        report: Box<JobReport>,
         final_status: Option<JobStatusUpdate>,
+        run: Box<dyn RunningJob>,
     },
     /// The job could not start; the portal was told why. No report.
     NotStarted,
@@ -176,9 +214,11 @@ impl Worker {
         }
     }
 
-    /// Claims every `interval` forever. Reports left in the spool go first, then an
-    /// update interrupted by a restart.
+    /// Claims every `interval` forever. Scans a crash cut short become partial reports
+    /// first; reports left in the spool go next, then an update interrupted by a restart.
     pub fn claim_loop(&mut self, interval: Duration) {
+        self.take_stock();
+        self.recover_interrupted();
         self.flush_spool();
         self.resume_update();
         let mut backoff = Backoff::portal();
@@ -231,6 +271,25 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Notes the jobs a previous run left work for (spooled reports, an update job), so
+    /// heartbeats list them before they are delivered or resumed. Jobs the portal thinks
+    /// run here and that are not among them were lost with the previous run.
+    pub fn take_stock(&self) {
+        let mut held = self.spool.pending().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the report spool");
+            Vec::new()
+        });
+        // A scan cut short by a crash is still ours: its partial report is on the way.
+        held.extend(self.spool.results().jobs().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the scan result logs");
+            Vec::new()
+        }));
+        if let Some(u) = &self.updater {
+            held.extend(u.held_jobs());
+        }
+        self.control.take_stock(held);
     }
 
     /// Runs one claimed job to its end and delivers its report (or, for an update that
@@ -321,7 +380,10 @@ impl Worker {
             };
             updater.resume_job(&mut ctx)
         };
-        if let Some((_, end)) = resumed {
+        if let Some((id, end)) = resumed {
+            if end != JobEnd::Reboot {
+                self.control.release(id);
+            }
             self.after_update(end);
         }
     }
@@ -364,7 +426,9 @@ impl Worker {
             Ended::Report {
                 report,
                 final_status,
+                run,
             } => {
+                let report = *report;
                 let upload = ReportUpload {
                     request_id: spool::new_request_id(),
                     outcome: report.outcome,
@@ -373,13 +437,21 @@ impl Worker {
                     content: report.content,
                     summary: report.summary,
                 };
-                // Spool first: from here on a crash cannot lose the report.
-                if let Err(e) = self.spool.store(id, &upload) {
-                    self.reporter.job(
+                // Spool first: from here on a crash cannot lose the report. Only then
+                // may the scanner forget the scan and its result log go.
+                self.control.hold(id);
+                let mut run = Some(run);
+                match self.spool.store(id, &upload) {
+                    Ok(()) => {
+                        if let Some(run) = run.take() {
+                            run.release();
+                        }
+                    }
+                    Err(e) => self.reporter.job(
                         Level::Error,
                         id,
                         &format!("cannot spool the report, uploading from memory: {e}"),
-                    );
+                    ),
                 }
                 if let Some(update) = final_status {
                     if let Err(e) = self.client.job_status(id, &update) {
@@ -387,9 +459,110 @@ impl Worker {
                     }
                 }
                 self.deliver_until_done(id, &upload);
+                // Not spooled: the result log stayed as the copy of last resort until now.
+                if let Some(run) = run {
+                    run.release();
+                }
             }
         }
         self.control.end();
+    }
+
+    /// Turns every scan a previous run left unfinished (a result log in the spool) into
+    /// a partial report, once. The job is held meanwhile ([`Worker::take_stock`]), so the
+    /// portal does not hand it out again; it hears what happened as a job event and a
+    /// failed status, then gets the report (outcome failed, partial) from the spool like
+    /// any other. Each step is safe to repeat after another crash: a log whose report is
+    /// already spooled is only removed, and the recovered report's request id is derived
+    /// from the scan, so the portal answers a repeat with the report it stored.
+    pub fn recover_interrupted(&mut self) {
+        let jobs = match self.spool.results().jobs() {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                self.reporter.message(
+                    Level::Error,
+                    &format!("cannot look for scans cut short by a restart: {e}"),
+                );
+                return;
+            }
+        };
+        for id in jobs {
+            self.recover_one(id);
+        }
+    }
+
+    fn recover_one(&mut self, id: i64) {
+        let log = self.spool.results().clone();
+        let mut rec = log.read(id).unwrap_or_else(|e| {
+            // An unreadable log still means the job was cut short; the portal must hear it.
+            tracing::error!(job = id, error = %e, "scan result log unreadable");
+            Default::default()
+        });
+        let scan_id = rec.start.as_ref().map(|s| s.scan_id.clone());
+        if self.spool.path_for(id).exists() {
+            // The crash came after the report was spooled: it goes out as it is.
+            if let Some(scan) = &scan_id {
+                self.executor.forget(scan);
+            }
+            self.drop_log(id);
+            return;
+        }
+        // ospd-openvas may have outlived the daemon: stop the scan, take what it holds.
+        if let Some(scan) = &scan_id {
+            let more = self.executor.salvage(scan);
+            if !more.is_empty() {
+                if let Err(e) = log.reopen(id).and_then(|mut w| w.append(&more, None)) {
+                    tracing::warn!(job = id, error = %e, "salvaged results not kept on disk");
+                }
+                rec.results.extend(more);
+            }
+        }
+        let report = crate::executor::recovered_report(id, &rec);
+        let reason = format!(
+            "interrupted: outpostd stopped during the scan (crash, kill or power cut); \
+             {} result(s) collected before it are uploaded as a partial report",
+            rec.results.len()
+        );
+        self.reporter.job(Level::Warn, id, &reason);
+        let upload = ReportUpload {
+            request_id: match &scan_id {
+                Some(scan) => format!("recovered-{id}-{scan}"),
+                None => format!("recovered-{id}"),
+            },
+            outcome: report.outcome,
+            partial: true,
+            content_type: report.content_type,
+            content: report.content,
+            summary: report.summary,
+        };
+        self.control.hold(id);
+        let stored = match self.spool.store(id, &upload) {
+            Ok(()) => true,
+            Err(e) => {
+                self.reporter.job(
+                    Level::Error,
+                    id,
+                    &format!("cannot spool the recovered report, uploading from memory: {e}"),
+                );
+                false
+            }
+        };
+        self.post_final(id, JobStatusUpdate::Failed { reason });
+        // A spooled report goes out with `flush_spool`; otherwise the log stays as the
+        // only copy until the portal has the report.
+        if !stored {
+            self.deliver_until_done(id, &upload);
+        }
+        if let Some(scan) = &scan_id {
+            self.executor.forget(scan);
+        }
+        self.drop_log(id);
+    }
+
+    fn drop_log(&self, id: i64) {
+        if let Err(e) = self.spool.results().remove(id) {
+            tracing::error!(job = id, error = %e, "cannot remove a scan result log");
+        }
     }
 
     fn execute(&mut self, job: &Job, spec: &ScanSpec) -> Ended {
@@ -432,6 +605,8 @@ impl Worker {
                             Ok(_) => {}
                             Err(e) if is_gone(&e) => {
                                 stop_quietly(&mut run);
+                                // The portal will take no report: nothing to keep.
+                                run.release();
                                 return Ended::Gone(e.to_string());
                             }
                             // Keep scanning through a portal outage; the report is spooled.
@@ -476,8 +651,9 @@ impl Worker {
             }
         };
         Ended::Report {
-            report,
+            report: Box::new(report),
             final_status,
+            run,
         }
     }
 
@@ -528,6 +704,14 @@ impl Worker {
 
     /// One upload attempt of `upload`, with the spool updated to match the answer.
     pub fn deliver_once(&self, id: i64, upload: &ReportUpload) -> Delivery {
+        let delivery = self.try_deliver(id, upload);
+        if !matches!(delivery, Delivery::Retry { .. }) {
+            self.control.release(id);
+        }
+        delivery
+    }
+
+    fn try_deliver(&self, id: i64, upload: &ReportUpload) -> Delivery {
         match self.client.upload_report(id, upload) {
             Ok(ack) => {
                 self.forget(id);
@@ -653,6 +837,7 @@ mod tests {
                 families: vec![],
                 oids: vec![],
                 alive_test: AliveTest::ConsiderAlive,
+                alive_methods: vec![],
                 credentials: vec![],
                 deadline_s: 3600,
             }),
@@ -748,6 +933,60 @@ mod tests {
             Some("r-before-crash")
         );
         assert!(s.worker.spool.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn jobs_are_listed_while_held_and_not_after() {
+        let mut s = setup(Duration::ZERO);
+        let earlier = ReportUpload {
+            request_id: "r-spooled".into(),
+            outcome: ReportOutcome::Completed,
+            partial: false,
+            content_type: "application/xml".into(),
+            content: "<get_scans_response/>".into(),
+            summary: Default::default(),
+        };
+        s.worker.spool.store(4, &earlier).unwrap();
+        assert_eq!(s.worker.control.running_jobs(), None);
+        // A restart: the spooled report's job is held until the portal has the report.
+        s.worker.take_stock();
+        assert_eq!(s.worker.control.running_jobs(), Some(vec![4]));
+        s.t.push(&paths::report(4), Ok(status(503, None)));
+        s.t.push(&paths::report(4), Ok(ack()));
+        let control = s.worker.control.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        s.worker.sleep = Box::new(move |_| seen2.lock().unwrap().push(control.running_jobs()));
+        s.worker.flush_spool();
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [Some(vec![4])],
+            "held while the upload is retried"
+        );
+        assert_eq!(s.worker.control.running_jobs(), Some(vec![]));
+
+        // A claimed job is listed while it runs, and no longer once its report is in.
+        seen.lock().unwrap().clear();
+        let mut s2 = setup(Duration::from_millis(50));
+        s2.worker.take_stock();
+        let control = s2.worker.control.clone();
+        let seen2 = seen.clone();
+        s2.worker.sleep = Box::new(move |_| seen2.lock().unwrap().push(control.running_jobs()));
+        s2.t.default_for(
+            &paths::job_status(7),
+            ok_json(&JobStatusResponse {
+                cancel_requested: false,
+            }),
+        );
+        s2.t.push(&paths::report(7), Ok(ack()));
+        s2.worker.run_job(job(7));
+        assert!(
+            seen.lock().unwrap().iter().all(|l| *l == Some(vec![7])),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        assert!(!seen.lock().unwrap().is_empty());
+        assert_eq!(s2.worker.control.running_jobs(), Some(vec![]));
     }
 
     #[test]
@@ -908,6 +1147,250 @@ mod tests {
         assert_eq!(up[0].outcome, ReportOutcome::Failed);
         assert!(up[0].partial);
         assert!(up[0].content.contains(r#"status="stopped""#));
+    }
+
+    /// The OpenVAS executor on `fake`, keeping results in the worker's spool.
+    fn openvas_on(s: &mut Setup, fake: &crate::executor::fake_ospd::FakeOspd) {
+        s.worker.executor = Arc::new(
+            crate::executor::OpenvasExecutor::new(
+                outpost_osp::OspClient::new(&fake.path),
+                crate::scope::Scope::new(&["10.9.0.0/24".to_owned()]).unwrap(),
+                crate::executor::DEFAULT_GONE_GRACE,
+            )
+            .with_result_log(s.worker.spool.results().clone()),
+        );
+    }
+
+    fn scan_job(id: i64) -> Job {
+        let mut j = job(id);
+        let JobSpec::Scan(spec) = &mut j.spec else {
+            panic!("a scan job")
+        };
+        spec.families = vec!["General".into()];
+        j
+    }
+
+    /// A daemon started again on the same data directory (and the same fake portal).
+    fn restart(s: &Setup, fake: &crate::executor::fake_ospd::FakeOspd) -> Worker {
+        let mut again = setup(Duration::ZERO);
+        again.worker.client = s.worker.client.clone();
+        again.worker.spool = Spool::open(&s._dir.path().join("spool")).unwrap();
+        openvas_on(&mut again, fake);
+        again.worker
+    }
+
+    #[test]
+    fn results_popped_before_a_crash_are_uploaded_once_as_partial_after_restart() {
+        use crate::executor::fake_ospd::{FakeOspd, RUNNING_50, STARTED};
+        // ospd-openvas dies with the daemon here: after two answers it is gone.
+        let fake = FakeOspd::start(vec![STARTED, RUNNING_50]);
+        let mut s = setup(Duration::ZERO);
+        openvas_on(&mut s, &fake);
+        let mut run = s.worker.executor.start(&scan_job(7)).unwrap();
+        assert!(matches!(run.poll().unwrap(), Progress::Running { .. }));
+        // outpostd is killed: the run is dropped, nothing is reported or cleaned up.
+        drop(run);
+        assert_eq!(s.worker.spool.results().jobs().unwrap(), [7]);
+
+        let mut w = restart(&s, &fake);
+        s.t.default_for(
+            &paths::job_status(7),
+            ok_json(&JobStatusResponse {
+                cancel_requested: false,
+            }),
+        );
+        s.t.push(&paths::report(7), Ok(ack()));
+        // The job is held from the first listing on, so the portal does not re-queue it.
+        w.take_stock();
+        assert_eq!(w.control.running_jobs(), Some(vec![7]));
+        w.recover_interrupted();
+        w.flush_spool();
+
+        let up = uploads(&s.t, 7);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].outcome, ReportOutcome::Failed);
+        assert!(up[0].partial);
+        assert!(
+            up[0].request_id.starts_with("recovered-7-"),
+            "{}",
+            up[0].request_id
+        );
+        // The result popped before the crash, in OSP form, with the scan marked interrupted.
+        assert_eq!(up[0].content.matches("<result ").count(), 1);
+        assert!(up[0].content.contains("Best matching OS: Debian"));
+        assert!(up[0].content.contains(r#"status="interrupted""#));
+        assert_eq!(up[0].summary.live_hosts, ["10.9.0.2"]);
+        assert!(up[0].summary.dead_hosts.is_empty());
+        // The portal heard what happened before the report came.
+        match statuses(&s.t, 7).as_slice() {
+            [JobStatusUpdate::Failed { reason }] => {
+                assert!(reason.starts_with("interrupted: "), "{reason}");
+                assert!(reason.contains("1 result(s)"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(w
+            .reporter
+            .captured()
+            .iter()
+            .any(|l| l.starts_with("outpost[branch-1]: job 7: interrupted: ")));
+        assert!(w.spool.pending().unwrap().is_empty());
+        assert!(w.spool.results().jobs().unwrap().is_empty());
+        assert_eq!(w.control.running_jobs(), Some(vec![]));
+
+        // Yet another restart finds nothing left to send.
+        let mut w = restart(&s, &fake);
+        w.take_stock();
+        w.recover_interrupted();
+        w.flush_spool();
+        assert_eq!(uploads(&s.t, 7).len(), 1);
+        assert_eq!(w.control.running_jobs(), Some(vec![]));
+    }
+
+    #[test]
+    fn a_crash_between_upload_and_acknowledgement_repeats_the_same_request() {
+        let fake = crate::executor::fake_ospd::FakeOspd::start(vec![]);
+        let mut s = setup(Duration::ZERO);
+        openvas_on(&mut s, &fake);
+        // A log as a crashed run leaves it: header and one result, last line torn.
+        let log = s.worker.spool.results().clone();
+        let mut w = log
+            .begin(&crate::results::ScanStart {
+                job: 8,
+                scan_id: "2f616d53-595f-4785-9b97-4395116ca118".into(),
+                started_unix: 1_700_000_000,
+                targets: vec!["10.9.0.0/24".into()],
+                exclude_hosts: vec![],
+            })
+            .unwrap();
+        w.append(
+            &[crate::results::tests::result(
+                "10.9.0.2", "22/tcp", 9.8, "kept",
+            )],
+            None,
+        )
+        .unwrap();
+        drop(w);
+        let mut bytes = std::fs::read(log.path_for(8)).unwrap();
+        bytes.extend_from_slice(br#"{"rec":"result","na"#);
+        std::fs::write(log.path_for(8), bytes).unwrap();
+
+        s.t.default_for(
+            &paths::job_status(8),
+            ok_json(&JobStatusResponse {
+                cancel_requested: false,
+            }),
+        );
+        s.worker.take_stock();
+        s.worker.recover_interrupted();
+        // The portal stores the upload, but the daemon dies before it deletes the spool
+        // file: keep a copy and put it back after the upload.
+        let spooled = std::fs::read(s.worker.spool.path_for(8)).unwrap();
+        s.t.push(&paths::report(8), Ok(ack()));
+        s.worker.flush_spool();
+        std::fs::write(s.worker.spool.path_for(8), &spooled).unwrap();
+
+        let mut w = restart(&s, &fake);
+        s.t.push(
+            &paths::report(8),
+            Ok(ok_json(&ReportAck {
+                report_id: 1,
+                created: false,
+            })),
+        );
+        w.take_stock();
+        w.recover_interrupted();
+        w.flush_spool();
+        let up = uploads(&s.t, 8);
+        assert_eq!(up.len(), 2);
+        // The same request both times: the portal answers the repeat with the report it has.
+        assert_eq!(up[0], up[1]);
+        assert_eq!(up[0].content.matches("<result ").count(), 1);
+        assert!(up[0].content.contains(r#"name="kept""#));
+        assert!(w
+            .reporter
+            .captured()
+            .iter()
+            .any(|l| l == "outpost[branch-1]: job 8: report uploaded (failed, already stored)"));
+        assert!(w.spool.pending().unwrap().is_empty());
+        assert!(w.spool.results().jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_log_whose_report_was_already_spooled_adds_no_second_report() {
+        let fake = crate::executor::fake_ospd::FakeOspd::start(vec![]);
+        let mut s = setup(Duration::ZERO);
+        openvas_on(&mut s, &fake);
+        // The crash came after the report was spooled and before the log was removed.
+        let log = s.worker.spool.results().clone();
+        drop(
+            log.begin(&crate::results::ScanStart {
+                job: 4,
+                scan_id: "2f616d53-595f-4785-9b97-4395116ca118".into(),
+                started_unix: 0,
+                targets: vec!["10.9.0.2".into()],
+                exclude_hosts: vec![],
+            })
+            .unwrap(),
+        );
+        let full = ReportUpload {
+            request_id: "r-complete".into(),
+            outcome: ReportOutcome::Completed,
+            partial: false,
+            content_type: "application/xml".into(),
+            content: "<get_scans_response/>".into(),
+            summary: Default::default(),
+        };
+        s.worker.spool.store(4, &full).unwrap();
+        s.t.push(&paths::report(4), Ok(ack()));
+        s.worker.take_stock();
+        assert_eq!(s.worker.control.running_jobs(), Some(vec![4]));
+        s.worker.recover_interrupted();
+        s.worker.flush_spool();
+        assert_eq!(uploads(&s.t, 4), vec![full]);
+        assert!(statuses(&s.t, 4).is_empty());
+        assert!(log.jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_scan_waits_until_the_report_is_spooled() {
+        use crate::executor::fake_ospd::{FakeOspd, DELETED, FINISHED, RUNNING_50, STARTED};
+        let fake = FakeOspd::start(vec![STARTED, RUNNING_50, FINISHED, DELETED]);
+        let mut s = setup(Duration::ZERO);
+        openvas_on(&mut s, &fake);
+        s.t.default_for(
+            &paths::job_status(15),
+            ok_json(&JobStatusResponse {
+                cancel_requested: false,
+            }),
+        );
+        // The portal is down for the first upload: look at the sensor while it waits.
+        s.t.push(&paths::report(15), Err(TransportError("reset".into())));
+        s.t.push(&paths::report(15), Ok(ack()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let spool_file = s.worker.spool.path_for(15);
+        let log_file = s.worker.spool.results().path_for(15);
+        let commands = Arc::new(Mutex::new(fake));
+        let commands2 = commands.clone();
+        s.worker.sleep = Box::new(move |_| {
+            let cmds = commands2.lock().unwrap().seen();
+            seen2.lock().unwrap().push((
+                cmds.iter().any(|c| c.starts_with("<delete_scan ")),
+                spool_file.exists(),
+                log_file.exists(),
+            ));
+        });
+        s.worker.run_job(scan_job(15));
+        let seen = seen.lock().unwrap().clone();
+        // While polling: neither deleted nor spooled, results on disk. While the upload
+        // waits: spooled, and only then deleted in ospd and the log removed.
+        assert_eq!(seen.first(), Some(&(false, false, true)), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(true, true, false)), "{seen:?}");
+        assert_eq!(uploads(&s.t, 15).len(), 2);
+        assert!(s.worker.spool.pending().unwrap().is_empty());
+        let cmds = commands.lock().unwrap().commands();
+        assert!(cmds[3].starts_with("<delete_scan "), "{cmds:?}");
     }
 
     #[test]

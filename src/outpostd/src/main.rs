@@ -18,6 +18,8 @@
 //!   `scanner: ...` lines for the stack's processes. Jobs are claimed only once `ready`
 //!   is reached, and again only after a restarted stack has reloaded its VTs.
 //!
+//! - `outpost[NAME]: LED NAME shows the sensor's state (docs/operating.md)`: with
+//!   `--status-led` on a board that has the LED (`statusled`).
 //! - `outpost[NAME]: updates: ...`: whether this sensor takes update jobs, and why not;
 //!   `outpost[NAME]: health check passed: slot X marked good` once the boot is committed;
 //!   update progress and outcomes as `job ID: update ...` lines (`docs/updates.md`).
@@ -27,6 +29,7 @@
 mod api;
 mod backoff;
 mod cli;
+mod clock;
 mod enroll;
 mod executor;
 mod fsutil;
@@ -36,17 +39,21 @@ mod identity;
 mod jobs;
 mod logship;
 mod metrics;
+mod reboot;
 mod register;
 mod release;
 mod report;
+mod results;
 mod ring;
 mod rotate;
 mod scanner;
 mod scope;
 mod spool;
+mod statusled;
 mod sysfacts;
 mod transport;
 mod update;
+mod watchdog;
 mod wg;
 
 use std::path::Path;
@@ -93,13 +100,35 @@ fn run() -> anyhow::Result<()> {
             println!("outpostd {}", register::AGENT_VERSION);
             return Ok(());
         }
+        Command::Restart2(arg) => {
+            reboot::restart2(&arg).with_context(|| format!("restart with {arg:?}"))?;
+            return Ok(());
+        }
     };
     init_tracing();
 
+    // The LED first, so even a broken outpost.toml shows on it.
+    let status = status_led(&args);
+
     // Validate the provisioning file before any network I/O.
-    let provision = Provision::load(&args.config)
-        .map_err(|e| provisioning_failed(&args, None, &e.to_string()))?;
-    let reporter = Arc::new(Reporter::new(&provision.name, Console::Stdout));
+    let provision = match Provision::load(&args.config) {
+        Ok(p) => p,
+        Err(e) => {
+            status.phase(Phase::Provision, PhaseOutcome::Failed);
+            return Err(provisioning_failed(&args, None, &e.to_string()));
+        }
+    };
+    let has_led = status.has_led();
+    let reporter =
+        Arc::new(Reporter::new(&provision.name, Console::Stdout).with_status_led(status));
+    if let (true, Some(name)) = (has_led, &args.status_led) {
+        reporter.say(&format!(
+            "LED {name} shows the sensor's state (docs/operating.md)"
+        ));
+        if let Err(e) = statusled::spawn_network_watch(reporter.clone()) {
+            tracing::warn!(error = %e, "cannot start the network watch for the status LED");
+        }
+    }
     reporter.phase(Phase::Provision, PhaseOutcome::Started, None);
 
     // The pinned CA is checked before anything is written to the data directory.
@@ -120,6 +149,58 @@ fn run() -> anyhow::Result<()> {
     let spool = spool::Spool::open(&data.spool_dir())
         .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
 
+    // Before the first certificate check and before the tunnel: a board without a
+    // battery-backed clock starts in 1970 (see clock.rs).
+    let clock = Arc::new(clock::TimeKeeper::new(
+        Box::new(clock::SystemWallClock {
+            may_set: args.set_clock,
+        }),
+        data.root().join("time-floor.json"),
+        &[
+            clock::build_time(Path::new(clock::BUILD_ID_FILE)),
+            clock::ca_not_before(&provision.ca_cert_pem),
+        ],
+    ));
+    match clock.apply_floor() {
+        clock::FloorOutcome::Fine => {}
+        clock::FloorOutcome::Raised { from, to } => reporter.say(&format!(
+            "clock was {}, behind the time floor: set to {}",
+            clock::iso(from),
+            clock::iso(to)
+        )),
+        clock::FloorOutcome::Behind { now, floor, why } => {
+            let line = format!(
+                "clock is {}, behind the time floor {}, and was not set: {why}",
+                clock::iso(now),
+                clock::iso(floor)
+            );
+            if args.set_clock {
+                reporter.say(&line);
+            } else {
+                tracing::warn!("{line}");
+            }
+        }
+    }
+
+    // The hardware watchdog is armed before the first network wait: a board that hangs
+    // while its uplink or the portal is down must reset too. The start-up waits tick on
+    // every retry; the heartbeat loop takes over below with its own budget.
+    let alive = watchdog::Liveness::new(watchdog::STARTUP_BUDGET);
+    alive.tick();
+    if let Some(path) = &args.watchdog {
+        match watchdog::start(path, alive.clone()) {
+            Ok(()) => reporter.say(&format!(
+                "watchdog {} armed: the board resets {} s after the daemon stops making progress",
+                path.display(),
+                watchdog::TIMEOUT.as_secs()
+            )),
+            Err(e) => reporter.say(&format!(
+                "watchdog {} not armed ({e}): a hang will need a power cycle",
+                path.display()
+            )),
+        }
+    }
+
     let reg = enroll::ensure_registered(
         &data,
         &key,
@@ -127,9 +208,11 @@ fn run() -> anyhow::Result<()> {
         transport.as_ref(),
         &reporter,
         args.auth_retry_interval,
+        &mut |d| alive.pause(d),
     )
     .map_err(|e| provisioning_failed(&args, Some(&reporter), &e.to_string()))?;
     reporter.phase(Phase::Provision, PhaseOutcome::Done, None);
+    report_recreated_data(&data, &reporter);
 
     // What runs, and what became of an update pending across the last reboot: decided
     // before anything marks this slot good (see update::boot).
@@ -158,18 +241,25 @@ fn run() -> anyhow::Result<()> {
             let mut collector = metrics::MetricsCollector::new(data.root());
             let mut sample = move || collector.collect();
             let tunnel = wg::bring_up(
-                &key,
+                &wg::Credentials {
+                    key: &key,
+                    ca_pem: &provision.ca_cert_pem,
+                    api_key: &reg.api_key,
+                },
                 t,
-                &provision.ca_cert_pem,
-                &reg.api_key,
                 &reporter,
                 &running,
                 &mut sample,
+                &alive,
             )
             .map_err(|e| {
                 reporter.phase(Phase::WgUp, PhaseOutcome::Failed, Some(&e.to_string()));
                 Reported(e.to_string())
             })?;
+            // The tunnel's handshakes now carry timestamps: reserve past them.
+            if let Err(e) = clock.save() {
+                tracing::warn!(error = %e, "cannot keep the time floor");
+            }
             (tunnel.transport, Some(tunnel.device))
         }
         None => {
@@ -230,14 +320,29 @@ fn run() -> anyhow::Result<()> {
                     provision.scope.join(", ")
                 ));
             }
-            Arc::new(OpenvasExecutor::new(
-                outpost_osp::OspClient::new(&args.scanner.ospd_socket),
-                scope,
-                args.scanner.ospd_gone_grace,
-            ))
+            Arc::new(
+                OpenvasExecutor::new(
+                    outpost_osp::OspClient::new(&args.scanner.ospd_socket),
+                    scope,
+                    args.scanner.ospd_gone_grace,
+                )
+                .with_result_log(spool.results().clone()),
+            )
         }
     };
 
+    {
+        let clock = clock.clone();
+        std::thread::Builder::new()
+            .name("clock".into())
+            .spawn(move || loop {
+                std::thread::sleep(clock::SAVE_EVERY);
+                if let Err(e) = clock.save() {
+                    tracing::warn!(error = %e, "cannot keep the time floor");
+                }
+            })
+            .context("starting the clock thread")?;
+    }
     {
         let client = client.clone();
         let reporter = reporter.clone();
@@ -246,6 +351,10 @@ fn run() -> anyhow::Result<()> {
             .spawn(move || logship::run(client, &reporter))
             .context("starting the log thread")?;
     }
+    // From here the heartbeat loop keeps the watchdog fed; its budget is the interval
+    // plus the worst case of one request (ureq's per-step timeouts).
+    alive.set_budget(heartbeat_every + Duration::from_secs(180));
+    alive.tick();
     {
         let mut collector = metrics::MetricsCollector::new(data.root());
         let beat = heartbeat::Heartbeat {
@@ -259,6 +368,8 @@ fn run() -> anyhow::Result<()> {
             }),
             running,
             contact,
+            clock: args.set_clock.then(|| clock.clone()),
+            alive: Some(alive),
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -269,7 +380,7 @@ fn run() -> anyhow::Result<()> {
     // After the heartbeat and log threads, so the portal sees the scanner boot live.
     if run_scanner {
         scanner::boot::spawn(
-            boot_config(&args.scanner, &provision),
+            boot_config(&args.scanner, &provision, &client),
             reporter.clone(),
             gate.clone(),
         )
@@ -298,45 +409,69 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The updater in the device layout: U-Boot state files in `--boot-dir`, the slots on
-/// the disk that holds it, busybox `reboot`.
+/// The updater in the device layout: the board's boot backend (`--boot-backend`) over
+/// `--boot-dir`, the slots on the disk that holds it, and init's reboot (with the
+/// backend's restart argument, if any).
 fn updater(
     args: &Args,
     data: &identity::DataDir,
     release: Release,
-    boot_info: BootInfo,
+    mut boot_info: BootInfo,
     reg: &identity::Registration,
 ) -> Updater {
     let u = &args.update;
+    let device = update::device_boot(
+        u.boot_backend,
+        &u.boot_dir,
+        u.boot_disk.clone(),
+        Path::new(update::BOOTLOADER_DT),
+    );
+    if let Some(trial) = device.trial {
+        boot_info.trial = trial;
+    }
+    tracing::info!(
+        backend = u.boot_backend.as_str(),
+        on_device = device.on_device,
+        "boot control"
+    );
+    let rebooter = reboot::Rebooter::device();
     Updater::new(UpdaterConfig {
         data_dir: data.root().to_path_buf(),
         keys_file: u.bundle_keys.clone(),
         release,
         boot_info,
-        boot: Arc::new(outpost_bootctl::UbootFileEnv::new(&u.boot_dir)),
-        on_device: health::on_device(&u.boot_dir),
-        slots: update::device_slots(&u.boot_dir, u.boot_disk.clone()),
+        boot: device.control,
+        on_device: device.on_device,
+        slots: device.slots,
         healthy_flag: update::HEALTHY_FLAG.into(),
-        reboot: Box::new(reboot),
+        reboot: Box::new(move |action| rebooter.reboot(action)),
+        boot_id: update::boot_id(Path::new(update::BOOT_ID_FILE)),
         progress_interval: Duration::from_secs(reg.heartbeat_interval_s.max(1).into()),
         slow_retry: args.auth_retry_interval,
     })
 }
 
-/// busybox `reboot`: init runs its shutdown action (unmounts, syncs) and restarts.
-fn reboot() -> std::io::Result<()> {
-    let status = std::process::Command::new("/sbin/reboot").status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("/sbin/reboot: {status}")))
-    }
-}
-
 /// The stack in the device layout, with the feed, socket and log paths from the flags.
 /// The stack loads the very files `feed_ready` judged (`--feed-dir`).
-fn boot_config(s: &cli::ScannerArgs, provision: &Provision) -> scanner::boot::BootConfig {
+fn boot_config(
+    s: &cli::ScannerArgs,
+    provision: &Provision,
+    client: &PortalClient,
+) -> scanner::boot::BootConfig {
     let feed = outpost_feed::FeedPaths::under(&s.feed_dir);
+    // An image without a feed key keeps the feed it ships (the lab's demo feed).
+    let sync = match outpost_bundle::TrustedKeys::load(&s.feed_key) {
+        Ok(keys) => Some(scanner::boot::FeedSync {
+            client: client.clone(),
+            config: outpost_feedsync::SyncConfig::new(&s.feed_dir, keys),
+        }),
+        Err(e) => {
+            if s.feed_key.exists() {
+                tracing::warn!(key = %s.feed_key.display(), error = %e, "the feed key is unusable; no network feed sync");
+            }
+            None
+        }
+    };
     let mut stack = outpost_scanner::StackConfig::device();
     stack.feed = feed.clone();
     stack.ospd_socket = s.ospd_socket.clone();
@@ -348,7 +483,23 @@ fn boot_config(s: &cli::ScannerArgs, provision: &Provision) -> scanner::boot::Bo
         feed,
         thresholds: provision.feed.clone(),
         vts_wait: outpost_scanner::VtsWait::default(),
+        sync,
     }
+}
+
+/// The `--status-led` LED, or none (not asked for, or not on this board).
+fn status_led(args: &Args) -> statusled::StatusLed {
+    let led = args.status_led.as_deref().and_then(|name| {
+        let led = statusled::open_named(name);
+        if led.is_none() {
+            tracing::info!(
+                led = name,
+                "no such LED: the sensor's state is not shown on one"
+            );
+        }
+        led
+    });
+    statusled::StatusLed::new(led)
 }
 
 /// Prints the one console line for a provisioning failure, waits so a respawning init
@@ -360,6 +511,25 @@ fn provisioning_failed(args: &Args, reporter: Option<&Reporter>, reason: &str) -
     }
     std::thread::sleep(args.config_error_delay);
     Reported(reason.to_owned()).into()
+}
+
+/// The initramfs recreated a data partition it could not repair and left a note: say
+/// so at the portal once (this is the first moment the sensor is enrolled again).
+fn report_recreated_data(data: &identity::DataDir, reporter: &Reporter) {
+    let note = data.root().join("data-recreated");
+    let Ok(text) = std::fs::read_to_string(&note) else {
+        return;
+    };
+    reporter.message(
+        outpost_wire::log::Level::Warn,
+        &format!(
+            "{}; the identity, unsent reports and local state were lost",
+            text.trim()
+        ),
+    );
+    if let Err(e) = std::fs::rename(&note, data.root().join("data-recreated.reported")) {
+        tracing::warn!(error = %e, "cannot mark the data-recreated note as reported");
+    }
 }
 
 fn init_tracing() {

@@ -27,6 +27,7 @@ pub fn request(provision: &Provision, facts: &SysFacts, wg_public_key: &str) -> 
         os: facts.os.clone(),
         board: facts.board.clone(),
         hardware_serial: facts.hardware_serial.clone(),
+        board_serial: facts.board_serial.clone(),
         agent_version: AGENT_VERSION.to_owned(),
         capabilities: vec![Capability::Scan],
         wg_public_key: wg_public_key.to_owned(),
@@ -87,9 +88,14 @@ pub fn register_until_done(
     let mut backoff = Backoff::portal();
     loop {
         match api::register(transport, &provision.token, req) {
-            Ok(resp) => return resp,
+            Ok(resp) => {
+                reporter.status().portal(true);
+                return resp;
+            }
             Err(err) => {
                 let (reason, retry) = classify(&err);
+                // A refusal is the portal answering (the LED shows the failed phase).
+                reporter.status().portal(retry == Retry::Slowly);
                 let delay = match retry {
                     Retry::Backoff => backoff.next_delay(),
                     Retry::Slowly => {
@@ -136,6 +142,7 @@ mod tests {
             os: "o".into(),
             board: "b".into(),
             hardware_serial: "s".into(),
+            board_serial: Some("10000000abcdef01".into()),
         }
     }
 
@@ -183,6 +190,7 @@ mod tests {
         let body: RegisterRequest = serde_json::from_str(&seen[0].body).unwrap();
         assert_eq!(body.wg_public_key, "PUBKEY");
         assert_eq!(body.capabilities, vec![Capability::Scan]);
+        assert_eq!(body.board_serial.as_deref(), Some("10000000abcdef01"));
         assert_eq!(body.site, "berlin");
 
         // Two short backoffs (first at most 1 s, then at most 2 s) and one slow retry.
@@ -203,6 +211,47 @@ mod tests {
             console[0].contains("cannot reach the portal"),
             "{console:?}"
         );
+    }
+
+    #[test]
+    fn the_led_shows_an_unreachable_portal_then_a_refusal() {
+        let leds = tempfile::tempdir().unwrap();
+        let act = leds.path().join("ACT");
+        std::fs::create_dir_all(&act).unwrap();
+        std::fs::write(act.join("trigger"), "[heartbeat] timer none").unwrap();
+        let rep = capture("branch-1").with_status_led(crate::statusled::StatusLed::new(
+            crate::statusled::Led::open(leds.path(), "ACT"),
+        ));
+        let t = FakeTransport::default();
+        t.push(
+            paths::REGISTER,
+            Err(TransportError("connection refused".into())),
+        );
+        t.push(
+            paths::REGISTER,
+            Ok(status(
+                403,
+                Some(ErrorBody::new(ErrorCode::TokenExpired, "token expired")),
+            )),
+        );
+        t.push(paths::REGISTER, Ok(ok_json(&answer())));
+        let p = provision();
+        let req = request(&p, &facts(), "PUBKEY");
+        let read = |f: &str| std::fs::read_to_string(act.join(f)).unwrap();
+        // What the LED shows during each wait before the next attempt.
+        let mut shown = Vec::new();
+        register_until_done(&t, &p, &req, &rep, Duration::ZERO, &mut |_| {
+            shown.push((read("trigger"), read("delay_on"), read("delay_off")))
+        });
+        let timer = |on: &str, off: &str| ("timer".to_owned(), on.to_owned(), off.to_owned());
+        assert_eq!(
+            shown,
+            [timer("1000", "1000"), timer("100", "100")],
+            "no portal, then failed"
+        );
+        // Registered: the failure ends with the phase, and the sensor is booting on.
+        rep.phase(Phase::Provision, PhaseOutcome::Done, None);
+        assert_eq!(read("trigger"), "heartbeat");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use outpost_wire::log::{EventKind, Level, Phase, PhaseOutcome};
 
 use crate::ring::LogRing;
+use crate::statusled::StatusLed;
 
 /// Where console lines go: stdout on the device, a buffer in tests.
 pub enum Console {
@@ -23,6 +24,8 @@ pub struct Reporter {
     /// Wakes the log shipper when an event arrives.
     wake: Condvar,
     phase: Mutex<Option<Phase>>,
+    /// The activity LED follows the phases reported here (and the portal's answers).
+    status: StatusLed,
 }
 
 impl Reporter {
@@ -33,7 +36,20 @@ impl Reporter {
             ring: Mutex::new(LogRing::new()),
             wake: Condvar::new(),
             phase: Mutex::new(None),
+            status: StatusLed::none(),
         }
+    }
+
+    /// Shows the sensor's state on `status`'s LED from now on.
+    pub fn with_status_led(mut self, status: StatusLed) -> Reporter {
+        self.status = status;
+        self.status.refresh();
+        self
+    }
+
+    /// The LED's signals, for what is not a phase (the portal answering, the network).
+    pub fn status(&self) -> &StatusLed {
+        &self.status
     }
 
     /// Prints one line on the console without queuing an event.
@@ -67,6 +83,7 @@ impl Reporter {
         if outcome != PhaseOutcome::Failed {
             *lock(&self.phase) = Some(phase);
         }
+        self.status.phase(phase, outcome);
         let level = if outcome == PhaseOutcome::Failed {
             Level::Error
         } else {

@@ -1,21 +1,25 @@
-//! Operator-triggered WireGuard key rotation. A heartbeat answer asks for it; the daemon
-//! sends a fresh public key through the current tunnel and, once the portal has stored
-//! it, keeps the new key and registration on disk. The running tunnel still uses the old
-//! key, so the daemon then exits with [`EXIT_KEY_ROTATED`] and the image's init
-//! (`inittab` respawn of `run-outpostd`) starts it again with the new key.
+//! Operator-triggered WireGuard key rotation, in two phases. A heartbeat answer asks for
+//! it; the daemon stores a new key (`wg.key.pending`) before sending its public half
+//! through the current tunnel. The portal then accepts both keys. Once the answer is in,
+//! the daemon keeps the new key and registration on disk; the running tunnel still uses
+//! the old key, so the daemon exits with [`EXIT_KEY_ROTATED`] and the image's init
+//! (`inittab` respawn of `run-outpostd`) starts it again with the new key, whose first
+//! request ends the rotation at the portal (the old key stops working then). A lost
+//! answer costs nothing: the old key still works, the portal keeps asking, and the next
+//! attempt sends the same stored key.
 
 use std::time::Duration;
 
 use outpost_wire::sensor::RotateKeyRequest;
 
 use crate::api::{ApiError, PortalClient};
-use crate::identity::{self, DataDir, DeviceKey, IdentityError, Registration};
+use crate::identity::{self, DataDir, IdentityError, Registration};
 
 /// Exit code after a successful rotation: not a failure, but not a clean stop either.
 pub const EXIT_KEY_ROTATED: i32 = 3;
 
-/// Wait between the portal's answer and the exit: the gateway installs the new peer
-/// 500 ms after answering, and the log thread gets a chance to ship the rotation line.
+/// Wait between the portal's answer and the exit: the log thread gets a chance to ship
+/// the rotation line.
 pub const EXIT_DELAY: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +41,38 @@ pub struct Rotation {
 
 impl Rotation {
     /// Rotates the key at the portal and on disk. On any error before the portal's
-    /// answer the old key stays in use everywhere.
+    /// answer the old key stays in use (the portal accepts it until the new one is
+    /// used), and the pending key is kept for the next attempt.
     pub fn rotate(&mut self, client: &PortalClient) -> Result<(), RotateError> {
-        let key = DeviceKey::generate().map_err(RotateError::NewKey)?;
-        let tunnel = client.rotate_key(&RotateKeyRequest {
+        let key = identity::pending_rotation_key(&self.data, &self.reg.wg_public_key)
+            .map_err(RotateError::NewKey)?;
+        let tunnel = match client.rotate_key(&RotateKeyRequest {
             wg_public_key: key.public_b64(),
-        })?;
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                // A refusal (4xx) is an answer: the portal did not take the key, so the
+                // next attempt may as well make another. Anything else may have been a
+                // lost answer to a key the portal took: keep it.
+                if e.status()
+                    .is_some_and(|s| (400..500).contains(&s) && s != 429)
+                {
+                    if let Err(e) = identity::discard_pending_key(&self.data) {
+                        tracing::warn!(error = %e, "could not remove a refused pending key");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         let mut reg = self.reg.clone();
         reg.wg_public_key = key.public_b64();
         reg.tunnel = Some(tunnel);
         identity::commit_rotation(&self.data, &key, &reg).map_err(RotateError::Store)?;
         self.reg = reg;
+        // Committed: a leftover would only be replaced by the next rotation anyway.
+        if let Err(e) = identity::discard_pending_key(&self.data) {
+            tracing::warn!(error = %e, "could not remove the used pending key");
+        }
         Ok(())
     }
 }
@@ -114,6 +139,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_lost_answer_is_retried_with_the_same_stored_key() {
+        let t = Arc::new(FakeTransport::default());
+        t.push(
+            paths::WG_KEY,
+            Err(crate::transport::TransportError("connection reset".into())),
+        );
+        t.push(paths::WG_KEY, Ok(ok_json(&tunnel("100.96.0.2"))));
+        let (_tmp, mut rot, client, old) = setup(&t);
+        let err = rot.rotate(&client).unwrap_err();
+        assert!(matches!(err, RotateError::Portal(_)), "{err}");
+        // Still the old key for the tunnel; the announced one waits on disk.
+        let (key, _) = identity::load_or_create_key(&rot.data).unwrap();
+        assert_eq!(key.public_b64(), old);
+        assert!(rot.data.pending_key_path().exists());
+        rot.rotate(&client).unwrap();
+        let sent: Vec<RotateKeyRequest> = t
+            .seen_on(paths::WG_KEY)
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            sent[0].wg_public_key, sent[1].wg_public_key,
+            "same key again"
+        );
+        let (key, _) = identity::load_or_create_key(&rot.data).unwrap();
+        assert_eq!(key.public_b64(), sent[0].wg_public_key);
+        assert!(!rot.data.pending_key_path().exists());
+        // A later rotation makes a new key.
+        t.push(paths::WG_KEY, Ok(ok_json(&tunnel("100.96.0.2"))));
+        rot.rotate(&client).unwrap();
+        let third: RotateKeyRequest =
+            serde_json::from_str(&t.seen_on(paths::WG_KEY)[2].body).unwrap();
+        assert_ne!(third.wg_public_key, sent[0].wg_public_key);
+    }
+
+    #[test]
     fn refused_key_keeps_the_old_one() {
         let t = Arc::new(FakeTransport::default());
         t.push(paths::WG_KEY, Ok(status(400, None)));
@@ -124,5 +186,9 @@ pub(crate) mod tests {
         assert_eq!(key.public_b64(), old);
         let stored = identity::load_registration(&rot.data).unwrap().unwrap();
         assert_eq!(stored.wg_public_key, old);
+        assert!(
+            !rot.data.pending_key_path().exists(),
+            "a refused key is dropped"
+        );
     }
 }

@@ -8,6 +8,7 @@ use outpost_wire::sensor::ReportUpload;
 use rand_core::RngCore as _;
 
 use crate::fsutil;
+use crate::results::{ResultLog, ResultLogError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -19,6 +20,8 @@ pub enum SpoolError {
     },
     #[error("spooled report {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Results(#[from] ResultLogError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -30,17 +33,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 
 pub struct Spool {
     dir: PathBuf,
+    results: ResultLog,
 }
 
 impl Spool {
-    /// Opens (creating) `dir` and `dir/rejected`.
+    /// Opens (creating) `dir`, `dir/rejected` and `dir/inflight` (results of running
+    /// scans, [`ResultLog`]).
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         fsutil::ensure_private_dir(dir).map_err(io(dir))?;
         let rejected = dir.join("rejected");
         fsutil::ensure_private_dir(&rejected).map_err(io(&rejected))?;
+        let results = ResultLog::open(&dir.join("inflight"))?;
         Ok(Spool {
             dir: dir.to_owned(),
+            results,
         })
+    }
+
+    /// The logs of scans still running (or cut short by a crash).
+    pub fn results(&self) -> &ResultLog {
+        &self.results
     }
 
     pub fn path_for(&self, job: i64) -> PathBuf {

@@ -9,12 +9,23 @@ pub struct SysFacts {
     pub os: String,
     pub board: String,
     pub hardware_serial: String,
+    /// The device tree's `serial-number` (a Raspberry Pi's SoC serial); `None` on
+    /// boards without one (QEMU, PCs).
+    pub board_serial: Option<String>,
 }
+
+/// Where Linux shows the device tree the board booted with: `/proc/device-tree` is a
+/// link to the sysfs copy, which is also there when /proc is not mounted yet.
+const DT_SERIAL: &[&str] = &[
+    "proc/device-tree/serial-number",
+    "sys/firmware/devicetree/base/serial-number",
+];
 
 const UNKNOWN: &str = "unknown";
 
 impl SysFacts {
     pub fn gather(root: &Path) -> SysFacts {
+        let board_serial = board_serial(root);
         SysFacts {
             hostname: first_of(root, &["proc/sys/kernel/hostname", "etc/hostname"])
                 .unwrap_or_else(|| UNKNOWN.into()),
@@ -27,17 +38,24 @@ impl SysFacts {
                 ],
             )
             .unwrap_or_else(|| UNKNOWN.into()),
-            hardware_serial: first_of(
-                root,
-                &[
-                    "proc/device-tree/serial-number",
-                    "sys/class/dmi/id/product_uuid",
-                    "etc/machine-id",
-                ],
-            )
-            .unwrap_or_else(|| UNKNOWN.into()),
+            hardware_serial: board_serial
+                .clone()
+                .or_else(|| first_of(root, &["sys/class/dmi/id/product_uuid", "etc/machine-id"]))
+                .unwrap_or_else(|| UNKNOWN.into()),
+            board_serial,
         }
     }
+}
+
+/// The device tree's serial number: printable ASCII only (it is a NUL-terminated
+/// string property); anything else is ignored rather than sent.
+fn board_serial(root: &Path) -> Option<String> {
+    let s = first_of(root, DT_SERIAL)?;
+    let ok = s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic());
+    if !ok {
+        tracing::warn!(serial = %s.escape_debug(), "device-tree serial-number is not printable text; not sent");
+    }
+    ok.then_some(s)
 }
 
 /// The first of `files` that exists and holds text; device-tree strings end in NUL.
@@ -112,6 +130,7 @@ mod tests {
                 os: "Debian GNU/Linux 12 (bookworm)".into(),
                 board: "Raspberry Pi 4 Model B Rev 1.5".into(),
                 hardware_serial: "10000000abcdef01".into(),
+                board_serial: Some("10000000abcdef01".into()),
             }
         );
     }
@@ -132,6 +151,31 @@ mod tests {
         assert_eq!(f.os, "Outpost 1");
         assert_eq!(f.board, "QEMU virt");
         assert_eq!(f.hardware_serial, "0123abcd");
+        assert_eq!(f.board_serial, None, "a machine id is not a board serial");
+    }
+
+    #[test]
+    fn board_serial_from_sysfs_device_tree() {
+        let t = tempfile::tempdir().unwrap();
+        put(
+            t.path(),
+            "sys/firmware/devicetree/base/serial-number",
+            b"100000001a2b3c4d\0",
+        );
+        put(t.path(), "etc/machine-id", b"0123abcd\n");
+        let f = SysFacts::gather(t.path());
+        assert_eq!(f.board_serial.as_deref(), Some("100000001a2b3c4d"));
+        assert_eq!(f.hardware_serial, "100000001a2b3c4d");
+    }
+
+    #[test]
+    fn garbage_serial_is_not_sent() {
+        let t = tempfile::tempdir().unwrap();
+        put(t.path(), "proc/device-tree/serial-number", b"ab\x01cd\0");
+        put(t.path(), "etc/machine-id", b"0123abcd\n");
+        let f = SysFacts::gather(t.path());
+        assert_eq!(f.board_serial, None);
+        assert_eq!(f.hardware_serial, "0123abcd");
     }
 
     #[test]
@@ -142,5 +186,6 @@ mod tests {
         assert_eq!(f.os, "Linux");
         assert_eq!(f.board, "unknown");
         assert_eq!(f.hardware_serial, "unknown");
+        assert_eq!(f.board_serial, None);
     }
 }

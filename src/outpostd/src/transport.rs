@@ -73,6 +73,16 @@ pub trait Transport: Send + Sync {
     fn post(&self, req: &Request<'_>) -> Result<Response, TransportError>;
     /// Starts a streamed download; the body is read (and may fail) afterwards.
     fn get(&self, req: &GetRequest<'_>) -> Result<Download, TransportError>;
+    /// A `POST` whose answer is streamed like a download (feed blob batches, larger than
+    /// the JSON answer limit). By default the whole answer is read by [`Transport::post`].
+    fn post_stream(&self, req: &Request<'_>) -> Result<Download, TransportError> {
+        let resp = self.post(req)?;
+        Ok(Download {
+            status: resp.status,
+            content_range: None,
+            body: Box::new(std::io::Cursor::new(resp.body)),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +192,34 @@ impl Transport for UreqTransport {
             .read_to_vec()
             .map_err(|e| TransportError(format!("reading the answer: {e}")))?;
         Ok(Response { status, body })
+    }
+
+    fn post_stream(&self, req: &Request<'_>) -> Result<Download, TransportError> {
+        let url = format!("{}{}", self.base_url, req.path);
+        let mut builder = self
+            .agent
+            .post(&url)
+            .header(API_VERSION_HEADER, API_VERSION.to_string())
+            .header("content-type", req.content_type);
+        if let Some(token) = req.bearer {
+            builder = builder.header("authorization", format!("Bearer {}", token.expose()));
+        }
+        // Download timeouts: a batch of feed blobs on a slow uplink outlasts the JSON budget.
+        let resp = builder
+            .config()
+            .timeout_global(None)
+            .timeout_recv_body(None)
+            .timeout_per_read(Some(DOWNLOAD_READ_TIMEOUT))
+            .build()
+            .send(&req.body[..])
+            .map_err(|e| TransportError(e.to_string()))?;
+        let status = resp.status().as_u16();
+        // Unlimited reader: the caller bounds what it stores by the signed manifest.
+        Ok(Download {
+            status,
+            content_range: None,
+            body: Box::new(resp.into_body().into_reader()),
+        })
     }
 
     fn get(&self, req: &GetRequest<'_>) -> Result<Download, TransportError> {

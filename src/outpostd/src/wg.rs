@@ -23,6 +23,7 @@ use crate::heartbeat::Running;
 use crate::identity::DeviceKey;
 use crate::report::Reporter;
 use crate::transport::{Transport, UreqTransport};
+use crate::watchdog::Liveness;
 
 /// How long one wait for the handshake lasts before the console says so.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(20);
@@ -50,16 +51,58 @@ fn bad(field: &'static str, reason: impl ToString) -> WgError {
     }
 }
 
-/// The gateway's UDP endpoint; a host name is resolved here (IPv4 only, like the tunnel).
-fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, WgError> {
-    endpoint
-        .to_socket_addrs()
-        .map_err(|e| bad("endpoint", format!("{endpoint:?}: {e}")))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| bad("endpoint", format!("{endpoint:?} has no IPv4 address")))
+/// Why the gateway's endpoint gave no address.
+#[derive(Debug)]
+enum Lookup {
+    /// The setting itself is unusable (no port, not a name): retrying cannot help.
+    Bad(WgError),
+    /// The name did not resolve now (no DNS server reachable yet, no uplink): retry.
+    NotYet(String),
 }
 
-fn device_config(key: &DeviceKey, t: &TunnelConfig) -> Result<DeviceConfig, WgError> {
+/// The gateway's UDP endpoint; a host name is resolved here (IPv4 only, like the tunnel).
+fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, Lookup> {
+    let addrs = endpoint.to_socket_addrs().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            Lookup::Bad(bad("endpoint", format!("{endpoint:?}: {e}")))
+        } else {
+            Lookup::NotYet(format!("cannot resolve {endpoint:?} yet: {e}"))
+        }
+    })?;
+    addrs
+        .into_iter()
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| Lookup::NotYet(format!("{endpoint:?} has no IPv4 address yet")))
+}
+
+/// Resolves the endpoint, waiting out a branch uplink that is not up yet.
+fn resolve_endpoint_patiently(
+    endpoint: &str,
+    reporter: &Reporter,
+    alive: &Liveness,
+) -> Result<SocketAddr, WgError> {
+    let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    loop {
+        match resolve_endpoint(endpoint) {
+            Ok(a) => return Ok(a),
+            Err(Lookup::Bad(e)) => return Err(e),
+            Err(Lookup::NotYet(reason)) => {
+                reporter.phase(
+                    Phase::WgUp,
+                    PhaseOutcome::Failed,
+                    Some(&format!("{reason}; still trying")),
+                );
+                alive.pause(backoff.next_delay());
+            }
+        }
+    }
+}
+
+fn device_config(
+    key: &DeviceKey,
+    t: &TunnelConfig,
+    endpoint: SocketAddr,
+) -> Result<DeviceConfig, WgError> {
     let private: PrivateKey = key
         .private_b64()
         .expose()
@@ -73,21 +116,29 @@ fn device_config(key: &DeviceKey, t: &TunnelConfig) -> Result<DeviceConfig, WgEr
         .sensor_address
         .parse()
         .map_err(|e| bad("sensor_address", e))?;
-    let mut cfg = DeviceConfig::new(private, peer, resolve_endpoint(&t.endpoint)?, address);
+    let mut cfg = DeviceConfig::new(private, peer, endpoint, address);
+    // Looked up again whenever handshakes stop succeeding: the portal may move.
+    cfg.endpoint_name = Some(t.endpoint.clone());
     cfg.persistent_keepalive = (t.persistent_keepalive_s > 0).then_some(t.persistent_keepalive_s);
     Ok(cfg)
+}
+
+/// What the sensor proves itself with inside the tunnel.
+pub struct Credentials<'a> {
+    pub key: &'a DeviceKey,
+    pub ca_pem: &'a str,
+    pub api_key: &'a Secret,
 }
 
 /// Brings the tunnel up and verifies it with one authenticated heartbeat. Retries for as
 /// long as it takes (the portal may be down for hours), telling the console why it waits.
 pub fn bring_up(
-    key: &DeviceKey,
+    creds: &Credentials<'_>,
     t: &TunnelConfig,
-    ca_pem: &str,
-    api_key: &Secret,
     reporter: &Reporter,
     running: &Running,
     metrics: &mut dyn FnMut() -> Metrics,
+    alive: &Liveness,
 ) -> Result<Tunnel, WgError> {
     reporter.phase(Phase::WgUp, PhaseOutcome::Started, None);
     let started = Instant::now();
@@ -97,8 +148,11 @@ pub fn bring_up(
             .map_err(|e| bad("portal_address", e))?,
         443,
     );
+    let endpoint = resolve_endpoint_patiently(&t.endpoint, reporter, alive)?;
+    // Without a route yet the tunnel still starts and waits for one (outpost-tunnel).
     let device = Arc::new(
-        DeviceTunnel::start(device_config(key, t)?).map_err(|e| WgError::Start(e.to_string()))?,
+        DeviceTunnel::start(device_config(creds.key, t, endpoint)?)
+            .map_err(|e| WgError::Start(e.to_string()))?,
     );
     let connector =
         ().chain(TunnelConnector::new(device.clone()))
@@ -106,14 +160,17 @@ pub fn bring_up(
     let transport: Arc<dyn Transport> = Arc::new(
         UreqTransport::with_parts(
             &format!("https://{portal}"),
-            ca_pem,
+            creds.ca_pem,
             connector,
             DefaultResolver::default(),
         )
         .map_err(|e| WgError::Start(e.to_string()))?,
     );
 
-    while let Err(e) = device.wait_handshake(HANDSHAKE_WAIT) {
+    while let Err(e) = {
+        alive.tick();
+        device.wait_handshake(HANDSHAKE_WAIT)
+    } {
         let reason = format!(
             "no WireGuard handshake with the portal gateway at {} yet ({e}); still trying",
             t.endpoint
@@ -122,7 +179,7 @@ pub fn bring_up(
     }
 
     // The handshake alone proves little: one authenticated request must come back.
-    let client = PortalClient::new(transport.clone(), api_key.clone());
+    let client = PortalClient::new(transport.clone(), creds.api_key.clone());
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let hb = HeartbeatRequest {
@@ -133,13 +190,16 @@ pub fn bring_up(
             firmware_version: running.firmware_version.clone(),
             boot_slot: running.boot_slot.clone(),
             metrics: metrics(),
+            // Not said: the claim loop has not looked at what a previous run left yet, and
+            // "not said" keeps every lease of this sensor as it is.
+            running_jobs: None,
         };
         match client.heartbeat(&hb) {
             Ok(_) => break,
             Err(e) => {
                 let reason = format!("the portal did not answer through the tunnel: {e}");
                 reporter.phase(Phase::WgUp, PhaseOutcome::Failed, Some(&reason));
-                std::thread::sleep(backoff.next_delay());
+                alive.pause(backoff.next_delay());
             }
         }
     }
@@ -162,7 +222,9 @@ mod tests {
             resolve_endpoint("127.0.0.1:51820").unwrap(),
             "127.0.0.1:51820".parse::<SocketAddr>().unwrap()
         );
-        let e = resolve_endpoint("no-port-here").unwrap_err();
-        assert!(e.to_string().contains("endpoint"), "{e}");
+        match resolve_endpoint("no-port-here") {
+            Err(Lookup::Bad(e)) => assert!(e.to_string().contains("endpoint"), "{e}"),
+            other => panic!("a missing port is a bad setting, got {other:?}"),
+        }
     }
 }

@@ -128,6 +128,12 @@ impl Lab {
     /// [`Lab::boot`] with `extra` appended to the sensor's `outpost.toml` (whole tables,
     /// e.g. `[update]`).
     pub fn boot_with(name: &str, extra: &str) -> Lab {
+        Lab::boot_at(name, extra, None)
+    }
+
+    /// [`Lab::boot_with`] with the guest's clock starting at `rtc_base` (QEMU
+    /// `-rtc base=`), e.g. `1970-01-01T00:00:00` for a board without an RTC.
+    pub fn boot_at(name: &str, extra: &str, rtc_base: Option<&str>) -> Lab {
         let built = build_image("qemu-arm64", "test").expect("test image builds");
         let portal = Portal::start_with(120, &PORTAL_ARGS);
         let relay = RelayThread::start(portal.wg_port);
@@ -150,6 +156,7 @@ impl Lab {
         // A card, not the bare image: the data partition grows into the rest on first
         // boot and must hold a downloaded update bundle.
         opts.disk_size = Some(LAB_DISK_BYTES);
+        opts.rtc_base = rtc_base.map(str::to_owned);
         let vm = Qemu::start(&opts).expect("QEMU starts");
         Lab {
             vm,
@@ -212,6 +219,12 @@ impl Lab {
 
     /// Queues a scan of `target` with the demo feed's families and ports; returns the job id.
     pub fn queue_demo_scan(&self, target: &str) -> i64 {
+        self.queue_demo_scan_alive(target, "consider-alive")
+    }
+
+    /// Like [`Lab::queue_demo_scan`], with the alive detection the portal asks for
+    /// (`outpostctl job scan --alive-test`, e.g. `icmp+arp`).
+    pub fn queue_demo_scan_alive(&self, target: &str, alive: &str) -> i64 {
         let job = self.portal.ctl_json(&[
             "job",
             "scan",
@@ -228,7 +241,7 @@ impl Lab {
             "--family",
             "General",
             "--alive-test",
-            "consider-alive",
+            alive,
             "--deadline",
             "1800",
         ]);

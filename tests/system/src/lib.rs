@@ -12,6 +12,8 @@ mod shell;
 
 pub use image::{build_image, build_image_as, repo_root, BuiltImage};
 pub mod lab;
+pub mod powercut;
+pub mod rpi4;
 
 use std::fs;
 use std::io::Read;
@@ -58,7 +60,7 @@ pub(crate) fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 
 /// Only one machine boots at a time: the build hosts have two cores and a
 /// software-emulated boot is CPU bound.
-static MACHINE_SLOT: Mutex<()> = Mutex::new(());
+pub(crate) static MACHINE_SLOT: Mutex<()> = Mutex::new(());
 
 /// How to start a machine.
 #[derive(Debug, Clone)]
@@ -74,6 +76,9 @@ pub struct QemuOptions {
     /// A second NIC whose frames travel in UDP datagrams: (QEMU's local port, the
     /// relay's port); see `outpost-netrelay`.
     pub udp_relay: Option<(u16, u16)>,
+    /// Where the guest's real-time clock starts (QEMU `-rtc base=`), e.g.
+    /// `1970-01-01T00:00:00`: a board without a battery-backed clock.
+    pub rtc_base: Option<String>,
 }
 
 impl QemuOptions {
@@ -84,6 +89,7 @@ impl QemuOptions {
             disk_size: None,
             portal_port: None,
             udp_relay: None,
+            rtc_base: None,
         }
     }
 }
@@ -105,9 +111,7 @@ impl CmdOutput {
 pub struct Qemu {
     child: Option<Child>,
     dir: PathBuf,
-    serial: PathBuf,
-    /// Byte offset in the serial log up to which `wait_for` has consumed.
-    cursor: usize,
+    console: Console,
     shell: shell::Shell,
     /// Held while QEMU runs; released by `kill` so the next machine may start.
     slot: Option<MutexGuard<'static, ()>>,
@@ -144,8 +148,7 @@ impl Qemu {
         Ok(Qemu {
             child: Some(child),
             dir,
-            serial,
-            cursor: 0,
+            console: Console::new(serial),
             shell: shell::Shell::new(sock),
             slot: Some(slot),
             boots: 0,
@@ -154,42 +157,19 @@ impl Qemu {
 
     /// The console output captured so far.
     pub fn console(&self) -> String {
-        fs::read(&self.serial)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.console.text()
     }
 
     /// Waits until a console line after the last match matches `pattern`;
     /// returns that line. Consumes the console up to the end of that line.
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
-        let re = Regex::new(pattern)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let bytes = read_all(&self.serial);
-            let text = String::from_utf8_lossy(&bytes[self.cursor.min(bytes.len())..]).into_owned();
-            let mut offset = 0;
-            for line in text.split_inclusive('\n') {
-                // only complete lines: a half-written one may match later
-                if !line.ends_with('\n') {
-                    break;
-                }
-                offset += line.len();
-                let clean = line.trim_end_matches(['\r', '\n']);
-                if re.is_match(clean) {
-                    self.cursor += offset;
-                    return Ok(clean.to_owned());
-                }
-            }
-            self.check_alive()?;
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    pattern: pattern.to_owned(),
-                    timeout,
-                    tail: tail_lines(&String::from_utf8_lossy(&bytes), 25),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let Qemu {
+            console,
+            child,
+            dir,
+            ..
+        } = self;
+        console.wait_for(pattern, timeout, &mut || check_child(child, dir))
     }
 
     /// Runs a shell command line in the guest (test images only) and returns
@@ -212,13 +192,21 @@ impl Qemu {
         Ok(())
     }
 
+    /// Runs a command that takes the machine down without an orderly reboot (a kernel
+    /// panic, a stopped daemon the watchdog catches) and waits for U-Boot to run
+    /// boot.scr again. The console cursor moves past the reset.
+    pub fn run_until_reset(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
+        self.shell.send_only(cmd)?;
+        self.shell.reset();
+        self.wait_for(r"outpost-boot: boot script started", timeout)
+    }
+
     /// Pulls the power: QEMU is killed at once (what the guest had not written is
     /// lost) and started again on the same disk, with a fresh console log.
     pub fn power_cycle(&mut self, opts: &QemuOptions) -> Result<()> {
         self.stop_process();
         self.boots += 1;
-        self.serial = self.dir.join(format!("serial-{}.log", self.boots));
-        self.cursor = 0;
+        self.console = Console::new(self.dir.join(format!("serial-{}.log", self.boots)));
         let overlay = self.dir.join("disk.qcow2");
         let sock = self.dir.join("shell.sock");
         let _ = fs::remove_file(&sock);
@@ -228,7 +216,7 @@ impl Qemu {
             opts,
             &self.dir,
             &overlay,
-            &self.serial,
+            &self.console.path,
             &sock,
         )?);
         Ok(())
@@ -259,14 +247,78 @@ impl Qemu {
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default();
-                self.child = None;
-                return Err(Error::Exited(format!("{status}: {}", err.trim())));
-            }
+        check_child(&mut self.child, &self.dir)
+    }
+}
+
+/// `Exited` once the machine's process has ended (its stderr in `dir`/qemu.err).
+fn check_child(child: &mut Option<Child>, dir: &Path) -> Result<()> {
+    if let Some(c) = child.as_mut() {
+        if let Ok(Some(status)) = c.try_wait() {
+            let err = fs::read_to_string(dir.join("qemu.err")).unwrap_or_default();
+            *child = None;
+            return Err(Error::Exited(format!("{status}: {}", err.trim())));
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// A serial console captured to a file, read line by line from where the last
+/// match ended.
+pub struct Console {
+    path: PathBuf,
+    /// Byte offset up to which `wait_for` has consumed.
+    cursor: usize,
+}
+
+impl Console {
+    pub fn new(path: PathBuf) -> Self {
+        Console { path, cursor: 0 }
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        fs::read(&self.path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a line after the last match matches `pattern`; returns that line.
+    /// `alive` is asked between reads (a machine that exited ends the wait).
+    pub fn wait_for(
+        &mut self,
+        pattern: &str,
+        timeout: Duration,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<String> {
+        let re = Regex::new(pattern)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = read_all(&self.path);
+            let text = String::from_utf8_lossy(&bytes[self.cursor.min(bytes.len())..]).into_owned();
+            let mut offset = 0;
+            for line in text.split_inclusive('\n') {
+                // only complete lines: a half-written one may match later
+                if !line.ends_with('\n') {
+                    break;
+                }
+                offset += line.len();
+                let clean = line.trim_end_matches(['\r', '\n']);
+                if re.is_match(clean) {
+                    self.cursor += offset;
+                    return Ok(clean.to_owned());
+                }
+            }
+            alive()?;
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    pattern: pattern.to_owned(),
+                    timeout,
+                    tail: tail_lines(&String::from_utf8_lossy(&bytes), 25),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -327,6 +379,9 @@ fn spawn_run_qemu(
     }
     if let Some((local, remote)) = opts.udp_relay {
         cmd.arg("--udp-relay").arg(format!("{local}:{remote}"));
+    }
+    if let Some(base) = &opts.rtc_base {
+        cmd.arg("--rtc-base").arg(base);
     }
     // run-qemu must not recreate the overlay we resized: it only creates
     // one when --overlay names no existing file (see scripts/run-qemu).

@@ -61,10 +61,13 @@ fn uboot_boots_slot_a_with_read_only_root_and_persistent_overlays() {
         "{root:?}"
     );
 
-    // U-Boot wrote the decremented counter into the copy that did not win
-    let state = vm.run("tr '\\0' '\\n' < /boot/bootstate.1").unwrap();
-    assert!(state.stdout.contains("BOOT_A_LEFT=2"), "{state:?}");
-    assert!(state.stdout.contains("BOOT_SEQ=2"), "{state:?}");
+    // A committed slot spends no try: U-Boot wrote nothing (the fresh card's copy 0 is
+    // in force, copy 1 still the blank the build left).
+    let state = vm.run("tr '\\0' '\\n' < /boot/bootstate.0").unwrap();
+    assert!(state.stdout.contains("BOOT_A_LEFT=3"), "{state:?}");
+    assert!(state.stdout.contains("BOOT_SEQ=1"), "{state:?}");
+    let blank = vm.run("tr -d '\\0' < /boot/bootstate.1 | wc -c").unwrap();
+    assert_eq!(blank.stdout.trim(), "0", "{blank:?}");
 
     // /etc and /var are writable overlays on /data
     let w = vm
@@ -84,15 +87,15 @@ fn uboot_boots_slot_a_with_read_only_root_and_persistent_overlays() {
     }
     assert!(vm.run("sync").unwrap().success());
 
-    // ... and persist across a reboot (U-Boot runs again and counts another try)
+    // ... and persist across a reboot (U-Boot runs again; still no try spent)
     vm.reboot(STEP).unwrap();
     vm.wait_for(r"^outpost-boot: booting slot A", BOOT).unwrap();
     vm.wait_for(r"^outpost-init: system up as ", BOOT).unwrap();
     let etc = vm.run("cat /etc/outpost-test /var/outpost-test").unwrap();
     assert_eq!(etc.stdout, "etc-survives\nvar-survives\n", "{etc:?}");
     let state = vm.run("tr '\\0' '\\n' < /boot/bootstate.0").unwrap();
-    assert!(state.stdout.contains("BOOT_A_LEFT=1"), "{state:?}");
-    assert!(state.stdout.contains("BOOT_SEQ=3"), "{state:?}");
+    assert!(state.stdout.contains("BOOT_A_LEFT=3"), "{state:?}");
+    assert!(state.stdout.contains("BOOT_SEQ=1"), "{state:?}");
 }
 
 #[test]

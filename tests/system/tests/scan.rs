@@ -73,8 +73,32 @@ fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
         "no packet was sent toward the out-of-scope target"
     );
 
-    // In scope: the report holds what the demo feed detects on the demo target.
-    let job = lab.queue_demo_scan(IN_SCOPE);
+    // In scope: the report holds what the demo feed detects on the demo target. The
+    // host is found alive by ICMP and ARP, which needs raw sockets: openvas holds
+    // CAP_NET_RAW and CAP_NET_ADMIN (file capabilities), ospd-openvas none.
+    let job = lab.queue_demo_scan_alive(IN_SCOPE, "icmp+arp");
+    eventually("the scan to run", SCAN, || {
+        (lab.job(job)["state"] == "running").then_some(())
+    });
+    let caps = lab
+        .vm
+        .run(
+            "for i in $(seq 120); do p=$(pidof openvas | cut -d' ' -f1); \
+               [ -n \"$p\" ] && grep CapEff /proc/$p/status && break; sleep 0.5; done; \
+             grep CapEff /proc/$(cat /run/ospd/ospd-openvas.pid)/status",
+        )
+        .expect("the scanner's capabilities")
+        .stdout;
+    let eff: Vec<&str> = caps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    // bit 12 CAP_NET_ADMIN, bit 13 CAP_NET_RAW
+    assert_eq!(
+        eff,
+        vec!["0000000000003000", "0000000000000000"],
+        "openvas then ospd-openvas: {caps}"
+    );
     let done = lab.wait_job_final(job, SCAN);
     if done["state"] != "completed" {
         panic!("the scan did not complete: {done}\n{}", lab.scanner_logs());
@@ -87,6 +111,11 @@ fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
         strs(&summary["hosts"]),
         vec![IN_SCOPE.to_owned()],
         "{summary}"
+    );
+    assert_eq!(
+        strs(&summary["live_hosts"]),
+        vec![IN_SCOPE.to_owned()],
+        "found alive by ICMP/ARP: {summary}"
     );
     let ports = strs(&summary["ports"]);
     for p in ["10.9.0.10:2121/tcp", "10.9.0.10:8080/tcp"] {
@@ -165,5 +194,53 @@ fn cancel_gives_a_partial_report_and_a_killed_ospd_comes_back() {
         let s = lab.portal.ctl_json(&["sensor", "show", &id]);
         (s["phase"] == "ready").then_some(())
     });
+
+    // outpostd killed mid-scan, once results are on the card: the restarted daemon
+    // reports the job interrupted and uploads what it had collected, marked partial,
+    // once; the job is not run again.
+    let job = lab.queue_demo_scan(IN_SCOPE);
+    let log = format!("/data/outpost/spool/inflight/{job}.jsonl");
+    let lines = eventually("results of the scan on the card", SCAN, || {
+        let out = lab.vm.run(&format!("wc -l < {log}")).ok()?;
+        let n: u64 = out.stdout.trim().parse().ok()?;
+        // the header line, then one line per batch of results
+        (n >= 2).then_some(n)
+    });
+    let killed = lab
+        .vm
+        .run("kill -9 $(pidof outpostd) && echo killed")
+        .expect("kill runs");
+    assert!(killed.stdout.contains("killed"), "{killed:?}");
+    println!("outpostd killed with {lines} lines in {log}");
+    let done = lab.wait_job_final(job, SCAN);
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["failure_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("interrupted"), "{done}");
+    // (the job's end is posted before the spooled report goes out)
+    let report = eventually("the partial report at the portal", SCAN, || {
+        let (ok, out, _) = lab
+            .portal
+            .ctl_status(&["--json", "report", &job.to_string()]);
+        ok.then(|| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .flatten()
+    });
+    assert_eq!(report["partial"], true, "{report}");
+    let xml = report["content"].as_str().unwrap_or_default();
+    assert!(
+        xml.contains("<result "),
+        "the results collected before the kill are in the report: {report}"
+    );
+    lab.wait_ready();
+    // Not run again, and no second report: the job stays as it ended.
+    let again = lab.job(job);
+    assert_eq!(again["state"], "failed", "{again}");
+    assert_eq!(
+        lab.vm
+            .console()
+            .matches(&format!("job {job}: interrupted"))
+            .count(),
+        1,
+        "the job was recovered once"
+    );
     lab.vm.kill();
 }

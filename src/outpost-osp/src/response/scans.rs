@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::BufRead;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{opt_i64, opt_u64, read_whole, undo_sax_escape};
 use crate::error::OspError;
@@ -68,7 +68,7 @@ impl fmt::Display for ScanStatus {
 }
 
 /// Kind of one result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResultType {
     /// A vulnerability (severity > 0 normally).
     Alarm,
@@ -96,8 +96,9 @@ impl ResultType {
     }
 }
 
-/// One result of a scan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One result of a scan. It (de)serialises, so a client can keep popped results on
+/// disk before it acts on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScanResult {
     /// Alarm, Log, Host Detail, Error.
     pub result_type: ResultType,

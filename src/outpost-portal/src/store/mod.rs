@@ -73,11 +73,117 @@ pub struct SensorAuth {
 pub struct NewSensor {
     pub id: String,
     pub api_key_hash: String,
+    /// Random value the API key is derived from (with the enrollment token), so a retry
+    /// of the same registration can be given the same key (see `auth::derive_api_key`).
+    pub api_key_salt: String,
     pub req: RegisterRequest,
     pub now: i64,
     /// Where to take the sensor's tunnel address from, when the portal runs a gateway.
     pub tunnel_pool: Option<TunnelPool>,
 }
+
+/// What registration stored (or found, for a retry of the same registration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub sensor_id: String,
+    pub site: String,
+    pub api_key_salt: String,
+    pub tunnel_address: Option<Ipv4Addr>,
+    /// False when this was a retry: the sensor existed and the token was not used again.
+    pub created: bool,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterRefusal {
+    Token(TokenRefusal),
+    /// The WireGuard key belongs to a sensor enrolled with another token.
+    KeyInUse,
+    /// The gateway would not take the peer; nothing was stored.
+    Peer(String),
+}
+
+/// Runs inside the registration transaction, before it commits: installs the sensor's
+/// tunnel peer. An error rolls the registration back, so a sensor row never exists
+/// without its peer (and a failed add does not use up the token).
+pub type PeerInstall = Box<dyn FnOnce(Option<Ipv4Addr>) -> Result<(), String> + Send>;
+
+/// The stored registration row found by WireGuard key, inside the transaction.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub sensor_id: String,
+    pub site: String,
+    pub enrolled_with: Option<String>,
+    pub api_key_salt: Option<String>,
+    pub tunnel_address: Option<String>,
+}
+
+/// The single rule for a registration whose key is already stored: the same token makes
+/// it a retry (answered with the same sensor); anything else is refused.
+pub fn retry_of(owner: &KeyOwner, token_hash: &str) -> Result<Registered, RegisterRefusal> {
+    match (&owner.enrolled_with, &owner.api_key_salt) {
+        (Some(t), Some(salt)) if t == token_hash => Ok(Registered {
+            sensor_id: owner.sensor_id.clone(),
+            site: owner.site.clone(),
+            api_key_salt: salt.clone(),
+            tunnel_address: owner.tunnel_address.as_deref().and_then(|a| a.parse().ok()),
+            created: false,
+        }),
+        _ => Err(RegisterRefusal::KeyInUse),
+    }
+}
+
+/// How a running job that its sensor lost (lease expired, restarted without it, sensor
+/// deleted) is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossRules {
+    /// A job lost this many times fails instead of going back to the queue.
+    pub max_attempts: u32,
+}
+
+impl Default for LossRules {
+    fn default() -> LossRules {
+        LossRules { max_attempts: 3 }
+    }
+}
+
+/// What becomes of one lost job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// An operator had asked to cancel it: it ends cancelled, never re-queued.
+    Cancel,
+    Requeue,
+    Fail(String),
+}
+
+/// The single rule for lost jobs, shared by both backends. `attempts` is how often the job
+/// was lost before this time.
+pub fn loss(attempts: i64, cancel_requested: bool, why: &str, rules: LossRules) -> Loss {
+    if cancel_requested {
+        return Loss::Cancel;
+    }
+    let lost = attempts.saturating_add(1);
+    if lost >= i64::from(rules.max_attempts.max(1)) {
+        Loss::Fail(format!(
+            "{why}; given up after {lost} attempts (the limit is {}, --max-attempts)",
+            rules.max_attempts.max(1)
+        ))
+    } else {
+        Loss::Requeue
+    }
+}
+
+/// A job taken from a sensor that lost it, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostJob {
+    pub id: i64,
+    pub state: JobState,
+}
+
+/// Reasons recorded with [`loss`].
+pub const LOST_LEASE: &str = "the sensor stopped heartbeating (lease expired)";
+pub const LOST_RESTART: &str = "the sensor no longer runs the job (restarted without it)";
+pub const LOST_DELETED: &str = "the sensor running the job was deleted";
 
 /// The tunnel network: sensors get host addresses in it, except the portal's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +214,43 @@ pub struct TunnelPeerRow {
     pub sensor_id: String,
     pub wg_public_key: String,
     pub tunnel_address: Ipv4Addr,
+    /// A rotated key not yet used: the gateway accepts it too (two-phase rotation).
+    pub pending_key: Option<String>,
+}
+
+/// A backend's raw peer row: id, key, tunnel address, pending key.
+pub(crate) type PeerRow = (String, String, String, Option<String>);
+
+/// What announcing a new WireGuard key did ([`Store::begin_rotation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationBegun {
+    NoSensor,
+    /// Another sensor holds the key (current or pending).
+    KeyInUse,
+    /// The key is already the sensor's current one: the rotation finished before.
+    AlreadyCurrent,
+    /// Stored as pending; `replaced` is an earlier, different pending key (the sensor
+    /// lost it) that the gateway should stop accepting.
+    Pending {
+        replaced: Option<String>,
+    },
+}
+
+/// The decision of [`Store::begin_rotation`] from the sensor's (current, pending) keys
+/// and whether another sensor holds `new_key`; both backends share it.
+pub(crate) fn rotation_step(
+    row: Option<(String, Option<String>)>,
+    taken: bool,
+    new_key: &str,
+) -> RotationBegun {
+    match row {
+        None => RotationBegun::NoSensor,
+        Some(_) if taken => RotationBegun::KeyInUse,
+        Some((current, _)) if current == new_key => RotationBegun::AlreadyCurrent,
+        Some((_, pending)) => RotationBegun::Pending {
+            replaced: pending.filter(|p| p != new_key),
+        },
+    }
 }
 
 /// The token row as read inside the registration transaction.
@@ -138,6 +281,54 @@ pub fn check_token(row: Option<&TokenRow>, site: &str, now: i64) -> Result<(), T
 pub struct JobLease {
     pub state: JobState,
     pub sensor_id: Option<String>,
+    /// The sensor that last lost the job (it went back to the queue from there).
+    pub lost_by: Option<String>,
+}
+
+/// How a sensor may act on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The job is leased to it (or ended there).
+    Leased,
+    /// The job went back to the queue when this sensor lost it, and the sensor now
+    /// returns what it recovered (a failure, a partial report): the job ends failed
+    /// with that, and is not run again.
+    Recovered,
+}
+
+/// Recorded as the failure of a job a sensor lost and then finished with a partial report.
+pub const RECOVERED_AFTER_LOSS: &str = "interrupted: the sensor lost the job (it restarted) \
+     and returned a partial report of what it had collected, so the job is not run again";
+
+/// [`check_job_access`], plus one exception for `recovering` requests (a failed status,
+/// a partial report that did not complete): a job that went back to the queue after
+/// this very sensor lost it, and that nobody has claimed since, is still this sensor's
+/// to finish. A job claimed again meanwhile stays with the new run.
+pub fn job_access(
+    lease: Option<&JobLease>,
+    sensor: &str,
+    final_ok: bool,
+    recovering: bool,
+) -> Result<Access, JobRefusal> {
+    match check_job_access(lease, sensor, final_ok) {
+        Ok(()) => Ok(Access::Leased),
+        Err(refusal) => match lease {
+            Some(l)
+                if recovering
+                    && l.state == JobState::Queued
+                    && l.sensor_id.is_none()
+                    && l.lost_by.as_deref() == Some(sensor) =>
+            {
+                Ok(Access::Recovered)
+            }
+            _ => Err(refusal),
+        },
+    }
+}
+
+/// Whether a report upload comes from a sensor finishing a job it lost.
+pub fn is_recovery(up: &ReportUpload) -> bool {
+    up.partial && up.outcome != ReportOutcome::Completed
 }
 
 /// The single rule for "may this sensor act on this job", shared by both backends.
@@ -180,6 +371,77 @@ pub struct NewBundle {
     pub size: u64,
     pub sha256: String,
     pub published_at: i64,
+}
+
+/// A published feed release (`crate::feeds`): its manifest is the blob named
+/// `manifest_sha256`, signed by the portal's feed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRelease {
+    pub id: i64,
+    pub manifest_sha256: String,
+    pub plugin_set: String,
+    pub notus_version: Option<String>,
+    pub vt_count: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// The manifest signature line (`outpost_feed::ManifestSignature::to_line`).
+    pub signature: String,
+    pub imported_at: i64,
+}
+
+/// A feed release as the import hands it to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFeedRelease {
+    pub manifest_sha256: String,
+    pub plugin_set: String,
+    pub notus_version: Option<String>,
+    pub vt_count: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub signature: String,
+    pub imported_at: i64,
+}
+
+/// Columns of a feed release row as both backends read them.
+pub(crate) struct RawFeedRelease {
+    pub id: i64,
+    pub manifest_sha256: String,
+    pub plugin_set: String,
+    pub notus_version: Option<String>,
+    pub vt_count: i64,
+    pub files: i64,
+    pub bytes: i64,
+    pub signature: String,
+    pub imported_at: i64,
+}
+
+impl RawFeedRelease {
+    pub fn into_release(self) -> FeedRelease {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        FeedRelease {
+            id: self.id,
+            manifest_sha256: self.manifest_sha256,
+            plugin_set: self.plugin_set,
+            notus_version: self.notus_version,
+            vt_count: n(self.vt_count),
+            files: n(self.files),
+            bytes: n(self.bytes),
+            signature: self.signature,
+            imported_at: self.imported_at,
+        }
+    }
+}
+
+/// The numbers of a release as signed 64-bit columns.
+pub(crate) fn feed_columns(r: &NewFeedRelease) -> Result<(i64, i64, i64), StoreError> {
+    let c = |what: &str, v: u64| {
+        i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("feed release {what} {v}")))
+    };
+    Ok((
+        c("vt_count", r.vt_count)?,
+        c("files", r.files)?,
+        c("bytes", r.bytes)?,
+    ))
 }
 
 /// Why an assignment created no jobs.
@@ -384,15 +646,18 @@ impl Store {
     }
 
     /// Spends one use of the token and inserts the sensor, atomically; allocates its
-    /// tunnel address when a pool is given.
+    /// tunnel address when a pool is given, and runs `install` before committing. A
+    /// registration with a key already enrolled with the same token is a retry: it
+    /// answers the stored sensor and spends nothing.
     pub async fn register(
         &self,
         token_hash: &str,
         sensor: NewSensor,
-    ) -> Result<Result<Option<Ipv4Addr>, TokenRefusal>, StoreError> {
+        install: PeerInstall,
+    ) -> Result<Result<Registered, RegisterRefusal>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.register(token_hash, sensor).await,
-            Store::Postgres(s) => s.register(token_hash, sensor).await,
+            Store::Sqlite(s) => s.register(token_hash, sensor, install).await,
+            Store::Postgres(s) => s.register(token_hash, sensor, install).await,
         }
     }
 
@@ -402,29 +667,48 @@ impl Store {
             Store::Sqlite(s) => s.tunnel_peers().await?,
             Store::Postgres(s) => s.tunnel_peers().await?,
         };
-        rows.into_iter()
-            .map(|(sensor_id, wg_public_key, addr)| {
-                let tunnel_address = addr
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("tunnel address {addr:?}")))?;
-                Ok(TunnelPeerRow {
+        // One damaged row must not take every other sensor's tunnel down with it.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(sensor_id, wg_public_key, addr, pending_key)| match addr.parse() {
+                Ok(tunnel_address) => Some(TunnelPeerRow {
                     sensor_id,
                     wg_public_key,
                     tunnel_address,
-                })
+                    pending_key,
+                }),
+                Err(_) => {
+                    tracing::error!(sensor = %sensor_id, address = %addr, "skipping a sensor with an unreadable tunnel address");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
-    /// Replaces a sensor's WireGuard public key; returns the old one.
-    pub async fn rotate_key(
+    /// First phase of a key rotation: stores `new_key` as the sensor's pending key,
+    /// beside its current one. Repeating it (the answer was lost) changes nothing.
+    pub async fn begin_rotation(
+        &self,
+        sensor: &str,
+        new_key: &str,
+    ) -> Result<RotationBegun, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.begin_rotation(sensor, new_key).await,
+            Store::Postgres(s) => s.begin_rotation(sensor, new_key).await,
+        }
+    }
+
+    /// Second phase, once a request came through a tunnel keyed with `new_key`: the
+    /// pending key becomes the sensor's key and the rotation request clears. Returns the
+    /// replaced key, or `None` when `new_key` is not the sensor's pending key.
+    pub async fn finish_rotation(
         &self,
         sensor: &str,
         new_key: &str,
     ) -> Result<Option<String>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.rotate_key(sensor, new_key).await,
-            Store::Postgres(s) => s.rotate_key(sensor, new_key).await,
+            Store::Sqlite(s) => s.finish_rotation(sensor, new_key).await,
+            Store::Postgres(s) => s.finish_rotation(sensor, new_key).await,
         }
     }
 
@@ -435,19 +719,15 @@ impl Store {
         }
     }
 
-    /// Records the heartbeat, extends the leases of the sensor's running jobs and returns
-    /// the ids of those an operator asked to cancel, and whether a key rotation is pending.
-    pub async fn heartbeat(
-        &self,
-        sensor: &str,
-        hb: &HeartbeatRequest,
-        now: i64,
-        lease_s: i64,
-    ) -> Result<(Vec<i64>, bool), StoreError> {
-        let metrics = json(&hb.metrics)?;
+    /// Records the heartbeat and extends the leases of the sensor's running jobs: all of
+    /// them when the heartbeat does not list its jobs (older agents), else only those it
+    /// lists. Running jobs it does not list, claimed before `now - grace_s` (an answer to
+    /// a claim may cross the heartbeat on the way), are lost ([`loss`]).
+    pub async fn heartbeat(&self, hb: &Heartbeat<'_>) -> Result<HeartbeatOutcome, StoreError> {
+        let metrics = json(&hb.req.metrics)?;
         match self {
-            Store::Sqlite(s) => s.heartbeat(sensor, hb, &metrics, now, lease_s).await,
-            Store::Postgres(s) => s.heartbeat(sensor, hb, &metrics, now, lease_s).await,
+            Store::Sqlite(s) => s.heartbeat(hb, &metrics).await,
+            Store::Postgres(s) => s.heartbeat(hb, &metrics).await,
         }
     }
 
@@ -469,11 +749,16 @@ impl Store {
         }
     }
 
-    /// Puts running jobs whose lease ended back in the queue; returns their ids.
-    pub async fn requeue_expired(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+    /// Takes running jobs whose lease ended from their sensor ([`loss`]: back to the queue,
+    /// failed at the attempt limit, cancelled if so asked); each exactly once.
+    pub async fn requeue_expired(
+        &self,
+        now: i64,
+        rules: LossRules,
+    ) -> Result<Vec<LostJob>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.requeue_expired(now).await,
-            Store::Postgres(s) => s.requeue_expired(now).await,
+            Store::Sqlite(s) => s.requeue_expired(now, rules).await,
+            Store::Postgres(s) => s.requeue_expired(now, rules).await,
         }
     }
 
@@ -598,6 +883,45 @@ impl Store {
         }
     }
 
+    /// Records a published feed release; the same manifest is not stored twice. Returns
+    /// the stored release and whether it is new.
+    pub async fn publish_feed_release(
+        &self,
+        r: &NewFeedRelease,
+    ) -> Result<(FeedRelease, bool), StoreError> {
+        let created = match self {
+            Store::Sqlite(s) => s.insert_feed_release(r).await?,
+            Store::Postgres(s) => s.insert_feed_release(r).await?,
+        };
+        let stored = self
+            .feed_releases()
+            .await?
+            .into_iter()
+            .find(|x| x.manifest_sha256 == r.manifest_sha256)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "feed release {} vanished after insert",
+                    r.manifest_sha256
+                ))
+            })?;
+        Ok((stored, created))
+    }
+
+    /// Every feed release, newest first.
+    pub async fn feed_releases(&self) -> Result<Vec<FeedRelease>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.feed_releases().await,
+            Store::Postgres(s) => s.feed_releases().await,
+        }
+    }
+
+    pub async fn delete_feed_releases(&self, ids: &[i64]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_feed_releases(ids.to_vec()).await,
+            Store::Postgres(s) => s.delete_feed_releases(ids).await,
+        }
+    }
+
     /// One update job per sensor (every sensor of `site`, plus `sensors`), each claimable
     /// only by its sensor, all or none.
     pub async fn assign_bundle(
@@ -702,7 +1026,7 @@ impl Store {
     }
 
     /// Asks the sensor (through its next heartbeat) to rotate its WireGuard key; the flag
-    /// clears in [`Store::rotate_key`]. `false` when no such sensor exists.
+    /// clears in [`Store::finish_rotation`]. `false` when no such sensor exists.
     pub async fn request_key_rotation(&self, sensor: &str) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.request_key_rotation(sensor).await,
@@ -712,11 +1036,44 @@ impl Store {
 
     /// Forgets a sensor: its running jobs go back to the queue, and the jobs made for it
     /// alone (which nobody else may claim) fail.
-    pub async fn delete_sensor(&self, sensor: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn delete_sensor(
+        &self,
+        sensor: &str,
+        now: i64,
+        rules: LossRules,
+    ) -> Result<bool, StoreError> {
         match self {
-            Store::Sqlite(s) => s.delete_sensor(sensor, now).await,
-            Store::Postgres(s) => s.delete_sensor(sensor, now).await,
+            Store::Sqlite(s) => s.delete_sensor(sensor, now, rules).await,
+            Store::Postgres(s) => s.delete_sensor(sensor, now, rules).await,
         }
+    }
+}
+
+/// A heartbeat as the store records it.
+pub struct Heartbeat<'a> {
+    pub sensor: &'a str,
+    pub req: &'a HeartbeatRequest,
+    pub now: i64,
+    pub lease_s: i64,
+    /// Jobs claimed this recently are never taken for missing from the list.
+    pub grace_s: i64,
+    pub rules: LossRules,
+}
+
+/// What a heartbeat's answer carries, and what it took from the sensor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    pub cancel_jobs: Vec<i64>,
+    pub rotate_wg_key: bool,
+    pub lost: Vec<LostJob>,
+}
+
+/// The state a job takes for a [`Loss`].
+pub(crate) fn loss_state(l: &Loss) -> JobState {
+    match l {
+        Loss::Cancel => JobState::Cancelled,
+        Loss::Requeue => JobState::Queued,
+        Loss::Fail(_) => JobState::Failed,
     }
 }
 
@@ -869,6 +1226,7 @@ pub(crate) struct RawSensor {
     /// [`SensorUpdate`] as JSON.
     pub update: Option<String>,
     pub running_jobs: i64,
+    pub board_serial: Option<String>,
 }
 
 impl RawSensor {
@@ -883,6 +1241,7 @@ impl RawSensor {
                 status: SensorStatus::Offline,
                 hostname: self.hostname,
                 board: self.board,
+                board_serial: self.board_serial,
                 agent_version: self.agent_version,
                 wg_public_key: self.wg_public_key,
                 registered_at: self.registered_at,
@@ -971,6 +1330,7 @@ mod tests {
             lease: JobLease {
                 state,
                 sensor_id: owner.map(str::to_owned),
+                lost_by: None,
             },
             kind: kind.into(),
             bundle_id: bundle,
@@ -1054,6 +1414,7 @@ mod tests {
         let lease = |state, s: Option<&str>| JobLease {
             state,
             sensor_id: s.map(str::to_owned),
+            lost_by: None,
         };
         use JobState::*;
         assert_eq!(
@@ -1080,5 +1441,54 @@ mod tests {
             check_job_access(Some(&lease(Failed, Some("s1"))), "s1", true),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_sensor_may_finish_a_job_it_lost_while_nobody_else_has_it() {
+        use JobState::*;
+        let lost = |state, s: Option<&str>, by: Option<&str>| JobLease {
+            state,
+            sensor_id: s.map(str::to_owned),
+            lost_by: by.map(str::to_owned),
+        };
+        let requeued = lost(Queued, None, Some("s1"));
+        assert_eq!(
+            job_access(Some(&requeued), "s1", true, true),
+            Ok(Access::Recovered)
+        );
+        // Only with what it recovered, only the sensor that lost it.
+        assert_eq!(
+            job_access(Some(&requeued), "s1", true, false),
+            Err(JobRefusal::LeaseLost(Queued))
+        );
+        assert_eq!(
+            job_access(Some(&requeued), "s2", true, true),
+            Err(JobRefusal::LeaseLost(Queued))
+        );
+        // Claimed again since: the new run has it.
+        assert_eq!(
+            job_access(
+                Some(&lost(Running, Some("s2"), Some("s1"))),
+                "s1",
+                true,
+                true
+            ),
+            Err(JobRefusal::NotYours)
+        );
+        assert_eq!(
+            job_access(Some(&lost(Running, Some("s1"), None)), "s1", false, true),
+            Ok(Access::Leased)
+        );
+        let partial = |outcome, partial| ReportUpload {
+            request_id: "r".into(),
+            outcome,
+            partial,
+            content_type: "application/xml".into(),
+            content: String::new(),
+            summary: Default::default(),
+        };
+        assert!(is_recovery(&partial(ReportOutcome::Failed, true)));
+        assert!(!is_recovery(&partial(ReportOutcome::Failed, false)));
+        assert!(!is_recovery(&partial(ReportOutcome::Completed, true)));
     }
 }

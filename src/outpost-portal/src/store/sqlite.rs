@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use outpost_wire::admin::{BundleInfo, JobInfo, JobState, StoredLogEvent};
-use outpost_wire::sensor::{HeartbeatRequest, Job, JobStatusUpdate, ReportAck, ReportUpload};
+use outpost_wire::sensor::{Job, JobStatusUpdate, ReportAck, ReportUpload};
 
 use super::{
-    check_job_access, check_token, from_json, parse_state, state_after_update, update_effect,
-    AssignRefusal, Assignment, JobEffect, JobLease, JobRefusal, NewBundle, NewJob, NewSensor,
-    RawBundle, Report, SensorAuth, SensorRow, StoreError, TokenRefusal, TokenRow, UpdateJobRow,
-    UpdateRefusal, UpdateWrite, TARGET_DELETED,
+    check_token, feed_columns, from_json, is_recovery, job_access, parse_state, rotation_step,
+    state_after_update, update_effect, Access, AssignRefusal, Assignment, FeedRelease, Heartbeat,
+    HeartbeatOutcome, JobEffect, JobLease, JobRefusal, KeyOwner, LossRules, LostJob, NewBundle,
+    NewFeedRelease, NewJob, NewSensor, PeerInstall, PeerRow, RawBundle, RawFeedRelease,
+    RegisterRefusal, Registered, Report, RotationBegun, SensorAuth, SensorRow, StoreError,
+    TokenRow, UpdateJobRow, UpdateRefusal, UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART,
+    RECOVERED_AFTER_LOSS, TARGET_DELETED,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -107,7 +110,52 @@ ALTER TABLE sensors ADD COLUMN firmware_version TEXT;
 ALTER TABLE sensors ADD COLUMN boot_slot TEXT;
 ALTER TABLE sensors ADD COLUMN update_state TEXT;
 "#,
+    // Idempotent registration: the token a sensor enrolled with (its hash) and the salt
+    // its API key is derived from, so a retry of a registration gets the same answer.
+    r#"
+ALTER TABLE sensors ADD COLUMN enrolled_with TEXT;
+ALTER TABLE sensors ADD COLUMN api_key_salt TEXT;
+"#,
+    // One sensor per WireGuard key. Duplicates left by older portals are removed first
+    // (`dedupe_wg_keys`, keeping the newest).
+    r#"
+CREATE UNIQUE INDEX sensors_wg_public_key ON sensors (wg_public_key);
+"#,
+    // The sensor a re-queued job was lost by, so it may still finish it (`job_access`).
+    r#"
+ALTER TABLE jobs ADD COLUMN lost_by TEXT;
+"#,
+    // Feed releases: the manifest (a blob under feeds/) and its signature.
+    r#"
+CREATE TABLE feed_releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    manifest_sha256 TEXT NOT NULL UNIQUE,
+    plugin_set TEXT NOT NULL,
+    notus_version TEXT,
+    vt_count INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    imported_at INTEGER NOT NULL
+);
+"#,
+    // The board's own serial number (the Pi's, from its device tree) sent at
+    // registration; NULL for sensors without one and for those enrolled before.
+    r#"
+ALTER TABLE sensors ADD COLUMN board_serial TEXT;
+"#,
+    // Two-phase key rotation: the key a sensor announced and has not yet used; the
+    // gateway accepts it beside `wg_public_key` until a request comes through it.
+    r#"
+ALTER TABLE sensors ADD COLUMN wg_pending_key TEXT;
+CREATE UNIQUE INDEX sensors_wg_pending_key ON sensors (wg_pending_key);
+-- The claim query's index, as on PostgreSQL (see there).
+CREATE INDEX jobs_claimable ON jobs (site, id) WHERE state = 'queued';
+"#,
 ];
+
+/// Index in [`MIGRATIONS`] of the unique WireGuard key; duplicates go before it runs.
+const UNIQUE_WG_KEY: usize = 5;
 
 const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
@@ -177,10 +225,40 @@ impl SqliteStore {
         &self,
         token_hash: &str,
         s: NewSensor,
-    ) -> Result<Result<Option<std::net::Ipv4Addr>, TokenRefusal>, StoreError> {
+        install: PeerInstall,
+    ) -> Result<Result<Registered, RegisterRefusal>, StoreError> {
         let token_hash = token_hash.to_owned();
         self.call(move |c| {
+            // Immediate: one registration at a time, so concurrent ones on one token or
+            // one key see each other's row.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let owner = tx
+                .query_row(
+                    "SELECT id, site, enrolled_with, api_key_salt, tunnel_address FROM sensors \
+                     WHERE wg_public_key = ?1",
+                    params![s.req.wg_public_key],
+                    |r| {
+                        Ok(KeyOwner {
+                            sensor_id: r.get(0)?,
+                            site: r.get(1)?,
+                            enrolled_with: r.get(2)?,
+                            api_key_salt: r.get(3)?,
+                            tunnel_address: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(owner) = owner {
+                // A retry writes nothing; the peer is (re)installed in case it is missing.
+                let reg = match super::retry_of(&owner, &token_hash) {
+                    Ok(reg) => reg,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+                if let Err(e) = install(reg.tunnel_address) {
+                    return Ok(Err(RegisterRefusal::Peer(e)));
+                }
+                return Ok(Ok(reg));
+            }
             let row = tx
                 .query_row(
                     "SELECT site, uses_left, expires_at FROM tokens WHERE hash = ?1",
@@ -195,7 +273,7 @@ impl SqliteStore {
                 )
                 .optional()?;
             if let Err(refusal) = check_token(row.as_ref(), &s.req.site, s.now) {
-                return Ok(Err(refusal));
+                return Ok(Err(RegisterRefusal::Token(refusal)));
             }
             tx.execute(
                 "UPDATE tokens SET uses_left = uses_left - 1 WHERE hash = ?1",
@@ -219,16 +297,28 @@ impl SqliteStore {
             };
             tx.execute(
                 "INSERT INTO sensors (id, name, site, hostname, os, board, hardware_serial, agent_version, \
-                 capabilities, wg_public_key, api_key_hash, registered_at, tunnel_address) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 capabilities, wg_public_key, api_key_hash, registered_at, tunnel_address, \
+                 enrolled_with, api_key_salt, board_serial) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     s.id, s.req.name, s.req.site, s.req.hostname, s.req.os, s.req.board,
                     s.req.hardware_serial, s.req.agent_version, caps, s.req.wg_public_key,
-                    s.api_key_hash, s.now, address.map(|a| a.to_string())
+                    s.api_key_hash, s.now, address.map(|a| a.to_string()), token_hash,
+                    s.api_key_salt, s.req.board_serial
                 ],
             )?;
+            // Dropping `tx` without commit rolls back the row and the token use.
+            if let Err(e) = install(address) {
+                return Ok(Err(RegisterRefusal::Peer(e)));
+            }
             tx.commit()?;
-            Ok(Ok(address))
+            Ok(Ok(Registered {
+                sensor_id: s.id,
+                site: s.req.site,
+                api_key_salt: s.api_key_salt,
+                tunnel_address: address,
+                created: true,
+            }))
         })
         .await
     }
@@ -253,19 +343,53 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn tunnel_peers(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub async fn tunnel_peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         self.call(|c| {
             let mut st = c.prepare(
-                "SELECT id, wg_public_key, tunnel_address FROM sensors \
+                "SELECT id, wg_public_key, tunnel_address, wg_pending_key FROM sensors \
                  WHERE tunnel_address IS NOT NULL ORDER BY id",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
 
-    pub async fn rotate_key(
+    pub async fn begin_rotation(
+        &self,
+        sensor: &str,
+        new_key: &str,
+    ) -> Result<RotationBegun, StoreError> {
+        let (sensor, new_key) = (sensor.to_owned(), new_key.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT wg_public_key, wg_pending_key FROM sensors WHERE id = ?1",
+                    params![sensor],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sensors WHERE id <> ?1 \
+                 AND (wg_public_key = ?2 OR wg_pending_key = ?2))",
+                params![sensor, new_key],
+                |r| r.get(0),
+            )?;
+            let out = rotation_step(row, taken, &new_key);
+            if let RotationBegun::Pending { .. } = out {
+                tx.execute(
+                    "UPDATE sensors SET wg_pending_key = ?2 WHERE id = ?1",
+                    params![sensor, new_key],
+                )?;
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn finish_rotation(
         &self,
         sensor: &str,
         new_key: &str,
@@ -275,14 +399,15 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let old: Option<String> = tx
                 .query_row(
-                    "SELECT wg_public_key FROM sensors WHERE id = ?1",
-                    params![sensor],
+                    "SELECT wg_public_key FROM sensors WHERE id = ?1 AND wg_pending_key = ?2",
+                    params![sensor, new_key],
                     |r| r.get(0),
                 )
                 .optional()?;
             if old.is_some() {
                 tx.execute(
-                    "UPDATE sensors SET wg_public_key = ?2, rotate_key_requested = 0 WHERE id = ?1",
+                    "UPDATE sensors SET wg_public_key = ?2, wg_pending_key = NULL, \
+                     rotate_key_requested = 0 WHERE id = ?1",
                     params![sensor, new_key],
                 )?;
             }
@@ -294,19 +419,18 @@ impl SqliteStore {
 
     pub async fn heartbeat(
         &self,
-        sensor: &str,
-        hb: &HeartbeatRequest,
+        hb: &Heartbeat<'_>,
         metrics: &str,
-        now: i64,
-        lease_s: i64,
-    ) -> Result<(Vec<i64>, bool), StoreError> {
-        let sensor = sensor.to_owned();
-        let activity = hb.activity.as_str();
-        let phase = hb.phase.map(|p| p.as_str());
-        let version = hb.agent_version.clone();
-        let firmware = hb.firmware_version.clone();
-        let slot = hb.boot_slot.clone();
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let sensor = hb.sensor.to_owned();
+        let activity = hb.req.activity.as_str();
+        let phase = hb.req.phase.map(|p| p.as_str());
+        let version = hb.req.agent_version.clone();
+        let firmware = hb.req.firmware_version.clone();
+        let slot = hb.req.boot_slot.clone();
+        let listed = hb.req.running_jobs.clone();
         let metrics = metrics.to_owned();
+        let (now, lease_s, grace_s, rules) = (hb.now, hb.lease_s, hb.grace_s, hb.rules);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -314,11 +438,38 @@ impl SqliteStore {
                  agent_version = ?6, firmware_version = ?7, boot_slot = ?8 WHERE id = ?1",
                 params![sensor, now, activity, phase, metrics, version, firmware, slot],
             )?;
-            tx.execute(
-                "UPDATE jobs SET lease_expires_at = ?2 WHERE sensor_id = ?1 AND state = 'running'",
-                params![sensor, now + lease_s],
-            )?;
-            let cancel = {
+            let mut lost = Vec::new();
+            match &listed {
+                None => {
+                    tx.execute(
+                        "UPDATE jobs SET lease_expires_at = ?2 WHERE sensor_id = ?1 AND state = 'running'",
+                        params![sensor, now + lease_s],
+                    )?;
+                }
+                Some(ids) => {
+                    let ids = super::json(ids)?;
+                    tx.execute(
+                        "UPDATE jobs SET lease_expires_at = ?2 WHERE sensor_id = ?1 AND state = 'running' \
+                         AND id IN (SELECT value FROM json_each(?3))",
+                        params![sensor, now + lease_s, ids],
+                    )?;
+                    let gone = {
+                        let mut st = tx.prepare(
+                            "SELECT id, attempts, cancel_requested FROM jobs WHERE sensor_id = ?1 \
+                             AND state = 'running' AND id NOT IN (SELECT value FROM json_each(?2)) \
+                             AND COALESCE(claimed_at, 0) <= ?3 ORDER BY id",
+                        )?;
+                        let rows = st.query_map(params![sensor, ids, now - grace_s], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })?;
+                        rows.collect::<Result<Vec<(i64, i64, bool)>, _>>()?
+                    };
+                    for (id, attempts, cancel) in gone {
+                        lost.extend(lose(&tx, id, attempts, cancel, LOST_RESTART, rules, now)?);
+                    }
+                }
+            }
+            let cancel_jobs = {
                 let mut st = tx.prepare(
                     "SELECT id FROM jobs WHERE sensor_id = ?1 AND state = 'running' \
                      AND cancel_requested = 1 ORDER BY id",
@@ -334,7 +485,11 @@ impl SqliteStore {
                 )
                 .optional()?;
             tx.commit()?;
-            Ok((cancel, rotate.unwrap_or(false)))
+            Ok(HeartbeatOutcome {
+                cancel_jobs,
+                rotate_wg_key: rotate.unwrap_or(false),
+                lost,
+            })
         })
         .await
     }
@@ -352,8 +507,9 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Kinds are a short fixed vocabulary; a JSON array keeps the query static.
             let kinds_json = super::json(&kinds)?;
+            // Prepared once, from rusqlite's per-connection statement cache.
             let row = tx
-                .query_row(
+                .prepare_cached(
                     "UPDATE jobs SET state = 'running', sensor_id = ?1, claimed_at = ?2, \
                      lease_expires_at = ?3, progress = 0 \
                      WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = ?4 \
@@ -361,16 +517,15 @@ impl SqliteStore {
                                  AND (target_sensor IS NULL OR target_sensor = ?1) \
                                  ORDER BY id LIMIT 1) \
                      RETURNING id, spec, attempts, lease_expires_at",
-                    params![id, now, now + lease_s, site, kinds_json],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    },
-                )
+                )?
+                .query_row(params![id, now, now + lease_s, site, kinds_json], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
                 .optional()?;
             tx.commit()?;
             row.map(|(id, spec, attempts, lease)| {
@@ -386,15 +541,27 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn requeue_expired(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+    pub async fn requeue_expired(
+        &self,
+        now: i64,
+        rules: LossRules,
+    ) -> Result<Vec<LostJob>, StoreError> {
         self.call(move |c| {
-            let mut st = c.prepare(
-                "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
-                 claimed_at = NULL, attempts = attempts + 1, progress = 0 \
-                 WHERE state = 'running' AND lease_expires_at < ?1 RETURNING id",
-            )?;
-            let ids = st.query_map(params![now], |r| r.get(0))?;
-            Ok(ids.collect::<Result<Vec<i64>, _>>()?)
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let expired = {
+                let mut st = tx.prepare(
+                    "SELECT id, attempts, cancel_requested FROM jobs \
+                     WHERE state = 'running' AND lease_expires_at < ?1 ORDER BY id",
+                )?;
+                let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<Vec<(i64, i64, bool)>, _>>()?
+            };
+            let mut lost = Vec::new();
+            for (id, attempts, cancel) in expired {
+                lost.extend(lose(&tx, id, attempts, cancel, LOST_LEASE, rules, now)?);
+            }
+            tx.commit()?;
+            Ok(lost)
         })
         .await
     }
@@ -439,8 +606,17 @@ impl SqliteStore {
                 Some((l, cancel)) => (Some(l), cancel),
                 None => (None, false),
             };
-            if let Err(r) = check_job_access(lease.as_ref(), &sensor, false) {
-                return Ok(Err(r));
+            let recovering = matches!(update, JobStatusUpdate::Failed { .. });
+            let access = match job_access(lease.as_ref(), &sensor, false, recovering) {
+                Ok(a) => a,
+                Err(r) => return Ok(Err(r)),
+            };
+            if access == Access::Recovered {
+                if let JobStatusUpdate::Failed { reason } = &update {
+                    finish_recovered(&tx, job, &sensor, reason, now)?;
+                }
+                tx.commit()?;
+                return Ok(Ok(cancel));
             }
             let next = state_after_update(&update);
             match &update {
@@ -501,8 +677,12 @@ impl SqliteStore {
                 }));
             }
             let lease = lease_of(&tx, job)?.map(|(l, _)| l);
-            if let Err(r) = check_job_access(lease.as_ref(), &sensor, true) {
-                return Ok(Err(r));
+            match job_access(lease.as_ref(), &sensor, true, is_recovery(&up)) {
+                Ok(Access::Leased) => {}
+                Ok(Access::Recovered) => {
+                    finish_recovered(&tx, job, &sensor, RECOVERED_AFTER_LOSS, now)?
+                }
+                Err(r) => return Ok(Err(r)),
             }
             let outcome = super::json(&up.outcome)?;
             let outcome = outcome.trim_matches('"').to_owned();
@@ -538,6 +718,67 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .optional()?)
+        })
+        .await
+    }
+
+    /// Inserts the release unless its manifest is stored; `true` when inserted.
+    pub async fn insert_feed_release(&self, r: &NewFeedRelease) -> Result<bool, StoreError> {
+        let r = r.clone();
+        let (vts, files, bytes) = feed_columns(&r)?;
+        self.call(move |c| {
+            Ok(c.execute(
+                "INSERT INTO feed_releases (manifest_sha256, plugin_set, notus_version, vt_count, \
+                 files, bytes, signature, imported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (manifest_sha256) DO NOTHING",
+                params![
+                    r.manifest_sha256,
+                    r.plugin_set,
+                    r.notus_version,
+                    vts,
+                    files,
+                    bytes,
+                    r.signature,
+                    r.imported_at
+                ],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub async fn feed_releases(&self) -> Result<Vec<FeedRelease>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, manifest_sha256, plugin_set, notus_version, vt_count, files, bytes, \
+                 signature, imported_at FROM feed_releases ORDER BY id DESC",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(RawFeedRelease {
+                    id: r.get(0)?,
+                    manifest_sha256: r.get(1)?,
+                    plugin_set: r.get(2)?,
+                    notus_version: r.get(3)?,
+                    vt_count: r.get(4)?,
+                    files: r.get(5)?,
+                    bytes: r.get(6)?,
+                    signature: r.get(7)?,
+                    imported_at: r.get(8)?,
+                }
+                .into_release())
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn delete_feed_releases(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for id in &ids {
+                tx.execute("DELETE FROM feed_releases WHERE id = ?1", params![id])?;
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -677,6 +918,7 @@ impl SqliteStore {
                             lease: JobLease {
                                 state: parse_state(&state)?,
                                 sensor_id,
+                                lost_by: None,
                             },
                             kind,
                             bundle_id,
@@ -813,7 +1055,7 @@ impl SqliteStore {
                  s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
                  (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running' \
                   AND j.kind = 'scan'), \
-                 s.firmware_version, s.boot_slot, s.update_state \
+                 s.firmware_version, s.boot_slot, s.update_state, s.board_serial \
                  FROM sensors s ORDER BY s.registered_at, s.id",
             )?;
             let rows = st.query_map([], |r| {
@@ -834,6 +1076,7 @@ impl SqliteStore {
                     firmware_version: r.get(13)?,
                     boot_slot: r.get(14)?,
                     update: r.get(15)?,
+                    board_serial: r.get(16)?,
                 })
             })?;
             rows.map(|r| r.map_err(StoreError::from).and_then(super::RawSensor::into_row))
@@ -880,24 +1123,18 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn delete_sensor(&self, sensor: &str, now: i64) -> Result<bool, StoreError> {
+    pub async fn delete_sensor(
+        &self,
+        sensor: &str,
+        now: i64,
+        rules: LossRules,
+    ) -> Result<bool, StoreError> {
         let sensor = sensor.to_owned();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "UPDATE jobs SET state = 'failed', failure_reason = ?2, finished_at = ?3 \
-                 WHERE target_sensor = ?1 AND state IN ('queued', 'running')",
-                params![sensor, TARGET_DELETED, now],
-            )?;
-            // Its other running jobs go back to the queue for the site's other sensors.
-            tx.execute(
-                "UPDATE jobs SET state = 'queued', sensor_id = NULL, lease_expires_at = NULL, \
-                 attempts = attempts + 1 WHERE sensor_id = ?1 AND state = 'running'",
-                params![sensor],
-            )?;
-            let n = tx.execute("DELETE FROM sensors WHERE id = ?1", params![sensor])?;
+            let n = forget_sensor(&tx, &sensor, now, rules)?;
             tx.commit()?;
-            Ok(n > 0)
+            Ok(n)
         })
         .await
     }
@@ -919,6 +1156,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        if i == UNIQUE_WG_KEY {
+            dedupe_wg_keys(&tx)?;
+        }
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
@@ -929,22 +1169,121 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Deletes a sensor: the jobs made for it alone fail, its other running jobs are lost
+/// ([`super::loss`]). Whether it existed.
+fn forget_sensor(
+    tx: &Connection,
+    sensor: &str,
+    now: i64,
+    rules: LossRules,
+) -> Result<bool, StoreError> {
+    tx.execute(
+        "UPDATE jobs SET state = 'failed', failure_reason = ?2, finished_at = ?3 \
+         WHERE target_sensor = ?1 AND state IN ('queued', 'running')",
+        params![sensor, TARGET_DELETED, now],
+    )?;
+    let running = {
+        let mut st = tx.prepare(
+            "SELECT id, attempts, cancel_requested FROM jobs \
+             WHERE sensor_id = ?1 AND state = 'running' ORDER BY id",
+        )?;
+        let rows = st.query_map(params![sensor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<Vec<(i64, i64, bool)>, _>>()?
+    };
+    for (id, attempts, cancel) in running {
+        lose(tx, id, attempts, cancel, LOST_DELETED, rules, now)?;
+    }
+    Ok(tx.execute("DELETE FROM sensors WHERE id = ?1", params![sensor])? > 0)
+}
+
+/// Ends a re-queued job as failed for the sensor that lost it ([`Access::Recovered`]).
+fn finish_recovered(
+    tx: &Connection,
+    job: i64,
+    sensor: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE jobs SET state = 'failed', sensor_id = ?2, failure_reason = ?3, \
+         finished_at = ?4, lease_expires_at = NULL WHERE id = ?1 AND state = 'queued'",
+        params![job, sensor, reason, now],
+    )?;
+    Ok(())
+}
+
+/// Applies [`super::loss`] to one running job; `None` if it was no longer running.
+fn lose(
+    tx: &Connection,
+    id: i64,
+    attempts: i64,
+    cancel_requested: bool,
+    why: &str,
+    rules: LossRules,
+    now: i64,
+) -> Result<Option<LostJob>, StoreError> {
+    let l = super::loss(attempts, cancel_requested, why, rules);
+    let n = match &l {
+        super::Loss::Cancel => tx.execute(
+            "UPDATE jobs SET state = 'cancelled', lease_expires_at = NULL, finished_at = ?2 \
+             WHERE id = ?1 AND state = 'running'",
+            params![id, now],
+        )?,
+        super::Loss::Requeue => tx.execute(
+            "UPDATE jobs SET state = 'queued', lost_by = sensor_id, sensor_id = NULL, \
+             lease_expires_at = NULL, claimed_at = NULL, attempts = attempts + 1, progress = 0 \
+             WHERE id = ?1 AND state = 'running'",
+            params![id],
+        )?,
+        super::Loss::Fail(reason) => tx.execute(
+            "UPDATE jobs SET state = 'failed', attempts = attempts + 1, lease_expires_at = NULL, \
+             failure_reason = ?2, finished_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, reason, now],
+        )?,
+    };
+    Ok((n > 0).then(|| LostJob {
+        id,
+        state: super::loss_state(&l),
+    }))
+}
+
+/// Before the unique index: keeps the newest sensor of each WireGuard key and deletes
+/// the older ones (an older portal could register a key twice), logging each.
+fn dedupe_wg_keys(tx: &Connection) -> Result<(), StoreError> {
+    let older: Vec<(String, String)> = {
+        let mut st = tx.prepare(
+            "SELECT s.id, s.wg_public_key FROM sensors s WHERE EXISTS (SELECT 1 FROM sensors n \
+             WHERE n.wg_public_key = s.wg_public_key AND (n.registered_at > s.registered_at \
+             OR (n.registered_at = s.registered_at AND n.id > s.id))) ORDER BY s.id",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let now = outpost_wire::unix_now();
+    for (id, key) in older {
+        tracing::warn!(sensor = %id, wg_public_key = %key, "removing an older sensor registered with the same WireGuard key as a newer one");
+        forget_sensor(tx, &id, now, LossRules::default())?;
+    }
+    Ok(())
+}
+
 fn lease_of(
     tx: &rusqlite::Transaction<'_>,
     job: i64,
 ) -> Result<Option<(JobLease, bool)>, StoreError> {
-    let row: Option<(String, Option<String>, bool)> = tx
+    let row: Option<(String, Option<String>, bool, Option<String>)> = tx
         .query_row(
-            "SELECT state, sensor_id, cancel_requested FROM jobs WHERE id = ?1",
+            "SELECT state, sensor_id, cancel_requested, lost_by FROM jobs WHERE id = ?1",
             params![job],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    row.map(|(state, sensor_id, cancel)| {
+    row.map(|(state, sensor_id, cancel, lost_by)| {
         Ok((
             JobLease {
                 state: parse_state(&state)?,
                 sensor_id,
+                lost_by,
             },
             cancel,
         ))

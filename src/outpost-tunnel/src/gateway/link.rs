@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use blake2::digest::{FixedOutput, KeyInit, Update};
-use blake2::{Blake2s256, Blake2sMac, Digest};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
@@ -44,8 +42,12 @@ pub(crate) struct GatewayLink {
     pub(super) udp: Arc<UdpSocket>,
     pub(super) secret: x25519::StaticSecret,
     pub(super) public: x25519::PublicKey,
-    pub(super) mac1_key: [u8; 32],
+    /// The load gate for handshakes of all peers (see `route`).
     pub(super) rate_limiter: Arc<RateLimiter>,
+    /// Given to every peer's `Tunn`, which re-checks mac1 with it; its limit
+    /// is never reached, so the one load decision is `rate_limiter`'s, taken
+    /// once per handshake and before any public-key work.
+    pub(super) tunn_limiter: Arc<RateLimiter>,
     /// Peers by their 24-bit session index prefix (receiver_idx >> 8).
     pub(super) peers: HashMap<u32, PeerSlot>,
     pub(super) by_key: HashMap<PublicKey, u32>,
@@ -61,33 +63,19 @@ pub(crate) struct GatewayLink {
     pub(super) accept_wakers: Vec<Waker>,
 }
 
-pub(super) fn mac1_key(public: &x25519::PublicKey) -> [u8; 32] {
-    let mut h = Blake2s256::new();
-    Digest::update(&mut h, b"mac1----");
-    Digest::update(&mut h, public.as_bytes());
-    h.finalize().into()
+/// Where `route` sends a datagram.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// To the peer with this session index prefix.
+    Peer(u32),
+    /// Nowhere: we are under load and answered with this cookie reply.
+    Cookie([u8; COOKIE_REPLY_LEN]),
 }
 
-impl GatewayLink {
-    /// Cheap check that a handshake initiation was made for our key, before
-    /// spending a Diffie-Hellman on it (garbage floods stay cheap).
-    fn mac1_ok(&self, msg: &[u8]) -> bool {
-        if msg.len() < 32 {
-            return false;
-        }
-        let (body, macs) = msg.split_at(msg.len() - 32);
-        let Ok(mut mac) =
-            <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(&self.mac1_key)
-        else {
-            return false;
-        };
-        Update::update(&mut mac, body);
-        let computed: [u8; 16] = mac.finalize_fixed().into();
-        // Not secret-dependent for the sender: a plain compare is fine here;
-        // boringtun re-verifies in constant time inside decapsulate.
-        computed[..] == macs[..16]
-    }
+/// Size of a WireGuard cookie reply message (type 3).
+const COOKIE_REPLY_LEN: usize = 64;
 
+impl GatewayLink {
     fn send_to(udp: &UdpSocket, data: &[u8], to: SocketAddr, dropped: &mut DropCounters) {
         if let Err(e) = udp.send_to(data, to) {
             tracing::trace!(error = %e, %to, "gateway UDP send failed");
@@ -96,24 +84,44 @@ impl GatewayLink {
     }
 
     /// Which peer a datagram belongs to, or why it has none.
-    fn route(&self, datagram: &[u8]) -> Result<u32, DropReason> {
-        let packet = Tunn::parse_incoming_packet(datagram).map_err(|_| DropReason::Malformed)?;
+    ///
+    /// Handshake messages pass the gateway-wide rate limiter first: mac1
+    /// (a keyed hash, cheap) must be valid, and over the limit the sender
+    /// must also carry a valid mac2, i.e. prove it receives at its source
+    /// address, else it gets a cookie reply. Only then do we spend the
+    /// Diffie-Hellman that tells which peer sent an initiation, so a flood of
+    /// initiations costs hashes, not X25519 (WireGuard paper, section 5.3).
+    fn route(&self, datagram: &[u8], from: SocketAddr) -> Result<Route, DropReason> {
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let packet = match self
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, &mut cookie)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                // Always 64 bytes; copy out so the buffer borrow ends here.
+                let mut out = [0u8; COOKIE_REPLY_LEN];
+                let n = reply.len().min(COOKIE_REPLY_LEN);
+                out[..n].copy_from_slice(&reply[..n]);
+                return Ok(Route::Cookie(out));
+            }
+            Err(TunnResult::Err(e)) => return Err(classify(&e)),
+            Err(_) => return Err(DropReason::Malformed),
+        };
         match packet {
             Packet::HandshakeInit(init) => {
-                if !self.mac1_ok(datagram) {
-                    return Err(DropReason::InvalidMac);
-                }
                 let half = parse_handshake_anon(&self.secret, &self.public, &init)
                     .map_err(|_| DropReason::AuthFailed)?;
                 let key = PublicKey::from_bytes(half.peer_static_public);
                 self.by_key
                     .get(&key)
                     .copied()
+                    .map(Route::Peer)
                     .ok_or(DropReason::UnknownPeer)
             }
-            Packet::HandshakeResponse(p) => Ok(p.receiver_idx >> 8),
-            Packet::PacketCookieReply(p) => Ok(p.receiver_idx >> 8),
-            Packet::PacketData(p) => Ok(p.receiver_idx >> 8),
+            Packet::HandshakeResponse(p) => Ok(Route::Peer(p.receiver_idx >> 8)),
+            Packet::PacketCookieReply(p) => Ok(Route::Peer(p.receiver_idx >> 8)),
+            Packet::PacketData(p) => Ok(Route::Peer(p.receiver_idx >> 8)),
         }
     }
 
@@ -123,8 +131,14 @@ impl GatewayLink {
             self.dropped.record(DropReason::Oversized);
             return false;
         }
-        let index = match self.route(datagram) {
-            Ok(i) => i,
+        let index = match self.route(datagram, from) {
+            Ok(Route::Peer(i)) => i,
+            Ok(Route::Cookie(reply)) => {
+                tracing::trace!(%from, "under load: cookie reply instead of a handshake");
+                self.dropped.record(DropReason::RateLimited);
+                Self::send_to(&self.udp, &reply, from, &mut self.dropped);
+                return false;
+            }
             Err(reason) => {
                 tracing::trace!(?reason, %from, "dropped datagram");
                 self.dropped.record(reason);
@@ -143,13 +157,8 @@ impl GatewayLink {
         let mut notify = false;
         match r {
             TunnResult::WriteToNetwork(p) => {
-                let is_cookie = p.first() == Some(&3);
+                // Never a cookie reply: `route` took the load decision.
                 Self::send_to(&self.udp, p, from, &mut self.dropped);
-                if is_cookie {
-                    // Under load: the initiator must prove its address first.
-                    peer.stats.dropped.record(DropReason::RateLimited);
-                    return false;
-                }
                 peer.endpoint = Some(from);
                 if kind == 1 {
                     peer.stats.handshake_done();
@@ -166,6 +175,15 @@ impl GatewayLink {
             TunnResult::WriteToTunnelV4(packet, src) => {
                 // Authenticated: follow the peer if its address changed (roaming).
                 peer.endpoint = Some(from);
+                // Two keys may share an address mid-rotation: answers go to
+                // the one the sensor is using now.
+                let addr = peer.identity.tunnel_addr;
+                if let Some(active) = self.by_ip.get_mut(&addr) {
+                    if *active != index {
+                        tracing::debug!(peer = %peer.identity.public_key, %addr, "address now served by this key");
+                        *active = index;
+                    }
+                }
                 if src != peer.identity.tunnel_addr {
                     tracing::debug!(peer = %peer.identity.public_key, %src, "spoofed inner source dropped");
                     peer.stats.dropped.record(DropReason::SpoofedSource);
@@ -278,6 +296,7 @@ impl GatewayLink {
     pub(super) fn on_timer(&mut self, reset_rate_limiter: bool) {
         if reset_rate_limiter {
             self.rate_limiter.reset_count();
+            self.tunn_limiter.reset_count();
         }
         for peer in self.peers.values_mut() {
             // Errors (expired sessions) need nothing: responders wait for
@@ -372,31 +391,14 @@ mod tests {
         assert!(parse_syn(&p[..30]).is_none());
     }
 
-    #[test]
-    fn mac1_check_accepts_real_initiation_and_rejects_garbage() {
-        let gw_key = PrivateKey::generate();
-        let dev_key = PrivateKey::generate();
-        let mut dev = Tunn::new(
-            dev_key.secret(),
-            gw_key.public_key().x25519(),
-            None,
-            None,
-            1,
-            None,
-        )
-        .unwrap();
-        let mut buf = vec![0u8; 2048];
-        let init = match dev.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(p) => p.to_vec(),
-            other => panic!("no initiation: {other:?}"),
-        };
+    fn link(gw_key: &PrivateKey, limit: u64) -> GatewayLink {
         let secret = gw_key.secret();
         let public = x25519::PublicKey::from(&secret);
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        let link = GatewayLink {
+        GatewayLink {
             udp,
-            mac1_key: mac1_key(&public),
-            rate_limiter: Arc::new(RateLimiter::new(&public, 10)),
+            rate_limiter: Arc::new(RateLimiter::new(&public, limit)),
+            tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             secret,
             public,
             peers: HashMap::new(),
@@ -410,14 +412,70 @@ mod tests {
             pending: vec![],
             accepted: VecDeque::new(),
             accept_wakers: vec![],
-        };
-        assert!(link.mac1_ok(&init));
+        }
+    }
+
+    fn initiation(dev: &mut Tunn) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        match dev.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        }
+    }
+
+    fn device(gw_key: &PrivateKey) -> Tunn {
+        let dev_key = PrivateKey::generate();
+        Tunn::new(
+            dev_key.secret(),
+            gw_key.public_key().x25519(),
+            None,
+            None,
+            1,
+            None,
+        )
+        .unwrap()
+    }
+
+    const FROM: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 51820);
+
+    #[test]
+    fn route_checks_mac1_before_public_key_work() {
+        let gw_key = PrivateKey::generate();
+        let link = link(&gw_key, 10);
+        let init = initiation(&mut device(&gw_key));
         // Valid for us, but the key is not a configured peer.
-        assert_eq!(link.route(&init), Err(DropReason::UnknownPeer));
+        assert_eq!(link.route(&init, FROM), Err(DropReason::UnknownPeer));
         let mut bad = init.clone();
         bad[50] ^= 1;
-        assert!(!link.mac1_ok(&bad));
-        assert_eq!(link.route(&bad), Err(DropReason::InvalidMac));
-        assert_eq!(link.route(&[1, 2, 3]), Err(DropReason::Malformed));
+        assert_eq!(link.route(&bad, FROM), Err(DropReason::InvalidMac));
+        assert_eq!(link.route(&[1, 2, 3], FROM), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn over_the_limit_initiations_get_a_cookie_and_pass_with_mac2() {
+        let gw_key = PrivateKey::generate();
+        let link = link(&gw_key, 0);
+        let mut dev = device(&gw_key);
+        let init = initiation(&mut dev);
+        let Ok(Route::Cookie(reply)) = link.route(&init, FROM) else {
+            panic!("no cookie reply under load");
+        };
+        assert_eq!(reply[0], 3, "message type: cookie reply");
+        // The device takes the cookie; its next initiation carries mac2 and
+        // gets through to the (failed) peer lookup, i.e. past the gate.
+        let mut buf = vec![0u8; 2048];
+        assert!(matches!(
+            dev.decapsulate(Some(FROM.ip()), &reply, &mut buf),
+            TunnResult::Done
+        ));
+        let retry = initiation(&mut dev);
+        assert_eq!(link.route(&retry, FROM), Err(DropReason::UnknownPeer));
+        // The cookie is bound to the address it was sent to.
+        let elsewhere: SocketAddr = "192.0.2.8:51820".parse().unwrap();
+        assert!(matches!(
+            link.route(&retry, elsewhere),
+            Ok(Route::Cookie(_))
+        ));
     }
 }

@@ -33,11 +33,15 @@ use crate::stats::{DropCounters, TunnelStats};
 use crate::stream::{Core, Shared, StreamCore};
 use crate::{TIMER_TICK, WG_BUF};
 
-use link::{mac1_key, GatewayLink, PeerSlot};
+use link::{GatewayLink, PeerSlot};
 pub use stream::GatewayStream;
 
-/// Handshakes per second (all peers together) before cookies are demanded.
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshake messages per second (all peers together) before cookies are
+/// demanded. A cookie costs a legitimate sensor one retry (5 s), so this only
+/// needs to cover the ordinary rekeys of a large fleet (10,000 sensors rekey
+/// about 85 times a second) plus some slack; past it, a portal restart's
+/// reconnect storm is paced by the cookies instead of by X25519 work.
+pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 200;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -55,6 +59,10 @@ pub struct GatewayConfig {
     /// Per-connection receive / send buffers: memory per connection vs. window size.
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
+    /// Handshake messages per second, over all peers, answered without a
+    /// cookie; over it, only initiators proving their source address (mac2)
+    /// get public-key work.
+    pub handshakes_per_second: u64,
 }
 
 impl GatewayConfig {
@@ -73,6 +81,7 @@ impl GatewayConfig {
             mtu: 1420,
             tcp_rx_buffer: 64 * 1024,
             tcp_tx_buffer: 512 * 1024,
+            handshakes_per_second: DEFAULT_HANDSHAKE_RATE_LIMIT,
         }
     }
 }
@@ -140,12 +149,13 @@ impl Gateway {
         if config.tcp_ports.is_empty() {
             return Err(TunnelError::Config("no inner TCP port to listen on".into()));
         }
+        let handshake_rate_limit = config.handshakes_per_second;
         let secret = config.private_key.secret();
         let public = x25519::PublicKey::from(&secret);
         let link = GatewayLink {
             udp: udp.clone(),
-            mac1_key: mac1_key(&public),
-            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            rate_limiter: Arc::new(RateLimiter::new(&public, handshake_rate_limit)),
+            tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             secret,
             public,
             peers: HashMap::new(),
@@ -192,12 +202,28 @@ impl Gateway {
 
     /// Allow a peer. Its key and tunnel address must both be new.
     pub fn add_peer(&self, peer: GatewayPeer) -> Result<(), TunnelError> {
+        self.insert_peer(peer, false)
+    }
+
+    /// Allow a second key for a tunnel address a peer already holds (or a new
+    /// one): two-phase key rotation, where the sensor may come back with
+    /// either key. Traffic for the address goes to whichever of its keys last
+    /// sent authenticated data; removing one key keeps the address's
+    /// connections while another key still holds it. Meant for one device
+    /// moving from one key to the other: two devices using both keys at
+    /// once would receive each other's packets.
+    pub fn add_peer_sharing_address(&self, peer: GatewayPeer) -> Result<(), TunnelError> {
+        self.insert_peer(peer, true)
+    }
+
+    fn insert_peer(&self, peer: GatewayPeer, share: bool) -> Result<(), TunnelError> {
         let mut core = self.shared.lock();
         let link = &mut core.link;
         if link.by_key.contains_key(&peer.public_key) {
             return Err(TunnelError::DuplicatePeer(peer.public_key));
         }
-        if link.by_ip.contains_key(&peer.allowed_ip) || peer.allowed_ip == link.address {
+        if (!share && link.by_ip.contains_key(&peer.allowed_ip)) || peer.allowed_ip == link.address
+        {
             return Err(TunnelError::AddressInUse(peer.allowed_ip));
         }
         let index = loop {
@@ -212,7 +238,7 @@ impl Gateway {
             peer.preshared_key.as_ref().map(PresharedKey::bytes),
             None,
             index,
-            Some(link.rate_limiter.clone()),
+            Some(link.tunn_limiter.clone()),
         )
         .map_err(|e| TunnelError::Config(e.to_string()))?;
         let identity = PeerIdentity {
@@ -229,12 +255,15 @@ impl Gateway {
             },
         );
         link.by_key.insert(peer.public_key, index);
-        link.by_ip.insert(peer.allowed_ip, index);
-        tracing::info!(peer = %peer.public_key, addr = %peer.allowed_ip, "peer added");
+        // A shared address keeps routing to the key in use until the new one
+        // proves itself (see `GatewayLink::receive`).
+        link.by_ip.entry(peer.allowed_ip).or_insert(index);
+        tracing::info!(peer = %peer.public_key, addr = %peer.allowed_ip, shared = share, "peer added");
         Ok(())
     }
 
-    /// Remove a peer and reset its open connections. False if unknown.
+    /// Remove a peer and reset its open connections, unless another key
+    /// still holds its address. False if unknown.
     pub fn remove_peer(&self, key: &PublicKey) -> bool {
         let mut core = self.shared.lock();
         let core = &mut *core;
@@ -243,13 +272,28 @@ impl Gateway {
         };
         if let Some(slot) = core.link.peers.remove(&index) {
             let ip = slot.identity.tunnel_addr;
-            core.link.by_ip.remove(&ip);
-            for (_, s) in core.stack.sockets.iter_mut() {
-                if let Some(t) = tcp::Socket::downcast_mut(s) {
-                    if t.remote_endpoint()
-                        .is_some_and(|r| r.addr == IpAddress::Ipv4(ip))
-                    {
-                        t.abort();
+            let other = core
+                .link
+                .peers
+                .iter()
+                .find(|(_, p)| p.identity.tunnel_addr == ip)
+                .map(|(i, _)| *i);
+            match other {
+                Some(other) => {
+                    if core.link.by_ip.get(&ip) == Some(&index) {
+                        core.link.by_ip.insert(ip, other);
+                    }
+                }
+                None => {
+                    core.link.by_ip.remove(&ip);
+                    for (_, s) in core.stack.sockets.iter_mut() {
+                        if let Some(t) = tcp::Socket::downcast_mut(s) {
+                            if t.remote_endpoint()
+                                .is_some_and(|r| r.addr == IpAddress::Ipv4(ip))
+                            {
+                                t.abort();
+                            }
+                        }
                     }
                 }
             }

@@ -85,7 +85,7 @@ impl RunningJob for DryRun {
         Ok(())
     }
 
-    fn report(self: Box<Self>) -> JobReport {
+    fn report(&mut self) -> JobReport {
         let (outcome, partial, progress, status) = match self.cancelled_at {
             Some(p) => (ReportOutcome::Cancelled, true, p, "stopped"),
             None => (ReportOutcome::Completed, false, 100, "finished"),
@@ -111,6 +111,7 @@ impl RunningJob for DryRun {
                     log: self.targets.len() as u32,
                     ..Default::default()
                 },
+                ..Default::default()
             },
         }
     }
@@ -159,6 +160,7 @@ mod tests {
                 families: vec![],
                 oids: vec![],
                 alive_test: AliveTest::ConsiderAlive,
+                alive_methods: vec![],
                 credentials: vec![],
                 deadline_s: 60,
             }),

@@ -9,8 +9,9 @@ pub mod fake_ospd;
 mod openvas;
 
 pub use dry_run::DryRunExecutor;
-pub use openvas::{OpenvasExecutor, DEFAULT_GONE_GRACE};
+pub use openvas::{recovered_report, OpenvasExecutor, DEFAULT_GONE_GRACE};
 
+use outpost_osp::ScanResult;
 use outpost_wire::sensor::{Job, JobSpec, ReportOutcome, ReportSummary, ScanSpec};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,14 +41,27 @@ pub trait JobExecutor: Send + Sync {
     /// Shown on the console and in job events, e.g. "dry run".
     fn name(&self) -> &'static str;
     fn start(&self, job: &Job) -> Result<Box<dyn RunningJob>, ExecError>;
+
+    /// A scan that a previous run of the daemon started and did not finish: stops it if
+    /// the scanner still runs it and returns the results the scanner still holds.
+    fn salvage(&self, _scan_id: &str) -> Vec<ScanResult> {
+        Vec::new()
+    }
+
+    /// Lets the scanner forget a scan whose report is spooled.
+    fn forget(&self, _scan_id: &str) {}
 }
 
 pub trait RunningJob: Send {
     fn poll(&mut self) -> Result<Progress, ExecError>;
     /// Stops the job; the report that follows is partial and marked cancelled.
     fn cancel(&mut self) -> Result<(), ExecError>;
-    /// The report, after `poll` said `Finished` or after `cancel`.
-    fn report(self: Box<Self>) -> JobReport;
+    /// The report, after `poll` said `Finished` or after `cancel`. Changes nothing: the
+    /// job keeps what it holds until [`RunningJob::release`].
+    fn report(&mut self) -> JobReport;
+    /// The report is safely spooled (or the job was given up): the scanner may forget
+    /// the scan and the on-disk results may go.
+    fn release(self: Box<Self>) {}
 }
 
 /// The scan a job asks for; any other kind of job is not an executor's to run.

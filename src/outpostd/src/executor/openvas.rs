@@ -1,25 +1,33 @@
 //! The OpenVAS executor: runs a job as one OSP scan on the local ospd-openvas.
 //!
-//! Every target is checked against the sensor's scope before anything is sent. The scan
-//! gets an id chosen here, so it can be stopped even when the `start_scan` answer is
-//! lost. Polling pops new results (`get_scans pop_results="1"`) and keeps them in
-//! memory; the report is those results in `get_scans_response` form, with OSP's own
-//! result fields, plus a summary. Credentials go to ospd-openvas in the `start_scan`
-//! command only: never to disk, never into a log line or an error text.
+//! Every target is checked against the sensor's scope before anything is sent (each
+//! address of a range or CIDR; exclusions never widen it). The scan gets an id chosen
+//! here, so it can be stopped even when the `start_scan` answer is lost. Its header goes
+//! to the job's result log ([`ResultLog`]) before `start_scan`; polling pops new results
+//! (`get_scans pop_results="1"`) and appends them to that log, synced, before counting
+//! them as collected. The report is those results in `get_scans_response` form, with
+//! OSP's own result fields, plus a summary of live and dead hosts and each host's ports
+//! and findings. `delete_scan` is sent only in [`RunningJob::release`], after the
+//! report is spooled. Credentials go to ospd-openvas in the `start_scan` command only:
+//! never to disk, never into a log line or an error text.
 
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use outpost_osp::{
     summarize, AliveTestMethods, Credential as OspCredential, GetScans, OspClient, OspError,
-    Request, Response, ResultType, ScanResult, ScanStatus, Secret as OspSecret, StartScan, Target,
-    VtSelection,
+    Request, Response, ResultType, Scan, ScanResult, ScanStatus, Secret as OspSecret, StartScan,
+    Target, VtSelection,
 };
 use outpost_wire::sensor::{
-    AliveTest, Credential, Job, ReportOutcome, ReportSummary, ScanSpec, SeverityCounts,
+    AliveMethod, Credential, HostFindings, Job, ReportOutcome, ReportSummary, ScanSpec,
+    SeverityCounts,
 };
 
 use super::{xml_escape as esc, ExecError, JobExecutor, JobReport, Progress, RunningJob};
-use crate::scope::Scope;
+use crate::results::{LogWriter, Recovered, ResultLog, ScanStart};
+use crate::scope::{Scope, TargetSet};
 
 /// How long ospd-openvas may be unreachable during a scan before the job fails. The
 /// supervisor restarts a dead ospd-openvas within this time, but a restarted daemon has
@@ -30,6 +38,8 @@ pub struct OpenvasExecutor {
     osp: OspClient,
     scope: Scope,
     gone_grace: Duration,
+    /// Where popped results are kept durably; `None` keeps them in memory only.
+    results: Option<ResultLog>,
 }
 
 impl OpenvasExecutor {
@@ -38,7 +48,14 @@ impl OpenvasExecutor {
             osp,
             scope,
             gone_grace,
+            results: None,
         }
+    }
+
+    /// Keeps each job's results in `log` as they are popped (see the module docs).
+    pub fn with_result_log(mut self, log: ResultLog) -> OpenvasExecutor {
+        self.results = Some(log);
+        self
     }
 }
 
@@ -49,25 +66,51 @@ impl JobExecutor for OpenvasExecutor {
 
     fn start(&self, job: &Job) -> Result<Box<dyn RunningJob>, ExecError> {
         let spec = super::scan_spec(job)?;
-        // Nothing is sent unless every target is in scope.
-        self.scope
-            .check(&spec.targets)
+        // Nothing is sent unless every address of every target is in scope.
+        let target_set = self
+            .scope
+            .check_job(&spec.targets, &spec.exclude_hosts)
             .map_err(|e| ExecError(e.to_string()))?;
         let scan_id = new_scan_id()?;
         let command = start_scan(spec, &scan_id)?;
         let started_unix = outpost_wire::unix_now();
+        // The header is on disk before the scan exists, so a crash from here on leaves
+        // a trace the next run finds (and the scan id to stop).
+        let log = match &self.results {
+            Some(results) => Some(
+                results
+                    .begin(&ScanStart {
+                        job: job.id,
+                        scan_id: scan_id.clone(),
+                        started_unix,
+                        targets: spec.targets.clone(),
+                        exclude_hosts: spec.exclude_hosts.clone(),
+                    })
+                    .map_err(|e| ExecError(format!("cannot keep scan results on disk: {e}")))?,
+            ),
+            None => None,
+        };
+        let forget_log = || {
+            if let Some(results) = &self.results {
+                if let Err(e) = results.remove(job.id) {
+                    tracing::warn!(job = job.id, error = %e, "cannot remove the result log");
+                }
+            }
+        };
         match self.osp.send(&command.into()) {
             Ok(Response::ScanStarted { scan_id: got }) if got == scan_id => {}
             Ok(Response::ScanStarted { scan_id: got }) => {
+                forget_log();
                 // ospd always echoes the id it was given; anything else is not a scan of ours.
                 return Err(ExecError(format!(
                     "ospd-openvas started scan {got} instead of {scan_id}"
                 )));
             }
             Ok(other) => {
+                forget_log();
                 return Err(ExecError(format!(
                     "unexpected answer to start_scan: {other:?}"
-                )))
+                )));
             }
             Err(e) => {
                 // The answer may be lost while the scan runs: stop it to be sure.
@@ -76,22 +119,106 @@ impl JobExecutor for OpenvasExecutor {
                         scan_id: scan_id.clone(),
                     });
                 }
+                forget_log();
                 return Err(ExecError(format!("ospd-openvas refused the scan: {e}")));
             }
         }
-        tracing::info!(job = job.id, scan = %scan_id, "OSP scan started");
+        tracing::info!(job = job.id, scan = %scan_id, hosts = target_set.len(), "OSP scan started");
         Ok(Box::new(OpenvasRun {
             osp: self.osp.clone(),
+            job: job.id,
             scan_id,
             target: spec.targets.join(","),
+            target_set,
             started_unix,
             results: Vec::new(),
             status: ScanStatus::Queued,
             percent: 0,
+            dead: None,
+            hosts_line: String::new(),
             unreachable_since: None,
             gone_grace: self.gone_grace,
             stopped: false,
+            log,
+            log_dir: self.results.clone(),
+            log_failed: false,
         }))
+    }
+
+    fn salvage(&self, scan_id: &str) -> Vec<ScanResult> {
+        // Only a scan ospd-openvas still knows (it outlived the daemon) has anything left;
+        // stop it first, so it does not run on beside the next job.
+        match self.osp.send(&Request::StopScan {
+            scan_id: scan_id.to_owned(),
+        }) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Vec::new(),
+            // Already finished or stopped scans refuse a stop; their results still count.
+            Err(OspError::Status { .. }) => {}
+            Err(e) => {
+                tracing::info!(scan = scan_id, error = %e, "no scan to salvage in ospd-openvas");
+                return Vec::new();
+            }
+        }
+        match self
+            .osp
+            .send(&GetScans::pop(scan_id.to_owned(), None).into())
+        {
+            Ok(Response::Scans(scans)) => scans
+                .into_iter()
+                .filter(|s| s.id == scan_id)
+                .flat_map(|s| s.results)
+                .map(normalise_type)
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::info!(scan = scan_id, error = %e, "results left in ospd-openvas not fetched");
+                Vec::new()
+            }
+        }
+    }
+
+    fn forget(&self, scan_id: &str) {
+        delete_scan(&self.osp, scan_id);
+    }
+}
+
+/// Best effort: ospd keeps every scan in memory until it is deleted.
+fn delete_scan(osp: &OspClient, scan_id: &str) {
+    if let Err(e) = osp.send(&Request::DeleteScan {
+        scan_id: scan_id.to_owned(),
+    }) {
+        tracing::debug!(scan = scan_id, error = %e, "delete_scan failed");
+    }
+}
+
+/// The report of a scan cut short by a crash of the daemon, from its result log.
+pub fn recovered_report(job: i64, rec: &Recovered) -> JobReport {
+    let (scan_id, target, started) = match &rec.start {
+        Some(s) => (s.scan_id.as_str(), s.targets.join(","), s.started_unix),
+        None => ("", String::new(), 0),
+    };
+    let status = ScanStatus::Interrupted;
+    let content = osp_xml(
+        scan_id,
+        &target,
+        started,
+        outpost_wire::unix_now(),
+        rec.percent,
+        &status,
+        &rec.results,
+    );
+    tracing::debug!(
+        job,
+        results = rec.results.len(),
+        "report rebuilt from the result log"
+    );
+    JobReport {
+        outcome: ReportOutcome::Failed,
+        partial: true,
+        content_type: "application/xml".into(),
+        content,
+        summary: wire_summary(&rec.results, None, rec.dead),
     }
 }
 
@@ -119,7 +246,7 @@ fn new_scan_id() -> Result<String, ExecError> {
 fn start_scan(spec: &ScanSpec, scan_id: &str) -> Result<StartScan, ExecError> {
     let mut target = Target::new(spec.targets.iter().map(|t| t.trim()), spec.ports.trim());
     target.exclude_hosts = spec.exclude_hosts.clone();
-    target.alive_test = Some(alive_test(spec.alive_test));
+    target.alive_test = Some(alive_test(&spec.alive_methods()));
     target.credentials = spec
         .credentials
         .iter()
@@ -152,18 +279,18 @@ fn vt_selection(spec: &ScanSpec) -> Result<VtSelection, ExecError> {
     Ok(vts)
 }
 
-fn alive_test(a: AliveTest) -> AliveTestMethods {
+/// The job's methods as ospd-openvas' `<alive_test_methods>` flags (which it turns into
+/// openvas' alive-test bit field; several flags combine).
+fn alive_test(methods: &[AliveMethod]) -> AliveTestMethods {
     let mut m = AliveTestMethods::default();
-    match a {
-        AliveTest::IcmpAndTcpAck => {
-            m.icmp = true;
-            m.tcp_ack = true;
+    for method in methods {
+        match method {
+            AliveMethod::Icmp => m.icmp = true,
+            AliveMethod::TcpAck => m.tcp_ack = true,
+            AliveMethod::TcpSyn => m.tcp_syn = true,
+            AliveMethod::Arp => m.arp = true,
+            AliveMethod::ConsiderAlive => m.consider_alive = true,
         }
-        AliveTest::Icmp => m.icmp = true,
-        AliveTest::TcpSyn => m.tcp_syn = true,
-        AliveTest::TcpAck => m.tcp_ack = true,
-        AliveTest::Arp => m.arp = true,
-        AliveTest::ConsiderAlive => m.consider_alive = true,
     }
     m
 }
@@ -221,20 +348,32 @@ fn credential(c: &Credential) -> Result<OspCredential, ExecError> {
 
 struct OpenvasRun {
     osp: OspClient,
+    job: i64,
     scan_id: String,
     target: String,
+    /// The addresses scanned (targets less exclusions), for the dead-host list.
+    target_set: TargetSet,
     started_unix: i64,
     results: Vec<ScanResult>,
     status: ScanStatus,
     percent: u8,
+    /// ospd-openvas' count of hosts found dead.
+    dead: Option<u64>,
+    /// Per-host progress from the last poll, for the progress message.
+    hosts_line: String,
     /// When ospd-openvas first failed to answer, in the current outage.
     unreachable_since: Option<Instant>,
     gone_grace: Duration,
     stopped: bool,
+    log: Option<LogWriter>,
+    log_dir: Option<ResultLog>,
+    /// A write to the result log failed: results are held in memory only from then on.
+    log_failed: bool,
 }
 
 impl OpenvasRun {
-    /// One `get_scans` round: pops new results and updates status and progress.
+    /// One `get_scans` round: pops new results, keeps them on disk, then updates status
+    /// and progress.
     fn fetch(&mut self) -> Result<(), OspError> {
         let answer = self
             .osp
@@ -252,12 +391,66 @@ impl OpenvasRun {
             .progress
             .or(scan.detail.as_ref().and_then(|d| d.overall))
             .unwrap_or(0);
-        self.percent = percent.clamp(0, 100) as u8;
+        let percent = percent.clamp(0, 100) as u8;
+        let dead = scan
+            .detail
+            .as_ref()
+            .and_then(|d| d.count_dead)
+            .and_then(|n| u64::try_from(n).ok());
+        self.hosts_line = hosts_line(&scan);
+        let popped: Vec<ScanResult> = scan.results.into_iter().map(normalise_type).collect();
+        self.keep(&popped, percent, dead);
+        self.percent = percent;
+        self.dead = dead.or(self.dead);
         self.status = scan.status;
-        self.results
-            .extend(scan.results.into_iter().map(normalise_type));
+        self.results.extend(popped);
         Ok(())
     }
+
+    /// Appends popped results to the job's log. They were handed over once and exist
+    /// nowhere else, so a failed write is loud; the scan goes on with them in memory.
+    fn keep(&mut self, popped: &[ScanResult], percent: u8, dead: Option<u64>) {
+        let Some(log) = &mut self.log else { return };
+        // Progress is only worth a line when results come with it (no extra syncs).
+        let changed = percent != self.percent || (dead.is_some() && dead != self.dead);
+        let progress = (!popped.is_empty() && changed).then_some((percent, dead));
+        if let Err(e) = log.append(popped, progress) {
+            if !self.log_failed {
+                tracing::error!(job = self.job, scan = %self.scan_id, error = %e,
+                    "scan results not kept on disk; a crash now would lose them");
+            }
+            self.log_failed = true;
+        }
+    }
+}
+
+/// Per-host progress as ospd reports it: the hosts being scanned with their percent,
+/// and the counts of hosts done, found dead and in all.
+fn hosts_line(scan: &Scan) -> String {
+    let Some(d) = &scan.detail else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(total) = d.count_total.filter(|t| *t > 0) {
+        let done = d.count_alive.unwrap_or(0) + d.count_dead.unwrap_or(0);
+        parts.push(format!(
+            "{done}/{total} hosts done ({} alive, {} dead)",
+            d.count_alive.unwrap_or(0),
+            d.count_dead.unwrap_or(0)
+        ));
+    }
+    // ospd lists a host found dead with progress -1; those are in the dead count.
+    let scanning: Vec<String> = d
+        .hosts
+        .iter()
+        .filter(|h| h.progress >= 0)
+        .take(8)
+        .map(|h| format!("{} {}%", h.host, h.progress.clamp(0, 100)))
+        .collect();
+    if !scanning.is_empty() {
+        parts.push(format!("scanning {}", scanning.join(", ")));
+    }
+    parts.join("; ")
 }
 
 /// ospd names two result types `Log Message` and `Error Message`; count them as the
@@ -307,7 +500,15 @@ impl RunningJob for OpenvasRun {
             )),
             status => Ok(Progress::Running {
                 percent: self.percent,
-                message: format!("openvas: {status}, {} result(s) so far", self.results.len()),
+                message: if self.hosts_line.is_empty() {
+                    format!("openvas: {status}, {} result(s) so far", self.results.len())
+                } else {
+                    format!(
+                        "openvas: {status}, {}; {} result(s) so far",
+                        self.hosts_line,
+                        self.results.len()
+                    )
+                },
             }),
         }
     }
@@ -329,7 +530,7 @@ impl RunningJob for OpenvasRun {
         Ok(())
     }
 
-    fn report(self: Box<Self>) -> JobReport {
+    fn report(&mut self) -> JobReport {
         let (outcome, partial) = match (&self.status, self.stopped) {
             (ScanStatus::Finished, false) => (ReportOutcome::Completed, false),
             (_, true) => (ReportOutcome::Cancelled, true),
@@ -344,13 +545,13 @@ impl RunningJob for OpenvasRun {
             &self.status,
             &self.results,
         );
-        let summary = wire_summary(&self.results);
-        // Best effort: ospd keeps finished scans in memory until deleted.
-        if let Err(e) = self.osp.send(&Request::DeleteScan {
-            scan_id: self.scan_id.clone(),
-        }) {
-            tracing::debug!(scan = %self.scan_id, error = %e, "delete_scan failed");
-        }
+        // Only a scan that ran to its end says which addresses did not answer.
+        let finished = self.status == ScanStatus::Finished && !self.stopped;
+        let summary = wire_summary(
+            &self.results,
+            finished.then_some(&self.target_set),
+            self.dead,
+        );
         JobReport {
             outcome,
             partial,
@@ -359,12 +560,75 @@ impl RunningJob for OpenvasRun {
             summary,
         }
     }
+
+    fn release(self: Box<Self>) {
+        // The report is spooled: only now may ospd forget the scan and the log go.
+        delete_scan(&self.osp, &self.scan_id);
+        drop(self.log);
+        if let Some(dir) = &self.log_dir {
+            if let Err(e) = dir.remove(self.job) {
+                tracing::warn!(job = self.job, error = %e, "cannot remove the result log");
+            }
+        }
+    }
 }
 
-/// The portal's summary from `outpost_osp::summarize`; ports become `host:port/proto`.
-fn wire_summary(results: &[ScanResult]) -> ReportSummary {
-    let s = summarize(results);
+/// ospd-openvas' markers of a host's scan starting and ending (log results named so).
+const HOST_START: &str = "HOST_START";
+const HOST_END: &str = "HOST_END";
+
+/// The portal's summary: findings from `outpost_osp::summarize` (ports become
+/// `host:port/proto`), the live hosts with their ports and findings, and, for a scan
+/// that ran to its end (`scanned` given), the target addresses that were dead.
+fn wire_summary(
+    results: &[ScanResult],
+    scanned: Option<&TargetSet>,
+    dead_count: Option<u64>,
+) -> ReportSummary {
+    // The host markers are bookkeeping, not findings.
+    let is_marker = |r: &ScanResult| r.name == HOST_START || r.name == HOST_END;
+    let s = summarize(results.iter().filter(|r| !is_marker(r)));
     let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let counts = |c: &outpost_osp::SeverityCounts| SeverityCounts {
+        high: n(c.high),
+        medium: n(c.medium),
+        low: n(c.low),
+        log: n(c.log),
+    };
+    // A host is live when the scanner started on it or reported anything about it.
+    let mut live: Vec<(Option<Ipv4Addr>, String)> = results
+        .iter()
+        .map(|r| r.host.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| (h.parse().ok(), h.to_owned()))
+        .collect();
+    live.sort();
+    live.dedup();
+    let ended: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.name == HOST_END)
+        .map(|r| r.host.trim())
+        .collect();
+    let per_host = live
+        .iter()
+        .map(|(_, host)| {
+            let found = s.hosts.iter().find(|h| &h.host == host);
+            HostFindings {
+                host: host.clone(),
+                hostname: found.and_then(|h| h.hostname.clone()).unwrap_or_default(),
+                ports: found.map(|h| h.ports.clone()).unwrap_or_default(),
+                findings: found.map(|h| counts(&h.findings)).unwrap_or_default(),
+                complete: ended.contains(host.as_str()),
+            }
+        })
+        .collect();
+    let dead_hosts = match scanned {
+        Some(set) => {
+            let addrs: Vec<Ipv4Addr> = live.iter().filter_map(|(a, _)| *a).collect();
+            set.remaining(&addrs)
+        }
+        None => Vec::new(),
+    };
     ReportSummary {
         hosts: s.hosts.iter().map(|h| h.host.clone()).collect(),
         ports: s
@@ -372,12 +636,11 @@ fn wire_summary(results: &[ScanResult]) -> ReportSummary {
             .iter()
             .flat_map(|h| h.ports.iter().map(move |p| format!("{}:{p}", h.host)))
             .collect(),
-        findings: SeverityCounts {
-            high: n(s.findings.high),
-            medium: n(s.findings.medium),
-            low: n(s.findings.low),
-            log: n(s.findings.log),
-        },
+        findings: counts(&s.findings),
+        live_hosts: live.into_iter().map(|(_, h)| h).collect(),
+        dead_hosts,
+        dead_count,
+        per_host,
     }
 }
 
@@ -431,7 +694,7 @@ fn osp_xml(
 mod tests {
     use super::*;
     use crate::executor::fake_ospd::*;
-    use outpost_wire::sensor::JobSpec;
+    use outpost_wire::sensor::{AliveTest, JobSpec};
     use std::os::unix::net::UnixListener;
 
     /// The fake with the executor under test on its socket.
@@ -461,6 +724,7 @@ mod tests {
                 families: vec!["General".into()],
                 oids: vec!["1.3.6.1.4.1.25623.1.0.10330".into()],
                 alive_test: AliveTest::ConsiderAlive,
+                alive_methods: vec![],
                 credentials: vec![Credential {
                     service: "ssh".into(),
                     username: "scan".into(),
@@ -487,6 +751,9 @@ mod tests {
         }
         assert_eq!(run.poll().unwrap(), Progress::Finished);
         let r = run.report();
+        // The report alone does not let ospd forget the scan: that waits for the spool.
+        assert!(!fake.seen().iter().any(|c| c.starts_with("<delete_scan")));
+        run.release();
         assert_eq!(r.outcome, ReportOutcome::Completed);
         assert!(!r.partial);
         assert_eq!(r.content_type, "application/xml");
@@ -538,6 +805,7 @@ mod tests {
         assert!(matches!(run.poll().unwrap(), Progress::Running { .. }));
         run.cancel().unwrap();
         let r = run.report();
+        run.release();
         assert_eq!(r.outcome, ReportOutcome::Cancelled);
         assert!(r.partial);
         assert!(r.content.contains(r#"status="stopped""#));
@@ -671,10 +939,223 @@ mod tests {
 
     #[test]
     fn alive_tests_map_to_osp_methods() {
-        let m = alive_test(AliveTest::IcmpAndTcpAck);
+        let m = alive_test(&AliveTest::IcmpAndTcpAck.methods());
         assert!(m.icmp && m.tcp_ack && !m.tcp_syn && !m.arp && !m.consider_alive);
-        assert!(alive_test(AliveTest::Arp).arp);
-        assert!(alive_test(AliveTest::TcpSyn).tcp_syn);
+        assert!(alive_test(&[AliveMethod::Arp]).arp);
+        assert!(alive_test(&[AliveMethod::TcpSyn]).tcp_syn);
+        let m = alive_test(&[AliveMethod::Icmp, AliveMethod::Arp, AliveMethod::TcpSyn]);
+        assert!(m.icmp && m.arp && m.tcp_syn && !m.tcp_ack && !m.consider_alive);
+    }
+
+    fn spec_of(j: &mut Job) -> &mut ScanSpec {
+        match &mut j.spec {
+            JobSpec::Scan(spec) => spec,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The `<target>` element of a start_scan command, as sent.
+    fn target_xml(cmd: &str) -> &str {
+        let from = cmd.find("<target>").unwrap();
+        let to = cmd.find("</target>").unwrap();
+        &cmd[from..to]
+    }
+
+    #[test]
+    fn start_scan_carries_ranges_exclusions_and_alive_methods_as_ospd_reads_them() {
+        let mut fake = FakeOspd::start(vec![STARTED]);
+        let ex = fake.executor(DEFAULT_GONE_GRACE);
+        let mut j = job(&["10.9.0.0/24", "10.9.0.5-10.9.0.7", "10.9.0.20"]);
+        let spec = spec_of(&mut j);
+        spec.exclude_hosts = vec!["10.9.0.9".into(), "10.9.0.100-10.9.0.120".into()];
+        spec.alive_methods = vec![AliveMethod::Icmp, AliveMethod::Arp];
+        spec.credentials.clear();
+        ex.start(&j).unwrap();
+        let cmds = fake.commands();
+        let t = target_xml(&cmds[0]);
+        // ospd-openvas' process_target_element: comma-separated <hosts> and
+        // <exclude_hosts>, <ports>, and one 0/1 flag per method in <alive_test_methods>.
+        assert!(
+            t.contains("<hosts>10.9.0.0/24,10.9.0.5-10.9.0.7,10.9.0.20</hosts>"),
+            "{t}"
+        );
+        assert!(
+            t.contains("<exclude_hosts>10.9.0.9,10.9.0.100-10.9.0.120</exclude_hosts>"),
+            "{t}"
+        );
+        assert!(t.contains("<ports>T:22,443</ports>"), "{t}");
+        assert!(
+            t.contains(
+                "<alive_test_methods><icmp>1</icmp><tcp_syn>0</tcp_syn><tcp_ack>0</tcp_ack>\
+                 <arp>1</arp><consider_alive>0</consider_alive></alive_test_methods>"
+            ),
+            "{t}"
+        );
+        // The older preset form still maps to the same element.
+        let mut j = job(&["10.9.0.2"]);
+        spec_of(&mut j).alive_test = AliveTest::TcpSyn;
+        let cmd = start_scan(spec_of(&mut j), "abc").unwrap();
+        let xml = String::from_utf8(Request::from(cmd).to_xml().unwrap()).unwrap();
+        assert!(xml.contains("<tcp_syn>1</tcp_syn>"), "{xml}");
+        assert!(xml.contains("<icmp>0</icmp>"), "{xml}");
+    }
+
+    #[test]
+    fn a_cidr_partly_out_of_scope_or_a_bad_exclusion_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ospd.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let log = ResultLog::open(&dir.path().join("inflight")).unwrap();
+        let ex = OpenvasExecutor::new(
+            OspClient::new(&path),
+            Scope::new(&["10.9.0.0/25".to_owned()]).unwrap(),
+            DEFAULT_GONE_GRACE,
+        )
+        .with_result_log(log.clone());
+        // A /24 is half outside a /25 scope, even with the outside half excluded.
+        let mut j = job(&["10.9.0.0/24"]);
+        spec_of(&mut j).exclude_hosts = vec!["10.9.0.128/25".into()];
+        let e = ex.start(&j).err().unwrap();
+        assert!(e.0.contains("outside the allowed scope"), "{e}");
+        let mut j = job(&["10.9.0.0/25"]);
+        spec_of(&mut j).exclude_hosts = vec!["gateway.local".into()];
+        let e = ex.start(&j).err().unwrap();
+        assert!(e.0.starts_with("exclusion \"gateway.local\""), "{e}");
+        let mut j = job(&["10.9.0.8-10.9.0.9"]);
+        spec_of(&mut j).exclude_hosts = vec!["10.9.0.0/24".into()];
+        let e = ex.start(&j).err().unwrap();
+        assert!(e.0.contains("leave no address"), "{e}");
+        // No connection, and no result log left behind.
+        assert_eq!(
+            l.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        assert!(log.jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn popped_results_are_on_disk_before_they_count_and_gone_after_release() {
+        let mut fake = FakeOspd::start(vec![STARTED, RUNNING_50, FINISHED, DELETED]);
+        let dir = tempfile::tempdir().unwrap();
+        let log = ResultLog::open(dir.path()).unwrap();
+        let ex = fake
+            .executor(DEFAULT_GONE_GRACE)
+            .with_result_log(log.clone());
+        let mut run = ex.start(&job(&["10.9.0.2"])).unwrap();
+        // The header is on disk as soon as the scan exists; no credential in it.
+        let rec = log.read(7).unwrap();
+        let start = rec.start.unwrap();
+        assert_eq!(start.targets, ["10.9.0.2"]);
+        assert_eq!(start.exclude_hosts, ["10.9.0.9"]);
+        assert!(rec.results.is_empty());
+        assert!(!std::fs::read_to_string(log.path_for(7))
+            .unwrap()
+            .contains("hunter2"));
+        run.poll().unwrap();
+        assert_eq!(log.read(7).unwrap().results.len(), 1);
+        run.poll().unwrap();
+        let rec = log.read(7).unwrap();
+        assert_eq!(rec.results.len(), 3);
+        assert_eq!(rec.percent, 100);
+        let r = run.report();
+        assert_eq!(r.content.matches("<result ").count(), 3);
+        // Still there until the report is spooled and the run released.
+        assert_eq!(log.jobs().unwrap(), [7]);
+        run.release();
+        assert!(log.jobs().unwrap().is_empty());
+        assert!(fake.commands()[3].starts_with("<delete_scan "));
+    }
+
+    #[test]
+    fn a_subnet_scan_reports_host_progress_live_and_dead_hosts_and_findings_per_host() {
+        let mut fake = FakeOspd::start(vec![STARTED, SUBNET_RUNNING, SUBNET_FINISHED, DELETED]);
+        let ex = fake.executor(DEFAULT_GONE_GRACE);
+        let mut j = job(&["10.9.0.0/28"]);
+        spec_of(&mut j).exclude_hosts = vec!["10.9.0.9".into()];
+        spec_of(&mut j).alive_methods = vec![AliveMethod::Icmp, AliveMethod::Arp];
+        let mut run = ex.start(&j).unwrap();
+        match run.poll().unwrap() {
+            Progress::Running { percent, message } => {
+                assert_eq!(percent, 40);
+                assert_eq!(
+                    message,
+                    "openvas: running, 9/13 hosts done (1 alive, 8 dead); \
+                     scanning 10.9.0.3 30%; 4 result(s) so far"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(run.poll().unwrap(), Progress::Finished);
+        let r = run.report();
+        run.release();
+        let s = &r.summary;
+        assert_eq!(s.live_hosts, ["10.9.0.2", "10.9.0.3", "10.9.0.12"]);
+        // 10.9.0.1-14 less the excluded .9 and the three live hosts.
+        assert_eq!(
+            s.dead_hosts,
+            [
+                "10.9.0.1",
+                "10.9.0.4-10.9.0.8",
+                "10.9.0.10-10.9.0.11",
+                "10.9.0.13-10.9.0.14"
+            ]
+        );
+        assert_eq!(s.dead_count, Some(10));
+        // The host markers are no findings.
+        assert_eq!(
+            s.findings,
+            SeverityCounts {
+                high: 1,
+                medium: 1,
+                low: 0,
+                log: 1
+            }
+        );
+        let hosts: Vec<(&str, Vec<String>, u32, bool)> = s
+            .per_host
+            .iter()
+            .map(|h| {
+                (
+                    h.host.as_str(),
+                    h.ports.clone(),
+                    h.findings.high + h.findings.medium + h.findings.log,
+                    h.complete,
+                )
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("10.9.0.2", vec!["22/tcp".to_owned()], 1, true),
+                ("10.9.0.3", vec!["443/tcp".to_owned()], 1, true),
+                ("10.9.0.12", vec![], 1, true),
+            ]
+        );
+        assert_eq!(s.per_host[2].hostname, "printer");
+        assert_eq!(s.ports, ["10.9.0.2:22/tcp", "10.9.0.3:443/tcp"]);
+        fake.commands();
+    }
+
+    #[test]
+    fn a_stopped_scan_names_no_dead_hosts_and_marks_unfinished_hosts() {
+        let mut fake = FakeOspd::start(vec![STARTED, SUBNET_RUNNING, STOP_OK, STOPPED, DELETED]);
+        let ex = fake.executor(DEFAULT_GONE_GRACE);
+        let mut run = ex.start(&job(&["10.9.0.0/28"])).unwrap();
+        run.poll().unwrap();
+        run.cancel().unwrap();
+        let r = run.report();
+        run.release();
+        assert!(r.partial);
+        assert!(
+            r.summary.dead_hosts.is_empty(),
+            "{:?}",
+            r.summary.dead_hosts
+        );
+        assert_eq!(r.summary.live_hosts, ["10.9.0.2", "10.9.0.3"]);
+        let complete: Vec<bool> = r.summary.per_host.iter().map(|h| h.complete).collect();
+        assert_eq!(complete, [true, false]);
+        fake.commands();
     }
 
     #[test]

@@ -15,9 +15,11 @@ use outpost_scanner::{
 };
 use outpost_wire::log::Level;
 
-use super::phases::{Action, Fact, Machine, Step};
+use super::phases::{Action, Fact, Machine, Step, Synced};
 use super::ScanGate;
+use crate::api::PortalClient;
 use crate::report::{lock, Reporter};
+use outpost_feedsync::{SyncConfig, SyncOutcome};
 
 /// Least time between two "VTs loading" console lines.
 const VTS_PROGRESS_EVERY: Duration = Duration::from_secs(60);
@@ -25,9 +27,18 @@ const VTS_PROGRESS_EVERY: Duration = Duration::from_secs(60);
 pub struct BootConfig {
     pub stack: StackConfig,
     /// The feed as checked by `feed_sync`/`feed_ready` (the same files the stack loads).
+    /// Once a synced release is live, its `current` link is used instead.
     pub feed: FeedPaths,
     pub thresholds: FeedThresholds,
     pub vts_wait: VtsWait,
+    /// Network feed sync from the portal; `None` keeps the feed on disk as it is.
+    pub sync: Option<FeedSync>,
+}
+
+/// What a network feed sync needs: the portal and where the releases go.
+pub struct FeedSync {
+    pub client: PortalClient,
+    pub config: SyncConfig,
 }
 
 /// What the supervisor reports, as a fact for the phase machine (if it is one).
@@ -107,6 +118,7 @@ impl Shell {
     }
 
     fn run(mut self) {
+        self.sync_feed();
         let first = self.inspect_feed();
         self.apply(first);
         loop {
@@ -120,6 +132,8 @@ impl Shell {
                 Err(RecvTimeoutError::Timeout) => match self.recheck_at {
                     Some(t) if t <= Instant::now() => {
                         self.recheck_at = None;
+                        // The feed is still refused: the portal may have a release now.
+                        self.sync_feed();
                         self.inspect_feed()
                     }
                     _ => continue,
@@ -129,6 +143,43 @@ impl Shell {
             };
             self.apply(fact);
         }
+    }
+
+    /// Runs a network feed sync (when configured), hands its end to the machine, and
+    /// points the feed paths at the synced release once one is live. Blocks this thread
+    /// only: heartbeats and the log keep flowing meanwhile.
+    fn sync_feed(&mut self) {
+        let Some(fs) = &self.cfg.sync else { return };
+        self.reporter
+            .say("feed sync: asking the portal for its feed release");
+        let reporter = self.reporter.clone();
+        let mut last_line: Option<Instant> = None;
+        let result = outpost_feedsync::sync(&fs.config, &fs.client, &mut |p| {
+            if last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY) {
+                last_line = Some(Instant::now());
+                reporter.say(&format!(
+                    "feed sync: {} of {} files, {} of {} bytes fetched",
+                    p.blobs_done, p.blobs_total, p.bytes_done, p.bytes_total
+                ));
+            }
+        });
+        let synced = match result {
+            Ok(SyncOutcome::NoRelease) => Synced::NoRelease,
+            Ok(SyncOutcome::UpToDate { release }) => {
+                Synced::Live(format!("feed release {release} is current"))
+            }
+            Ok(SyncOutcome::Applied(r)) => Synced::Live(format!(
+                "feed release {} is live: {} files, {} blobs fetched in {} requests ({} bytes, {} on the wire), {} unchanged files kept",
+                r.release, r.files, r.fetched_blobs, r.batches, r.fetched_bytes, r.wire_bytes, r.linked_files
+            )),
+            Err(e) => Synced::Failed(format!("feed sync failed: {e}")),
+        };
+        let current = fs.config.current_paths();
+        if current.plugins.is_dir() {
+            self.cfg.feed = current.clone();
+            self.cfg.stack.feed = current;
+        }
+        self.apply(Fact::Synced(synced));
     }
 
     fn inspect_feed(&self) -> Fact {
@@ -182,7 +233,14 @@ impl Shell {
                     let _ = tx.send(f);
                 }
             };
-            Supervisor::start_with(stack.components(), passwd.as_ref(), on_event)
+            // A daemon that died mid-run (killed, crashed) left its stack running: the
+            // ledger lets this one stop it before starting its own.
+            Supervisor::start_with_ledger(
+                stack.components(),
+                passwd.as_ref(),
+                Some(stack.ledger()),
+                on_event,
+            )
         })();
         match started {
             Ok(s) => self.supervisor = Some(s),
@@ -267,6 +325,7 @@ mod tests {
             feed: FeedPaths::under(dir.path().join("feeds")),
             thresholds: FeedThresholds::default(),
             vts_wait: VtsWait::default(),
+            sync: None,
         };
         // The thread runs for the test binary's lifetime; it only rechecks the feed.
         spawn(cfg, reporter.clone(), gate.clone()).unwrap();
@@ -278,10 +337,75 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0]
             .starts_with("outpost[s]: phase feed_sync failed: sync needed: no NASL scripts"));
-        assert!(lines[0].ends_with("network feed sync is not implemented yet"));
+        assert!(
+            lines[0].ends_with("this sensor has no feed key, so it does not sync from the portal")
+        );
         assert!(lines[1].starts_with("outpost[s]: phase feed_ready failed: no NASL scripts"));
         assert!(lines[1].ends_with("checking again every 60 s"));
         assert!(!gate.is_ready());
+        assert!(!dir.path().join("run").exists(), "no config was written");
+    }
+
+    /// With a feed key, the first thing the boot thread does is sync: the portal's
+    /// release goes live under `current` and feed_sync says so; the feed judged is the
+    /// synced one.
+    #[test]
+    fn a_sensor_with_a_feed_key_syncs_before_judging_the_feed() {
+        use crate::api::fake::{serve_feed, FakeTransport};
+        let dir = tempfile::tempdir().unwrap();
+        let mut stack = StackConfig::device();
+        stack.config_dir = dir.path().join("run");
+        stack.ospd_socket = dir.path().join("ospd.sock");
+        let t = Arc::new(FakeTransport::default());
+        let key = outpost_bundle::SecretKey::from_seed(&[8; 32]);
+        // PLUGIN_SET only, no script: the feed is refused and nothing starts.
+        let offer = serve_feed(
+            &t,
+            &key,
+            &[(
+                "nvt/plugin_feed_info.inc",
+                b"PLUGIN_SET = \"202509150400\";\n",
+            )],
+        );
+        let trusted =
+            outpost_bundle::TrustedKeys::parse(&key.public_line(""), std::path::Path::new("k"))
+                .unwrap();
+        let root = dir.path().join("feeds");
+        let reporter = Arc::new(crate::report::capture("s"));
+        let cfg = BootConfig {
+            stack,
+            feed: FeedPaths::under(&root),
+            thresholds: FeedThresholds::default(),
+            vts_wait: VtsWait::default(),
+            sync: Some(FeedSync {
+                client: PortalClient::new(t.clone(), outpost_wire::Secret::new("osk_k")),
+                config: SyncConfig::new(&root, trusted),
+            }),
+        };
+        spawn(cfg, reporter.clone(), Arc::new(ScanGate::closed())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reporter.captured().len() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut lines = reporter.captured();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].ends_with("feed sync: asking the portal for its feed release"));
+        assert_eq!(
+            lines.remove(1),
+            "outpost[s]: feed sync: 1 of 1 files, 29 of 29 bytes fetched"
+        );
+        let name = format!("202509150400-{}", &offer.manifest_sha256[..16]);
+        assert!(
+            lines[1].starts_with(&format!(
+                "outpost[s]: phase feed_sync done: feed release {name} is live: 1 files, 2 blobs fetched in 2 requests"
+            )),
+            "{lines:?}"
+        );
+        assert!(lines[2].starts_with("outpost[s]: phase feed_ready failed: no NASL scripts"));
+        assert_eq!(
+            std::fs::read_link(root.join("current")).unwrap(),
+            std::path::Path::new("releases").join(&name)
+        );
         assert!(!dir.path().join("run").exists(), "no config was written");
     }
 

@@ -34,6 +34,19 @@ pub enum Fact {
     },
     /// A VT wait ended without the full count (timeout or hard error).
     VtsFailed { generation: u64, why: String },
+    /// A network feed sync ended (before the feed is inspected).
+    Synced(Synced),
+}
+
+/// How a network feed sync ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synced {
+    /// The portal's release is live; what happened, in words.
+    Live(String),
+    /// The portal has published no release: the feed on disk is judged as before.
+    NoRelease,
+    /// The sync failed; the feed on disk stays in use.
+    Failed(String),
 }
 
 /// Something the shell must do.
@@ -91,6 +104,8 @@ enum BootShown {
 
 pub struct Machine {
     thresholds: FeedThresholds,
+    /// The last network sync's end; `None` when this sensor does not sync.
+    synced: Option<Synced>,
     sync_shown: Option<String>,
     /// `Some(expected VTs)` once the feed passed `feed_ready`.
     feed_ok: Option<u64>,
@@ -112,6 +127,7 @@ impl Machine {
     pub fn new(thresholds: FeedThresholds) -> Machine {
         Machine {
             thresholds,
+            synced: None,
             sync_shown: None,
             feed_ok: None,
             feed_refusal_shown: None,
@@ -139,6 +155,8 @@ impl Machine {
                 self.feed_recheck_pending = false;
                 self.on_feed(status, &mut out);
             }
+            // Reported with the inspection that follows it.
+            Fact::Synced(s) => self.synced = Some(s),
             Fact::StackReady => {
                 if !matches!(self.stack, Stack::Down(_)) {
                     self.stack = Stack::Up;
@@ -209,13 +227,27 @@ impl Machine {
                 return;
             }
         };
-        match sync_decision(&status, &self.thresholds) {
-            d @ SyncDecision::Skip { .. } => {
+        match (
+            self.synced.clone(),
+            sync_decision(&status, &self.thresholds),
+        ) {
+            (Some(Synced::Live(what)), _) => self.show_sync(PhaseOutcome::Done, what, out),
+            (Some(Synced::Failed(why)), _) => self.show_sync(
+                PhaseOutcome::Failed,
+                format!("{why}; the feed on disk stays in use"),
+                out,
+            ),
+            (_, d @ SyncDecision::Skip { .. }) => {
                 self.show_sync(PhaseOutcome::Skipped, d.to_string(), out)
             }
-            d @ SyncDecision::Needed { .. } => self.show_sync(
+            (Some(Synced::NoRelease), d @ SyncDecision::Needed { .. }) => self.show_sync(
                 PhaseOutcome::Failed,
-                format!("{d}; network feed sync is not implemented yet"),
+                format!("{d}; the portal has published no feed release"),
+                out,
+            ),
+            (None, d @ SyncDecision::Needed { .. }) => self.show_sync(
+                PhaseOutcome::Failed,
+                format!("{d}; this sensor has no feed key, so it does not sync from the portal"),
                 out,
             ),
         }
@@ -407,6 +439,62 @@ mod tests {
     }
 
     #[test]
+    fn feed_sync_reports_how_the_network_sync_ended() {
+        let mut m = Machine::new(thresholds());
+        assert!(m
+            .on(Fact::Synced(Synced::Live("release 1 is live".into())))
+            .reports
+            .is_empty());
+        let s = m.on(Fact::Feed(Ok(feed(5, 2, 2))));
+        assert_eq!(
+            s.reports[0],
+            report(
+                Phase::FeedSync,
+                PhaseOutcome::Done,
+                Some("release 1 is live".into())
+            )
+        );
+        assert_eq!(
+            (s.reports[1].phase, s.reports[1].outcome),
+            (Phase::FeedReady, PhaseOutcome::Done)
+        );
+
+        // The portal has nothing: the feed on disk is judged as before.
+        let mut m = Machine::new(thresholds());
+        m.on(Fact::Synced(Synced::NoRelease));
+        let s = m.on(Fact::Feed(Ok(feed(5, 2, 30))));
+        assert_eq!(s.reports[0].outcome, PhaseOutcome::Failed);
+        assert!(s.reports[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .ends_with("; the portal has published no feed release"));
+        let mut m = Machine::new(thresholds());
+        m.on(Fact::Synced(Synced::NoRelease));
+        let s = m.on(Fact::Feed(Ok(feed(5, 2, 2))));
+        assert_eq!(s.reports[0].outcome, PhaseOutcome::Skipped);
+
+        // A failed sync is said, and a usable feed on disk still goes on.
+        let mut m = Machine::new(thresholds());
+        m.on(Fact::Synced(Synced::Failed(
+            "feed sync failed: not enough space".into(),
+        )));
+        let s = m.on(Fact::Feed(Ok(feed(5, 2, 2))));
+        assert_eq!(
+            s.reports[0],
+            report(
+                Phase::FeedSync,
+                PhaseOutcome::Failed,
+                Some("feed sync failed: not enough space; the feed on disk stays in use".into())
+            )
+        );
+        assert_eq!(
+            (s.reports[1].phase, s.reports[1].outcome),
+            (Phase::FeedReady, PhaseOutcome::Done)
+        );
+    }
+
+    #[test]
     fn a_good_feed_goes_through_every_phase_in_order() {
         let mut m = Machine::new(thresholds());
         let s = m.on(Fact::Feed(Ok(feed(5, 2, 2))));
@@ -459,7 +547,7 @@ mod tests {
         );
         assert_eq!(
             s.reports[0].reason.as_deref(),
-            Some("sync needed: feed is 30 h old, at most 24 h allowed; network feed sync is not implemented yet")
+            Some("sync needed: feed is 30 h old, at most 24 h allowed; this sensor has no feed key, so it does not sync from the portal")
         );
         assert!(s.reports[1]
             .reason

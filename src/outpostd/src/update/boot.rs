@@ -8,6 +8,8 @@
 //! | `to` | any | the new slot is on trial | `committed` once healthy |
 //! | `from` | `to` first, 0 tries | the new slot used up its tries | `rolled_back` |
 //! | `from` | `to` first, tries left | made active, not rebooted yet (daemon restart) | reboot now |
+//! | `from` | `from` first, `to` armed for a trial, same boot id | tryboot: not rebooted yet (daemon restart) | reboot now |
+//! | `from` | `from` first, `to` armed for a trial, another boot | tryboot: the one-shot trial fell back | `rolled_back` |
 //! | `from` | `from` first | power cut between the record and `mark_active` | `failed` |
 //!
 //! The outcome is written into the record at once, so it survives the `mark_good` that
@@ -108,6 +110,25 @@ impl Updater {
             }
             let reason = format!(
                 "slot {to} did not become healthy in {DEFAULT_TRIES} tries; back on slot {from}"
+            );
+            reporter.message(
+                Level::Error,
+                &format!("update {} rolled back: {reason}", pending.version),
+            );
+            self.settle(&mut pending, UpdateState::RolledBack, reason);
+        } else if state.trial == Some(to) {
+            // Armed for a one-shot trial while `from` stays the default (the Pi
+            // firmware's tryboot): the same state before the restart and after a trial
+            // that fell back. The boot id tells them apart.
+            if pending.boot_id.is_some() && pending.boot_id == self.boot_id {
+                reporter.say(&format!(
+                    "update {} is armed for a trial of slot {to} but the reboot did not happen yet",
+                    pending.version
+                ));
+                return BootRole::AwaitingReboot;
+            }
+            let reason = format!(
+                "slot {to} did not become healthy in its trial boot (or the board restarted before it); back on slot {from}"
             );
             reporter.message(
                 Level::Error,

@@ -321,6 +321,7 @@ impl Updater {
             to,
             job_closed: false,
             outcome: None,
+            boot_id: self.boot_id.clone(),
         };
         {
             let _guard = crate::report::lock(&self.boot_lock);

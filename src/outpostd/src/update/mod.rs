@@ -7,6 +7,7 @@
 //! new slot commits itself once healthy, or the old slot, back after the new one used
 //! up its tries, reports the rollback.
 
+mod backend;
 mod boot;
 mod download;
 mod job;
@@ -21,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_bootctl::{BootControl, Slot};
+use outpost_bootctl::{BootControl, RebootAction, Slot};
 use outpost_bundle::{SlotTarget, TrustedKeys, Version};
 
+pub use backend::{device_boot, BootBackend, BOOTLOADER_DT};
 pub use boot::BootRole;
 pub use job::{JobCtx, JobEnd};
 pub use layout::device_slots;
@@ -37,8 +39,9 @@ pub const DEFAULT_KEYS: &str = "/usr/share/outpost/bundle-keys.pub";
 /// (`/usr/libexec/outpost/trial-watchdog`) stands down when it appears.
 pub const HEALTHY_FLAG: &str = "/run/outpost/healthy";
 
-/// Reboots the machine (busybox `reboot` on the device; a recorder in tests).
-pub type RebootFn = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+/// Restarts the machine the way the boot backend asks ([`crate::reboot::Rebooter`] on
+/// the device; a recorder in tests).
+pub type RebootFn = Box<dyn Fn(RebootAction) -> std::io::Result<()> + Send + Sync>;
 /// Where each slot's root filesystem and boot files live.
 pub type SlotTargets = Box<dyn Fn(Slot) -> SlotTarget + Send + Sync>;
 
@@ -59,6 +62,18 @@ pub struct UpdaterConfig {
     pub progress_interval: Duration,
     /// Retry delay when the portal refuses our credentials.
     pub slow_retry: Duration,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), kept with an activated update.
+    pub boot_id: Option<String>,
+}
+
+/// Where the kernel keeps this boot's random id.
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's id, if the kernel offers one.
+pub fn boot_id(path: &std::path::Path) -> Option<String> {
+    let id = std::fs::read_to_string(path).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 /// Everything an install needs, found at start-up.
@@ -81,6 +96,7 @@ pub struct Updater {
     reboot: RebootFn,
     progress_interval: Duration,
     slow_retry: Duration,
+    boot_id: Option<String>,
     /// This boot was marked good.
     committed: AtomicBool,
     role: Mutex<BootRole>,
@@ -104,6 +120,7 @@ impl Updater {
             reboot,
             progress_interval,
             slow_retry,
+            boot_id,
         } = cfg;
         let ready = prepare(on_device, &boot_info, &release, &keys_file, slots);
         Updater {
@@ -117,10 +134,26 @@ impl Updater {
             reboot,
             progress_interval,
             slow_retry,
+            boot_id,
             committed: AtomicBool::new(false),
             role: Mutex::new(BootRole::Normal),
             boot_lock: Mutex::new(()),
         }
+    }
+
+    /// Update jobs a previous run left on disk that the portal may still count as running
+    /// here: one being downloaded or installed (`job.json`), or one whose end (`rebooting`)
+    /// the portal has not acknowledged yet. The heartbeat lists them so they are not
+    /// taken back while the restarted daemon resumes them.
+    pub fn held_jobs(&self) -> Vec<i64> {
+        let mut ids = Vec::new();
+        if let Ok(Some(job)) = self.store.load_job() {
+            ids.push(job.job_id);
+        }
+        if let Ok(Some(p)) = self.store.load_pending() {
+            ids.extend(p.job_id.filter(|_| !p.job_closed));
+        }
+        ids
     }
 
     /// Booted by the Outpost boot script, with an A/B boot state to commit.
@@ -161,9 +194,13 @@ impl Updater {
         *crate::report::lock(&self.role)
     }
 
-    /// Reboots into the activated slot.
+    /// Reboots into the activated slot, the way the boot backend needs: a plain reboot
+    /// for U-Boot (it reads its state at every start), `reboot "0 tryboot"` for the Pi
+    /// firmware's one-shot trial.
     pub fn reboot(&self) -> std::io::Result<()> {
-        (self.reboot)()
+        let action = self.boot.reboot_action().map_err(std::io::Error::other)?;
+        tracing::info!(?action, "rebooting into the activated slot");
+        (self.reboot)(action)
     }
 }
 

@@ -72,6 +72,11 @@ pub struct PendingUpdate {
     /// What became of the update, once decided; reported until the portal acknowledges.
     #[serde(default)]
     pub outcome: Option<Outcome>,
+    /// The kernel's boot id when the slot was made active. With the Pi firmware's
+    /// tryboot the boot state looks the same before the restart and after a trial that
+    /// fell back; this tells a daemon restarted before the reboot from a later boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +271,7 @@ mod tests {
             to: Slot::B,
             job_closed: false,
             outcome: None,
+            boot_id: None,
         }
     }
 

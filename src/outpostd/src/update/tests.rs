@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_bootctl::{BootControl, BootDecision, BootState, Slot, UbootFileEnv};
+use outpost_bootctl::{
+    Autoboot, BootControl, BootDecision, BootState, RpiTryboot, Slot, SlotPartitions, UbootFileEnv,
+};
 use outpost_bundle::{build_bundle, sign_bundle, BuildSpec, SecretKey, SlotTarget, Version};
 use outpost_wire::sensor::{
     Capability, ClaimRequest, Job, JobSpec, UpdateSpec, UpdateState, UpdateStateReport,
@@ -306,17 +308,106 @@ impl Rig {
                 SlotTarget::new(parts[slot as usize].clone(), boot_dir.join(slot.boot_dir()))
             })),
             healthy_flag: self.healthy_flag(),
-            reboot: Box::new(move || {
+            reboot: Box::new(move |action| {
+                assert_eq!(action, RebootAction::Plain, "U-Boot needs no argument");
                 reboots.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }),
             progress_interval: Duration::ZERO,
             slow_retry: Duration::from_secs(60),
+            boot_id: None,
         })
     }
 
     fn healthy_flag(&self) -> PathBuf {
         self.dir.path().join("run/outpost/healthy")
+    }
+
+    // --- the Pi 5's firmware tryboot, simulated --------------------------------------
+
+    /// `autoboot.txt` (as the image ships it: slot A, no trial) and the directory of the
+    /// firmware's device-tree boot report.
+    fn firmware(&self) -> (PathBuf, PathBuf) {
+        let fw = self.dir.path().join("fw");
+        let (autoboot, dt) = (fw.join("autoboot.txt"), fw.join("bootloader"));
+        if !autoboot.exists() {
+            fs::create_dir_all(&dt).unwrap();
+            fs::write(
+                &autoboot,
+                Autoboot::fresh(SlotPartitions::default()).render(),
+            )
+            .unwrap();
+        }
+        (autoboot, dt)
+    }
+
+    /// What the Pi firmware does at a start: after `reboot "0 tryboot"` the `[tryboot]`
+    /// partition, once; otherwise (power-on, watchdog, plain reboot) the default. It
+    /// reports the boot in the device tree; returns the slot it boots.
+    fn firmware_start(&self, tryboot: bool) -> Slot {
+        let _ = fs::remove_file(self.healthy_flag());
+        let (autoboot, dt) = self.firmware();
+        let ab = Autoboot::parse(&fs::read_to_string(autoboot).unwrap()).unwrap();
+        let default = ab.default_partition().unwrap().unwrap();
+        let partition = if tryboot {
+            ab.tryboot_partition().unwrap().unwrap_or(default)
+        } else {
+            default
+        };
+        fs::write(dt.join("partition"), partition.to_be_bytes()).unwrap();
+        fs::write(dt.join("tryboot"), u32::from(tryboot).to_be_bytes()).unwrap();
+        SlotPartitions::default().slot(partition).unwrap()
+    }
+
+    /// The daemon's updater on the tryboot backend, started on `booted` in the boot
+    /// `boot_id`; restarts are recorded in `restarts`.
+    fn tryboot_updater(
+        &self,
+        booted: Slot,
+        version: &str,
+        boot_id: &str,
+        restarts: &Arc<Mutex<Vec<RebootAction>>>,
+    ) -> Updater {
+        let (autoboot, dt) = self.firmware();
+        // Each slot's own cmdline.txt names it; the trial is the firmware's flag.
+        fs::write(self.cmdline(), format!("ro outpost.slot={booted}\n")).unwrap();
+        let tryboot = RpiTryboot::new(autoboot, dt);
+        let mut boot_info = BootInfo::load(&self.cmdline());
+        boot_info.trial = tryboot.firmware_boot().unwrap().tryboot;
+        let release = self.dir.path().join("outpost-release");
+        fs::write(&release, format!("VERSION={version}\nBOARD={BOARD}\n")).unwrap();
+        let boot_dir = self.boot_dir();
+        let parts = Slot::ALL.map(|s| self.rootfs(s));
+        let restarts = restarts.clone();
+        Updater::new(UpdaterConfig {
+            data_dir: self.data_dir(),
+            keys_file: self.dir.path().join("keys.pub"),
+            release: Release::load(&release),
+            boot_info,
+            boot: Arc::new(tryboot),
+            on_device: true,
+            slots: Ok(Box::new(move |slot| {
+                SlotTarget::new(parts[slot as usize].clone(), boot_dir.join(slot.boot_dir()))
+            })),
+            healthy_flag: self.healthy_flag(),
+            reboot: Box::new(move |action| {
+                restarts.lock().unwrap().push(action);
+                Ok(())
+            }),
+            progress_interval: Duration::ZERO,
+            slow_retry: Duration::from_secs(60),
+            boot_id: Some(boot_id.into()),
+        })
+    }
+
+    fn armed_trial(&self) -> Option<Slot> {
+        let (autoboot, dt) = self.firmware();
+        RpiTryboot::new(autoboot, dt).armed_trial().unwrap()
+    }
+
+    fn firmware_default(&self) -> Slot {
+        let (autoboot, dt) = self.firmware();
+        RpiTryboot::new(autoboot, dt).primary().unwrap()
     }
 
     /// A bundle built from fresh inputs and (with `key`) signed.
@@ -752,6 +843,7 @@ fn a_power_cut_between_the_record_and_the_activation_fails_the_job() {
             to: Slot::B,
             job_closed: false,
             outcome: None,
+            boot_id: None,
         })
         .unwrap();
     assert_eq!(rig.boot(), Slot::A);
@@ -893,7 +985,8 @@ fn a_trial_boot_takes_no_update_until_it_is_committed() {
 fn a_normal_boot_is_marked_good_and_raises_the_floor() {
     let rig = Rig::new();
     assert_eq!(rig.boot(), Slot::A);
-    assert_eq!(rig.state().tries_a, 2);
+    // A committed slot spends no try when it boots.
+    assert_eq!(rig.state().tries_a, 3);
     let u = rig.updater(Slot::A, "1.1.0");
     assert_eq!(u.resolve_at_start(&rig.reporter), BootRole::Normal);
     rig.commit(&u);
@@ -906,4 +999,95 @@ fn a_normal_boot_is_marked_good_and_raises_the_floor() {
         .captured()
         .iter()
         .any(|l| l == "outpost[branch-1]: health check passed: slot A marked good"));
+}
+
+// --- the Pi 5: firmware tryboot ----------------------------------------------------------
+
+/// Installs bundle 7 (1.2.0) from slot A on the tryboot backend in boot `boot-1`, and
+/// restarts as the worker does; returns the rig and the recorded restarts.
+fn installed_tryboot() -> (Rig, Arc<Mutex<Vec<RebootAction>>>) {
+    let rig = Rig::new();
+    let restarts = Arc::new(Mutex::new(Vec::new()));
+    assert_eq!(rig.firmware_start(false), Slot::A);
+    let spec = rig.publish(7, "1.2.0", rig.bundle("1.2.0", BOARD, Some(&release_key())));
+    let u = rig.tryboot_updater(Slot::A, "1.1.0", "boot-1", &restarts);
+    assert_eq!(u.resolve_at_start(&rig.reporter), BootRole::Normal);
+    rig.commit(&u);
+    assert_eq!(rig.run(&u, 70, &spec), JobEnd::Reboot);
+    // Armed, not switched: the default stays A until the trial commits.
+    assert_eq!(rig.armed_trial(), Some(Slot::B));
+    assert_eq!(rig.firmware_default(), Slot::A);
+    u.reboot().unwrap();
+    assert_eq!(
+        *restarts.lock().unwrap(),
+        [RebootAction::WithArg("0 tryboot")],
+        "the one-shot trial needs the restart argument"
+    );
+    (rig, restarts)
+}
+
+#[test]
+fn tryboot_the_trial_boot_commits_itself_once_healthy() {
+    let (rig, restarts) = installed_tryboot();
+    let n = rig.portal.reports().len();
+    assert_eq!(rig.firmware_start(true), Slot::B);
+    let u = rig.tryboot_updater(Slot::B, "1.2.0", "boot-2", &restarts);
+    assert_eq!(u.resolve_at_start(&rig.reporter), BootRole::Trial);
+    assert!(u.availability().is_err(), "no update on top of a trial");
+    rig.commit(&u);
+    assert_eq!(
+        rig.firmware_default(),
+        Slot::B,
+        "committed: B is the default"
+    );
+    assert_eq!(rig.armed_trial(), None);
+    assert!(rig.healthy_flag().exists());
+    let after = &rig.portal.reports()[n..];
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].state, UpdateState::Committed);
+    assert_eq!(after[0].slot.as_deref(), Some("b"));
+    // A later power cut boots B: it is the default now.
+    assert_eq!(rig.firmware_start(false), Slot::B);
+}
+
+#[test]
+fn tryboot_a_trial_that_falls_back_is_reported_rolled_back_and_disarmed() {
+    let (rig, restarts) = installed_tryboot();
+    let n = rig.portal.reports().len();
+    // B hangs in its trial; the watchdog resets the board and the firmware, its
+    // one-shot flag spent, boots the default.
+    assert_eq!(rig.firmware_start(true), Slot::B);
+    assert_eq!(rig.firmware_start(false), Slot::A);
+    let u = rig.tryboot_updater(Slot::A, "1.1.0", "boot-3", &restarts);
+    assert_eq!(u.resolve_at_start(&rig.reporter), BootRole::Normal);
+    rig.commit(&u);
+    let after = &rig.portal.reports()[n..];
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].state, UpdateState::RolledBack);
+    assert!(after[0].reason.contains("slot B"), "{}", after[0].reason);
+    assert_eq!(after[0].slot.as_deref(), Some("a"));
+    // Marked good on A: the failed trial is disarmed, so no restart tries it again.
+    assert_eq!(rig.armed_trial(), None);
+    assert_eq!(rig.firmware_default(), Slot::A);
+    assert!(!rig.store().has_pending());
+    assert_eq!(restarts.lock().unwrap().len(), 1, "no second restart");
+}
+
+#[test]
+fn tryboot_a_daemon_restarted_before_the_reboot_reboots_with_tryboot() {
+    let (rig, restarts) = installed_tryboot();
+    // Same boot (the restart did not happen): the daemon starts again on A.
+    let u = rig.tryboot_updater(Slot::A, "1.1.0", "boot-1", &restarts);
+    assert_eq!(u.resolve_at_start(&rig.reporter), BootRole::AwaitingReboot);
+    rig.commit(&u);
+    assert_eq!(
+        rig.armed_trial(),
+        Some(Slot::B),
+        "not marked good: that would disarm the trial"
+    );
+    u.reboot().unwrap();
+    assert_eq!(
+        *restarts.lock().unwrap(),
+        [RebootAction::WithArg("0 tryboot"); 2]
+    );
 }
