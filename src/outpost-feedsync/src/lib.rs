@@ -17,18 +17,26 @@
 //! against the signed manifest, unchanged files hard-linked from the live release (so they
 //! keep their mtimes and openvas does not re-parse them), and made durable before the
 //! switch. A failure anywhere leaves `current` as it was.
+//!
+//! With a bandwidth cap ([`SyncConfig::max_kbit_per_s`]) the blob answers are read
+//! through a token bucket ([`throttle`]) shared by every request of the sync.
+
+pub mod throttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use outpost_bundle::TrustedKeys;
 use outpost_feed::batch::{BatchError, BatchReader};
 use outpost_feed::{verify_manifest, FeedManifest, FeedPaths, ManifestSignature, ReleaseError};
 use outpost_wire::feed::{FeedReleaseInfo, MAX_BATCH_BLOBS, MAX_BATCH_BYTES, MAX_MANIFEST_BYTES};
 use sha2::{Digest, Sha256};
+use throttle::{Clock, Limiter, SystemClock, TokenBucket};
 
 /// The live release's link under the feed root.
 pub const CURRENT: &str = "current";
@@ -113,6 +121,11 @@ pub struct SyncConfig {
     /// Bounds of one batch request (at most the wire limits).
     pub batch_blobs: usize,
     pub batch_bytes: u64,
+    /// Download cap in kbit/s of compressed bytes on the wire (`[feed] max_kbit_per_s`);
+    /// 0 is none.
+    pub max_kbit_per_s: u32,
+    /// The cap's clock (a fake one in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl SyncConfig {
@@ -123,7 +136,15 @@ impl SyncConfig {
             free_space: Box::new(statvfs_free),
             batch_blobs: MAX_BATCH_BLOBS,
             batch_bytes: MAX_BATCH_BYTES,
+            max_kbit_per_s: 0,
+            clock: Arc::new(SystemClock::new()),
         }
+    }
+
+    /// Caps the download at `kbit_per_s` (0: no cap).
+    pub fn with_max_kbit_per_s(mut self, kbit_per_s: u32) -> SyncConfig {
+        self.max_kbit_per_s = kbit_per_s;
+        self
     }
 
     /// The live release's paths, as the scanner stack reads them.
@@ -175,6 +196,8 @@ pub struct SyncReport {
     pub fetched_bytes: u64,
     pub wire_bytes: u64,
     pub batches: u64,
+    /// Time spent waiting to keep to the bandwidth cap.
+    pub throttled: Duration,
     /// The release kept for rollback.
     pub previous: Option<String>,
 }
@@ -355,8 +378,14 @@ pub fn sync(
         fetched_bytes: 0,
         wire_bytes: 0,
         batches: 0,
+        throttled: Duration::ZERO,
         previous: None,
     };
+    // One bucket for the whole sync: the cap holds across batches, not per request.
+    let mut limiter = Limiter::new(
+        throttle::bytes_per_s(cfg.max_kbit_per_s).map(TokenBucket::for_rate),
+        cfg.clock.clone(),
+    );
 
     // The manifest first: nothing else is fetched for a release this sensor refuses.
     if info.manifest_size > MAX_MANIFEST_BYTES {
@@ -370,7 +399,7 @@ pub fn sync(
         report.resumed_blobs += 1;
     } else {
         let want = BTreeMap::from([(info.manifest_sha256.clone(), info.manifest_size)]);
-        fetch_batch(source, &staging, &want, &mut report)?;
+        fetch_batch(source, &staging, &want, &mut report, &mut limiter)?;
     }
     let bytes = fs::read(&manifest_path).map_err(io_err("reading", &manifest_path))?;
     if hex(&Sha256::digest(&bytes)) != info.manifest_sha256 {
@@ -476,7 +505,7 @@ pub fn sync(
     let entries: Vec<(String, u64)> = missing.into_iter().collect();
     for (i, (sha, size)) in entries.iter().enumerate() {
         if !batch.is_empty() && (batch.len() >= batch_blobs || batch_bytes + size > batch_limit) {
-            fetch_batch(source, &staging, &batch, &mut report)?;
+            fetch_batch(source, &staging, &batch, &mut report, &mut limiter)?;
             done.blobs_done += batch.len() as u64;
             done.bytes_done += batch_bytes;
             progress(&done);
@@ -486,7 +515,7 @@ pub fn sync(
         batch.insert(sha.clone(), *size);
         batch_bytes += size;
         if i + 1 == entries.len() {
-            fetch_batch(source, &staging, &batch, &mut report)?;
+            fetch_batch(source, &staging, &batch, &mut report, &mut limiter)?;
             done.blobs_done += batch.len() as u64;
             done.bytes_done += batch_bytes;
             progress(&done);
@@ -496,6 +525,7 @@ pub fn sync(
         let p = staging.blob(&sha);
         verified.insert(sha, p);
     }
+    report.throttled = limiter.waited;
 
     // Build beside the live release, every file from a verified source.
     if staging.tree.exists() {
@@ -551,6 +581,7 @@ pub fn sync(
         fetched_blobs = report.fetched_blobs,
         fetched_bytes = report.fetched_bytes,
         wire_bytes = report.wire_bytes,
+        throttled_ms = report.throttled.as_millis() as u64,
         linked = report.linked_files,
         "feed release live"
     );
@@ -602,10 +633,15 @@ fn fetch_batch(
     staging: &Staging,
     want: &BTreeMap<String, u64>,
     report: &mut SyncReport,
+    limiter: &mut Limiter,
 ) -> Result<(), SyncError> {
     let list: Vec<String> = want.keys().cloned().collect();
     let body = source.blobs(&list)?;
-    let mut counted = Counting { inner: body, n: 0 };
+    // The cap applies to the bytes on the wire, before decompression.
+    let mut counted = Counting {
+        inner: limiter.reader(body),
+        n: 0,
+    };
     let mut got = BTreeSet::new();
     let result = (|| {
         let mut r = BatchReader::new(&mut counted)?;

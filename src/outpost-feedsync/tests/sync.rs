@@ -427,6 +427,45 @@ fn day_one_from_nothing_then_day_two_moves_only_changed_content() {
     assert!(!root.join("staging/blobs").exists(), "staging emptied");
 }
 
+/// A clock that moves only when slept on: the cap's waits are computed, not timed.
+#[derive(Default)]
+struct FakeClock(Mutex<Duration>);
+
+impl outpost_feedsync::throttle::Clock for FakeClock {
+    fn now(&self) -> Duration {
+        *self.0.lock().unwrap()
+    }
+    fn sleep(&self, d: Duration) {
+        *self.0.lock().unwrap() += d;
+    }
+}
+
+/// With `max_kbit_per_s`, a whole sync from the portal takes as long as its bytes on the
+/// wire at the cap (less the bucket's quarter-second burst), across every batch.
+#[test]
+fn the_bandwidth_cap_paces_the_whole_sync() {
+    let f = Fixture::new();
+    let day0 = f.publish(0);
+    let clock = Arc::new(FakeClock::default());
+    let mut cfg = f.config().with_max_kbit_per_s(800);
+    cfg.clock = clock.clone();
+    let r = applied(sync(&cfg, &f.source(Fault::None), &mut no_progress));
+    assert_live_is(&f.sensor_root(), &day0.manifest);
+    assert!(r.batches > 5, "{}", r.batches);
+    let rate = 100_000u64; // 800 kbit/s in bytes
+    let expect = Duration::from_nanos((r.wire_bytes - rate / 4) * 1_000_000_000 / rate);
+    let took = *clock.0.lock().unwrap();
+    assert_eq!(
+        r.throttled, took,
+        "the fake clock moves only by the cap's waits"
+    );
+    assert!(
+        took >= expect && took - expect < Duration::from_millis(1),
+        "{} bytes on the wire took {took:?}, expected {expect:?}",
+        r.wire_bytes
+    );
+}
+
 #[test]
 fn a_cut_sync_resumes_without_fetching_again() {
     let f = Fixture::new();

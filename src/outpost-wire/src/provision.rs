@@ -19,6 +19,7 @@
 //! min_nasl = 2000
 //! min_notus = 500
 //! max_age_hours = 12
+//! max_kbit_per_s = 2000           # cap on the feed sync's download; absent or 0: none
 //!
 //! [update]                        # optional
 //! health_deadline_s = 600         # a freshly updated slot must be healthy within this
@@ -27,6 +28,11 @@
 //! enabled = true                  # false: no OpenVAS stack, no scan jobs; the sensor
 //!                                 # stays enrolled, reachable and updatable
 //! ```
+//!
+//! `feed.max_kbit_per_s` caps the rate at which the sensor downloads a feed release
+//! from the portal (kilobits, 1,000 bits, per second of compressed bytes on the wire), so
+//! a sync does not saturate a branch's link: 0 or absent means no cap, otherwise it must
+//! be between 64 and 10,000,000.
 //!
 //! `update.health_deadline_s` is read by the trial watchdog on the device (a shell
 //! script, so it works even when the new slot's daemon does not); it is validated here
@@ -51,6 +57,8 @@ pub struct Provision {
     pub token: Secret,
     pub scope: Vec<String>,
     pub feed: FeedThresholds,
+    /// `feed.max_kbit_per_s`: the feed sync's download cap; 0 is none.
+    pub feed_max_kbit_per_s: u32,
     /// `scanner.enabled` (default true). An operator turns scanning off at a site (a
     /// change freeze, a sensor parked for maintenance) without unenrolling the sensor;
     /// it keeps its tunnel, heartbeats and updates.
@@ -141,6 +149,33 @@ struct RawFeed {
     min_nasl: Option<u32>,
     min_notus: Option<u32>,
     max_age_hours: Option<u32>,
+    // Read as any TOML value so a bad one is refused naming the key, not as a bare
+    // "invalid type" from the parser.
+    max_kbit_per_s: Option<toml::Value>,
+}
+
+/// Bounds for a non-zero `feed.max_kbit_per_s`: below 64 kbit/s a full feed would take
+/// weeks; above 10 Gbit/s no link needs a cap.
+pub const FEED_KBIT_RANGE: std::ops::RangeInclusive<u32> = 64..=10_000_000;
+
+fn feed_kbit(v: &toml::Value) -> Result<u32, ProvisionError> {
+    let bad = |shown: String| ProvisionError::Invalid {
+        field: "feed.max_kbit_per_s",
+        reason: format!(
+            "is {shown}; it must be 0 (no cap) or a whole number of kbit/s between {} and {}",
+            FEED_KBIT_RANGE.start(),
+            FEED_KBIT_RANGE.end()
+        ),
+    };
+    let n = match v {
+        toml::Value::Integer(n) => *n,
+        other => return Err(bad(other.to_string())),
+    };
+    match u32::try_from(n) {
+        Ok(0) => Ok(0),
+        Ok(k) if FEED_KBIT_RANGE.contains(&k) => Ok(k),
+        _ => Err(bad(n.to_string())),
+    }
 }
 
 impl Provision {
@@ -227,10 +262,14 @@ impl Provision {
         }
 
         let mut feed = FeedThresholds::default();
+        let mut feed_max_kbit_per_s = 0;
         if let Some(f) = raw.feed {
             feed.min_nasl = f.min_nasl.unwrap_or(feed.min_nasl);
             feed.min_notus = f.min_notus.unwrap_or(feed.min_notus);
             feed.max_age_hours = f.max_age_hours.unwrap_or(feed.max_age_hours);
+            if let Some(v) = &f.max_kbit_per_s {
+                feed_max_kbit_per_s = feed_kbit(v)?;
+            }
         }
 
         Ok(Provision {
@@ -241,6 +280,7 @@ impl Provision {
             token: Secret::new(token),
             scope,
             feed,
+            feed_max_kbit_per_s,
             scanner_enabled: raw.scanner.and_then(|s| s.enabled).unwrap_or(true),
         })
     }
@@ -263,11 +303,14 @@ impl Provision {
             let list: Vec<String> = self.scope.iter().map(|c| toml_str(c)).collect();
             s.push_str(&format!("\n[scope]\nallowed = [{}]\n", list.join(", ")));
         }
-        if self.feed != FeedThresholds::default() {
+        if self.feed != FeedThresholds::default() || self.feed_max_kbit_per_s != 0 {
             s.push_str(&format!(
                 "\n[feed]\nmin_nasl = {}\nmin_notus = {}\nmax_age_hours = {}\n",
                 self.feed.min_nasl, self.feed.min_notus, self.feed.max_age_hours
             ));
+            if self.feed_max_kbit_per_s != 0 {
+                s.push_str(&format!("max_kbit_per_s = {}\n", self.feed_max_kbit_per_s));
+            }
         }
         if !self.scanner_enabled {
             s.push_str("\n[scanner]\nenabled = false\n");
@@ -402,6 +445,34 @@ mod tests {
         assert!(e.contains("update.health_deadline_s"), "{e}");
         let unknown = format!("{}[update]\ndeadline = 5\n", good());
         assert!(Provision::parse(&unknown, no_files).is_err());
+    }
+
+    #[test]
+    fn feed_bandwidth_cap_is_read_and_checked() {
+        let p = Provision::parse(&good(), no_files).unwrap();
+        assert_eq!(p.feed_max_kbit_per_s, 0, "no cap unless the file sets one");
+        let capped = format!("{}[feed]\nmax_kbit_per_s = 2000\n", good());
+        let p = Provision::parse(&capped, no_files).unwrap();
+        assert_eq!(p.feed_max_kbit_per_s, 2000);
+        assert_eq!(p.feed, FeedThresholds::default());
+        assert_eq!(Provision::parse(&p.render(), no_files).unwrap(), p);
+        let zero = format!("{}[feed]\nmax_kbit_per_s = 0\n", good());
+        assert_eq!(
+            Provision::parse(&zero, no_files)
+                .unwrap()
+                .feed_max_kbit_per_s,
+            0
+        );
+        for bad in ["-5", "10", "\"2 Mbit\"", "1.5", "20000000000"] {
+            let text = format!("{}[feed]\nmax_kbit_per_s = {bad}\n", good());
+            match Provision::parse(&text, no_files) {
+                Err(e @ ProvisionError::Invalid { field, .. }) => {
+                    assert_eq!(field, "feed.max_kbit_per_s", "{bad}");
+                    assert!(e.to_string().contains("between 64 and 10000000"), "{e}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct ProvisionArgs {
     pub feed_min_notus: Option<u32>,
     #[arg(long)]
     pub feed_max_age_hours: Option<u32>,
+    /// Cap on the feed sync's download in kbit/s (`[feed] max_kbit_per_s`); none when
+    /// absent or 0.
+    #[arg(long)]
+    pub feed_max_kbit_per_s: Option<u32>,
     /// A static address line for network.conf, "IFACE ADDRESS/PREFIX [GATEWAY]"
     /// (repeatable); interfaces not named use DHCP.
     #[arg(long = "static")]
@@ -68,6 +72,7 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
         token: Secret::new(a.token),
         scope: a.scope,
         feed,
+        feed_max_kbit_per_s: a.feed_max_kbit_per_s.unwrap_or(0),
         scanner_enabled: !a.no_scanner,
     };
     let text = p.render();

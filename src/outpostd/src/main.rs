@@ -463,7 +463,9 @@ fn boot_config(
     let sync = match outpost_bundle::TrustedKeys::load(&s.feed_key) {
         Ok(keys) => Some(scanner::boot::FeedSync {
             client: client.clone(),
-            config: outpost_feedsync::SyncConfig::new(&s.feed_dir, keys),
+            // `[feed] max_kbit_per_s`: the sync must not saturate the branch's link.
+            config: outpost_feedsync::SyncConfig::new(&s.feed_dir, keys)
+                .with_max_kbit_per_s(provision.feed_max_kbit_per_s),
         }),
         Err(e) => {
             if s.feed_key.exists() {

@@ -286,6 +286,7 @@ impl Sensor {
             token: Secret::new(token),
             scope: vec![],
             feed: FeedThresholds::default(),
+            feed_max_kbit_per_s: 0,
             scanner_enabled: true,
         };
         std::fs::write(dir.path().join("outpost.toml"), p.render()).expect("write outpost.toml");

@@ -89,6 +89,7 @@ pub fn provisioned_copy(
         token: Secret::new(token),
         scope: vec!["10.9.0.0/24".into()],
         feed,
+        feed_max_kbit_per_s: 0,
         scanner_enabled: true,
     };
     outpost_imagetool::provision(&img, &p.render()).expect("provision the image");
