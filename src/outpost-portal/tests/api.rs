@@ -5,7 +5,12 @@
 mod common;
 
 use common::{dump, https, start_portal, Backend, TestPortal};
-use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, JobState, SensorInfo, TokenCreated};
+use outpost_wire::admin::{
+    CreateJob, CreateToken, JobInfo, JobState, SensorInfo, StoredLogEvent, TokenCreated,
+};
+use outpost_wire::log::{
+    to_ndjson, EventKind, Level, LogEvent, Phase, PhaseOutcome, PhaseProgress,
+};
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, Metrics,
     RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
@@ -532,6 +537,68 @@ async fn credentials_at_rest(backend: Backend) {
     tp.portal.stop().await;
 }
 
+/// A sensor's feed sync progress, posted as a `feed_sync` phase event with `progress`,
+/// is stored as sent and shown in the admin log; a phase event from an older sensor
+/// (no `progress`) is stored and shown without one.
+async fn phase_progress_log(backend: Backend) {
+    let tp = start_portal(backend, |_| {}).await;
+    let api = Api::new(&tp);
+    let tok = token(&api, &tp, "berlin", 1, 3600);
+    let a = register(&api, &tok, "a");
+    let progress = PhaseProgress {
+        files_done: 30,
+        files_total: 120,
+        bytes_done: 1_500_000,
+        bytes_total: 6_000_000,
+    };
+    let events = [LogEvent {
+        seq: 1,
+        ts_ms: 1_700_000_000_000,
+        level: Level::Info,
+        kind: EventKind::Phase {
+            phase: Phase::FeedSync,
+            outcome: PhaseOutcome::Started,
+            reason: Some(format!("{progress} fetched")),
+            progress: Some(progress),
+        },
+    }];
+    let old = r#"{"seq":2,"ts_ms":1700000001000,"level":"info","event":"phase","phase":"feed_sync","outcome":"done","reason":"feed release x is live"}"#;
+    let body = format!("{}{old}\n", to_ndjson(&events));
+    let r = api.post_raw(
+        "/api/sensor/log",
+        a.api_key.expose(),
+        &[],
+        body.into_bytes(),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+
+    let r = api.get(
+        &format!("/api/admin/sensors/{}/log", a.sensor_id),
+        &tp.admin_token,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log: Vec<StoredLogEvent> = r.json();
+    assert_eq!(log.len(), 2, "{}", r.body);
+    assert_eq!(log[0].event, events[0]);
+    assert!(matches!(
+        &log[1].event.kind,
+        EventKind::Phase {
+            outcome: PhaseOutcome::Done,
+            progress: None,
+            ..
+        }
+    ));
+    // The admin JSON carries the counts as an object, and nothing for the older event.
+    let raw: Value = r.json();
+    assert_eq!(
+        raw[0]["progress"],
+        serde_json::json!({"files_done": 30, "files_total": 120, "bytes_done": 1_500_000, "bytes_total": 6_000_000})
+    );
+    assert_eq!(raw[0]["phase"], "feed_sync");
+    assert!(raw[1].get("progress").is_none(), "{}", raw[1]);
+    tp.portal.stop().await;
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,6 +620,11 @@ both!(
 both!(bad_input, bad_input_sqlite, bad_input_postgres);
 both!(job_lifecycle, job_lifecycle_sqlite, job_lifecycle_postgres);
 both!(board_serial, board_serial_sqlite, board_serial_postgres);
+both!(
+    phase_progress_log,
+    phase_progress_log_sqlite,
+    phase_progress_log_postgres
+);
 both!(
     credentials_at_rest,
     credentials_at_rest_sqlite,

@@ -71,6 +71,26 @@ impl Level {
     }
 }
 
+/// Progress of a running phase: files and content bytes done of the total still to
+/// fetch when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl std::fmt::Display for PhaseProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} files, {} of {} bytes",
+            self.files_done, self.files_total, self.bytes_done, self.bytes_total
+        )
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -81,6 +101,10 @@ pub enum EventKind {
         outcome: PhaseOutcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// How far a long phase (`feed_sync`) has got, sent with `started` while it runs.
+        /// Optional so portals and sensors from before it read each other's events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<PhaseProgress>,
     },
     /// Progress or trouble of one job.
     Job { job_id: i64, message: String },
@@ -160,6 +184,7 @@ mod tests {
                 phase,
                 outcome,
                 reason: None,
+                progress: None,
             },
         }
     }
@@ -203,6 +228,55 @@ mod tests {
             from_ndjson(&body, 1),
             Err(NdjsonError::TooMany { max: 1 })
         ));
+    }
+
+    #[test]
+    fn phase_progress_round_trips() {
+        let ev = LogEvent {
+            seq: 7,
+            ts_ms: 9,
+            level: Level::Info,
+            kind: EventKind::Phase {
+                phase: Phase::FeedSync,
+                outcome: PhaseOutcome::Started,
+                reason: Some("3 of 10 files, 100 of 900 bytes fetched".into()),
+                progress: Some(PhaseProgress {
+                    files_done: 3,
+                    files_total: 10,
+                    bytes_done: 100,
+                    bytes_total: 900,
+                }),
+            },
+        };
+        let text = to_ndjson(std::slice::from_ref(&ev));
+        assert!(
+            text.contains(
+                r#""progress":{"files_done":3,"files_total":10,"bytes_done":100,"bytes_total":900}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(from_ndjson(&text, 10).unwrap(), vec![ev]);
+    }
+
+    /// Events from sensors (and portals) older than the progress field still parse, and
+    /// an event without progress is written exactly as before.
+    #[test]
+    fn phase_events_without_progress_interoperate() {
+        let old = r#"{"seq":1,"ts_ms":5,"level":"info","event":"phase","phase":"feed_sync","outcome":"done","reason":"live"}"#;
+        let evs = from_ndjson(old, 10).unwrap();
+        assert_eq!(
+            evs[0].kind,
+            EventKind::Phase {
+                phase: Phase::FeedSync,
+                outcome: PhaseOutcome::Done,
+                reason: Some("live".into()),
+                progress: None,
+            }
+        );
+        assert_eq!(to_ndjson(&evs).trim_end(), old);
+        // An older reader ignores unknown fields: nothing here denies them.
+        let new = r#"{"seq":2,"ts_ms":5,"level":"info","event":"phase","phase":"feed_sync","outcome":"started","progress":{"files_done":1,"files_total":2,"bytes_done":3,"bytes_total":4}}"#;
+        assert!(from_ndjson(new, 10).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod bundle;
 mod client;
 mod image;
+mod sensor_log;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -333,7 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&log)?;
             } else {
                 for e in &log {
-                    println!("{}", serde_json::to_string(&e.event)?);
+                    println!("{}", sensor_log::line(e));
                 }
             }
         }

@@ -5,7 +5,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use outpost_wire::log::{EventKind, Level, Phase, PhaseOutcome};
+use outpost_wire::log::{EventKind, Level, Phase, PhaseOutcome, PhaseProgress};
 
 use crate::ring::LogRing;
 use crate::statusled::StatusLed;
@@ -95,6 +95,24 @@ impl Reporter {
                 phase,
                 outcome,
                 reason: reason.map(str::to_owned),
+                progress: None,
+            },
+        );
+    }
+
+    /// How far a running phase has got: `phase P progress: REASON` on the console, and a
+    /// `started` event with the reason and `progress` for the portal. The phase heartbeats report and the LED stay
+    /// as they are: this is news about a phase, not a transition (a re-sync may run while
+    /// a later phase is already shown).
+    pub fn phase_progress(&self, phase: Phase, reason: &str, progress: PhaseProgress) {
+        self.say(&format!("phase {phase} progress: {reason}"));
+        self.queue(
+            Level::Info,
+            EventKind::Phase {
+                phase,
+                outcome: PhaseOutcome::Started,
+                reason: Some(reason.to_owned()),
+                progress: Some(progress),
             },
         );
     }
@@ -227,9 +245,39 @@ mod tests {
                 phase: Phase::Provision,
                 outcome: PhaseOutcome::Failed,
                 reason: Some("the portal refused the enrollment token: token expired".into()),
+                progress: None,
             }
         );
         assert_eq!(batch.events[1].level, Level::Error);
+    }
+
+    #[test]
+    fn progress_is_a_started_event_that_moves_no_phase() {
+        let r = capture("s");
+        r.phase(Phase::ScannerBoot, PhaseOutcome::Started, None);
+        let p = PhaseProgress {
+            files_done: 2,
+            files_total: 5,
+            bytes_done: 10,
+            bytes_total: 50,
+        };
+        r.phase_progress(Phase::FeedSync, "2 of 5 files", p);
+        assert_eq!(
+            r.captured()[1],
+            "outpost[s]: phase feed_sync progress: 2 of 5 files"
+        );
+        assert_eq!(r.current_phase(), Some(Phase::ScannerBoot));
+        let batch = r.ring().batch(10);
+        assert_eq!(
+            batch.events[1].kind,
+            EventKind::Phase {
+                phase: Phase::FeedSync,
+                outcome: PhaseOutcome::Started,
+                reason: Some("2 of 5 files".into()),
+                progress: Some(p),
+            }
+        );
+        assert_eq!(batch.events[1].level, Level::Info);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use outpost_scanner::{
     redis_save, wait_for_vts, Event, Passwd, StackConfig, Supervisor, VtsProgress, VtsWait,
     OSPD_OPENVAS,
 };
-use outpost_wire::log::Level;
+use outpost_wire::log::{Level, Phase, PhaseProgress};
 
 use super::phases::{Action, Fact, Machine, Step, Synced};
 use super::ScanGate;
@@ -21,8 +21,50 @@ use crate::api::PortalClient;
 use crate::report::{lock, Reporter};
 use outpost_feedsync::{SyncConfig, SyncOutcome};
 
-/// Least time between two "VTs loading" console lines.
+/// Least time between two "VTs loading" console lines, and between two feed sync
+/// progress events: enough to see a sync move without flooding the portal's log.
 const VTS_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets progress through at most once per `every`: the first report at once.
+struct Every {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    fn new(every: Duration) -> Every {
+        Every { every, last: None }
+    }
+
+    fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+/// The sync's progress as a `feed_sync` phase event, when one is due.
+fn feed_sync_progress(
+    reporter: &Reporter,
+    every: &mut Every,
+    p: &outpost_feedsync::Progress,
+    now: Instant,
+) {
+    if !every.due(now) {
+        return;
+    }
+    let progress = PhaseProgress {
+        files_done: p.blobs_done,
+        files_total: p.blobs_total,
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+    };
+    reporter.phase_progress(Phase::FeedSync, &format!("{progress} fetched"), progress);
+}
 
 pub struct BootConfig {
     pub stack: StackConfig,
@@ -153,15 +195,9 @@ impl Shell {
         self.reporter
             .say("feed sync: asking the portal for its feed release");
         let reporter = self.reporter.clone();
-        let mut last_line: Option<Instant> = None;
+        let mut every = Every::new(VTS_PROGRESS_EVERY);
         let result = outpost_feedsync::sync(&fs.config, &fs.client, &mut |p| {
-            if last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY) {
-                last_line = Some(Instant::now());
-                reporter.say(&format!(
-                    "feed sync: {} of {} files, {} of {} bytes fetched",
-                    p.blobs_done, p.blobs_total, p.bytes_done, p.bytes_total
-                ));
-            }
+            feed_sync_progress(&reporter, &mut every, p, Instant::now())
         });
         let synced = match result {
             Ok(SyncOutcome::NoRelease) => Synced::NoRelease,
@@ -392,7 +428,7 @@ mod tests {
         assert!(lines[0].ends_with("feed sync: asking the portal for its feed release"));
         assert_eq!(
             lines.remove(1),
-            "outpost[s]: feed sync: 1 of 1 files, 29 of 29 bytes fetched"
+            "outpost[s]: phase feed_sync progress: 1 of 1 files, 29 of 29 bytes fetched"
         );
         let name = format!("202509150400-{}", &offer.manifest_sha256[..16]);
         assert!(
@@ -407,6 +443,69 @@ mod tests {
             std::path::Path::new("releases").join(&name)
         );
         assert!(!dir.path().join("run").exists(), "no config was written");
+        // The progress went to the portal as a feed_sync event carrying the counts.
+        let events = reporter.ring().batch(10).events;
+        assert_eq!(
+            progress_events(&events),
+            [(
+                "1 of 1 files, 29 of 29 bytes fetched".to_owned(),
+                PhaseProgress {
+                    files_done: 1,
+                    files_total: 1,
+                    bytes_done: 29,
+                    bytes_total: 29,
+                }
+            )]
+        );
+    }
+
+    fn progress_events(events: &[outpost_wire::log::LogEvent]) -> Vec<(String, PhaseProgress)> {
+        use outpost_wire::log::{EventKind, PhaseOutcome};
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Phase {
+                    phase: Phase::FeedSync,
+                    outcome: PhaseOutcome::Started,
+                    reason: Some(r),
+                    progress: Some(p),
+                } => Some((r.clone(), *p)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A long sync reports its progress as phase events, the first at once and then at
+    /// most once a minute, each with the counts of that moment.
+    #[test]
+    fn sync_progress_becomes_rate_limited_phase_events() {
+        let reporter = crate::report::capture("s");
+        let mut every = Every::new(VTS_PROGRESS_EVERY);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let p = |done: u64| outpost_feedsync::Progress {
+            blobs_done: done,
+            blobs_total: 100,
+            bytes_done: done * 1000,
+            bytes_total: 100_000,
+        };
+        for (secs, done) in [(0, 10), (20, 20), (59, 30), (60, 40), (90, 50), (125, 100)] {
+            feed_sync_progress(&reporter, &mut every, &p(done), at(secs));
+        }
+        let events = reporter.ring().batch(10).events;
+        let got: Vec<u64> = progress_events(&events)
+            .iter()
+            .map(|(_, p)| p.files_done)
+            .collect();
+        assert_eq!(got, [10, 40, 100], "at 0 s, 60 s and 125 s");
+        let (reason, last) = progress_events(&events).pop().unwrap();
+        assert_eq!(reason, "100 of 100 files, 100000 of 100000 bytes fetched");
+        assert_eq!(last.bytes_total, 100_000);
+        assert_eq!(
+            reporter.captured()[0],
+            "outpost[s]: phase feed_sync progress: 10 of 100 files, 10000 of 100000 bytes fetched"
+        );
+        assert_eq!(reporter.current_phase(), None, "no phase transition");
     }
 
     #[test]
