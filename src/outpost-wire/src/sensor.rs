@@ -140,6 +140,11 @@ pub struct HeartbeatRequest {
     /// previous run left behind; then every running job of the sensor keeps its lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_jobs: Option<Vec<i64>>,
+    /// The feed release live on the sensor, named as its feed root names it
+    /// (`<PLUGIN_SET>-<first 16 hex of the manifest sha256>`, see [`crate::feed::release_name`]).
+    /// Absent from older agents and while no synced release is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_release: Option<String>,
 }
 
 /// Most job ids a heartbeat may list (a sensor runs one job at a time).
@@ -155,6 +160,11 @@ pub struct HeartbeatResponse {
     /// An operator asked this sensor to rotate its WireGuard key (`POST` [`crate::paths::WG_KEY`]).
     #[serde(default)]
     pub rotate_wg_key: bool,
+    /// The feed release the sensor should run (its channel's), named like
+    /// [`HeartbeatRequest::feed_release`]; absent when the portal has none published or
+    /// is older. A sensor running another one syncs soon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_release: Option<String>,
 }
 
 /// `POST /api/sensor/claim`, every 5 s. Answered `204 No Content` or 200 with a [`Job`].

@@ -221,6 +221,7 @@ fn publish_assign_and_show_update_state() {
         boot_slot: Some("a".into()),
         metrics: Metrics::default(),
         running_jobs: None,
+        feed_release: None,
     };
     assert_eq!(post(&a, &tp, "/api/sensor/heartbeat", key, &hb).0, 200);
     let (status, body) = post(

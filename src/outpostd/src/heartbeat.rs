@@ -183,6 +183,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -217,6 +218,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -251,6 +253,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![9],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());
