@@ -643,6 +643,29 @@ mod tests {
     }
 
     #[test]
+    fn feed_release_fields_are_optional_both_ways() {
+        // Older agents and portals neither send nor expect them.
+        let old = r#"{"activity":"idle","uptime_s":1,"agent_version":"0.1.0","metrics":{
+            "cpu_percent":0,"load_avg_1m":0,"mem_total_bytes":0,"mem_used_bytes":0,
+            "disk_total_bytes":0,"disk_used_bytes":0}}"#;
+        let mut hb: HeartbeatRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(hb.feed_release, None);
+        assert!(serde_json::to_value(&hb)
+            .unwrap()
+            .get("feed_release")
+            .is_none());
+        hb.feed_release = Some("202509150400-0123456789abcdef".into());
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["feed_release"], "202509150400-0123456789abcdef");
+        let resp: HeartbeatResponse = serde_json::from_str(r#"{"server_time":5}"#).unwrap();
+        assert_eq!(resp.feed_release, None);
+        assert!(serde_json::to_value(&resp)
+            .unwrap()
+            .get("feed_release")
+            .is_none());
+    }
+
+    #[test]
     fn heartbeat_job_list_is_optional_both_ways() {
         // An older agent's heartbeat (no `running_jobs`) still parses, as "not said".
         let old = r#"{"activity":"idle","uptime_s":1,"agent_version":"0.1.0","metrics":{
