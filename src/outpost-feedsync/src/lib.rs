@@ -223,10 +223,10 @@ fn release_name(info: &FeedReleaseInfo) -> Result<String, SyncError> {
             info.plugin_set, info.manifest_sha256
         ))));
     }
-    Ok(format!(
-        "{}-{}",
-        info.plugin_set,
-        &info.manifest_sha256[..16]
+    // The portal names releases the same way in heartbeat answers.
+    Ok(outpost_wire::feed::release_name(
+        &info.plugin_set,
+        &info.manifest_sha256,
     ))
 }
 
@@ -297,6 +297,12 @@ fn fsync_dir(path: &Path) -> Result<(), SyncError> {
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", path))
+}
+
+/// The live release under the feed root (`current`'s target, `<PLUGIN_SET>-<16 hex>`),
+/// as the heartbeat reports it; `None` while no synced release is live.
+pub fn live_release(root: &Path) -> Option<String> {
+    link_target(root, CURRENT)
 }
 
 /// The release a link under the root points at (its directory name), if any.

@@ -89,7 +89,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(updates::publish).get(updates::list),
         )
         .route("/api/admin/bundles/{id}", get(updates::show))
-        .route("/api/admin/bundles/{id}/assign", post(updates::assign));
+        .route("/api/admin/bundles/{id}/assign", post(updates::assign))
+        .route(
+            outpost_wire::admin::paths::FEED_RELEASES,
+            get(crate::feed_api::admin_releases),
+        )
+        .route(
+            outpost_wire::admin::paths::FEED_CHANNELS,
+            get(crate::feed_api::admin_channels).post(crate::feed_api::set_channel),
+        );
     Router::new()
         .merge(sensor)
         .merge(admin)
@@ -493,6 +501,9 @@ async fn heartbeat(
     if let Some(slot) = &hb.boot_slot {
         check_field(slot, "boot_slot", 8)?;
     }
+    if let Some(r) = &hb.feed_release {
+        check_field(r, "feed_release", 64)?;
+    }
     if hb
         .running_jobs
         .as_ref()
@@ -502,9 +513,13 @@ async fn heartbeat(
             "`running_jobs` lists more than {MAX_HEARTBEAT_JOBS} jobs"
         )));
     }
+    let feed_wanted = crate::feed_api::wanted_for(&st, &sensor)
+        .await?
+        .map(|r| crate::feeds::channels::name(&r));
     let out = st
         .store
         .heartbeat(&Heartbeat {
+            feed_wanted: feed_wanted.as_deref(),
             sensor: &sensor.id,
             req: &hb,
             now: now(),
@@ -520,6 +535,7 @@ async fn heartbeat(
         server_time: now(),
         cancel_jobs: out.cancel_jobs,
         rotate_wg_key: out.rotate_wg_key,
+        feed_release: feed_wanted,
     }))
 }
 
@@ -880,8 +896,12 @@ pub fn sensor_status(row: &SensorRow, now: i64, offline_after_s: i64) -> SensorS
 }
 
 async fn sensors_with_status(st: &AppState) -> Result<Vec<SensorInfo>, ApiError> {
+    use crate::feeds::channels::{sensor_feed, Channels, Lag};
     let now = now();
     let threshold = st.settings.offline_after.as_secs() as i64;
+    let releases = st.store.feed_releases().await?;
+    let channels = Channels::new(&st.store.feed_channels().await?);
+    let grace_s = st.settings.feed_grace.as_secs() as i64;
     Ok(st
         .store
         .sensors()
@@ -890,9 +910,22 @@ async fn sensors_with_status(st: &AppState) -> Result<Vec<SensorInfo>, ApiError>
         .map(|row| {
             let status = sensor_status(&row, now, threshold);
             let tunnel = tunnel_counters(st.gateway.as_deref(), &row.info.wg_public_key);
+            let (channel, channel_from) = channels.of(&row.info.id, &row.info.site);
+            let feed = sensor_feed(
+                &Lag {
+                    channel,
+                    channel_from,
+                    live: row.feed_live.as_deref(),
+                    off_since: row.feed_off_since,
+                    now,
+                    grace_s,
+                },
+                &releases,
+            );
             SensorInfo {
                 status,
                 tunnel,
+                feed: Some(feed),
                 ..row.info
             }
         })
@@ -1025,8 +1058,11 @@ mod tests {
                 boot_slot: None,
                 update: None,
                 tunnel: None,
+                feed: None,
             },
             running_jobs: running,
+            feed_live: None,
+            feed_off_since: None,
         }
     }
 

@@ -16,10 +16,17 @@ use outpost_wire::feed::{
 };
 use outpost_wire::ErrorCode;
 
-use crate::api::{read_json, sensor_auth, St, Via};
+use outpost_wire::admin::{FeedChannel, FeedReleases, SetFeedChannel};
+use outpost_wire::MAX_JSON_BODY;
+
+use crate::api::{admin_auth, check_field, now, read_json, sensor_auth, AppState, St, Via};
 use crate::error::ApiError;
 use crate::feeds::blobs::BlobStore;
+use crate::feeds::channels::{self, Channels};
 use crate::feeds::DIR;
+use crate::store::{
+    ChannelRefusal, ChannelWrite, FeedRelease, SensorAuth, SCOPE_SENSOR, SCOPE_SITE,
+};
 
 /// Room for 2048 digests in JSON and then some.
 const MAX_REQUEST: usize = 256 * 1024;
@@ -32,10 +39,26 @@ fn internal(what: String) -> ApiError {
     )
 }
 
-/// `GET /api/sensor/feed/release`: the newest published release, or 204.
+/// The release a sensor's channel serves (its own channel, else its site's, else the
+/// newest); `None` when nothing is published (or a pin names a vanished release).
+pub(crate) async fn wanted_for(
+    st: &AppState,
+    sensor: &SensorAuth,
+) -> Result<Option<FeedRelease>, ApiError> {
+    let releases = st.store.feed_releases().await?;
+    let channels = Channels::new(&st.store.feed_channels().await?);
+    let (channel, _) = channels.of(&sensor.id, &sensor.site);
+    let r = channels::wanted(channel, &releases).cloned();
+    if r.is_none() && !releases.is_empty() {
+        tracing::warn!(sensor = %sensor.id, %channel, "the sensor's channel names no published release");
+    }
+    Ok(r)
+}
+
+/// `GET /api/sensor/feed/release`: the release of the sensor's channel, or 204.
 pub async fn release(State(st): St, headers: HeaderMap, via: Via) -> Result<Response, ApiError> {
-    sensor_auth(&st, &headers, &via).await?;
-    let Some(r) = st.store.feed_releases().await?.into_iter().next() else {
+    let sensor = sensor_auth(&st, &headers, &via).await?;
+    let Some(r) = wanted_for(&st, &sensor).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let blobs = BlobStore::open(&st.settings.data_dir.join(DIR))
@@ -142,4 +165,83 @@ pub async fn blobs(
         HeaderValue::from_static(BATCH_CONTENT_TYPE),
     );
     Ok(resp)
+}
+
+/// `GET /api/admin/feed/releases`: the published releases, newest first, the channels
+/// pinned to each, and whether the upstream is stale by the portal's clock.
+pub async fn admin_releases(State(st): St, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let releases = st.store.feed_releases().await?;
+    let rows = st.store.feed_channels().await?;
+    let stale_after_s = st.settings.feed_stale_after.as_secs() as i64;
+    let (stale, newest_age_s) = channels::upstream_stale(&releases, now(), stale_after_s);
+    Ok(Json(FeedReleases {
+        releases: channels::summaries(&releases, &rows),
+        stale,
+        stale_after_s,
+        newest_age_s,
+    })
+    .into_response())
+}
+
+/// `GET /api/admin/feed/channels`: every channel setting.
+pub async fn admin_channels(State(st): St, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let rows = st.store.feed_channels().await?;
+    Ok(Json(channels::infos(&rows)).into_response())
+}
+
+/// `POST /api/admin/feed/channels`: sets (or clears) one site's or sensor's channel;
+/// answers with every channel setting.
+pub async fn set_channel(
+    State(st): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    admin_auth(&st, &headers)?;
+    let req: SetFeedChannel = read_json(&headers, body, MAX_JSON_BODY).await?;
+    let (scope, name) = match (req.site, req.sensor) {
+        (Some(site), None) => (SCOPE_SITE, site),
+        (None, Some(sensor)) => (SCOPE_SENSOR, sensor),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `site` and `sensor`",
+            ))
+        }
+    };
+    check_field(&name, scope, 63)?;
+    let pinned = match req.channel {
+        Some(FeedChannel::Pinned(id)) => Some(id),
+        _ => None,
+    };
+    let clear = req.channel.is_none();
+    let changed = st
+        .store
+        .set_feed_channel(ChannelWrite {
+            scope,
+            name: name.clone(),
+            pinned,
+            clear,
+            now: now(),
+        })
+        .await?
+        .map_err(|r| match r {
+            ChannelRefusal::UnknownRelease(id) => ApiError::not_found(format!(
+                "feed release {id} is not published on this portal (see `outpostctl feed list`)"
+            )),
+            ChannelRefusal::UnknownSensor(s) => {
+                ApiError::not_found(format!("sensor {s} does not exist"))
+            }
+        })?;
+    if clear && !changed {
+        return Err(ApiError::not_found(format!(
+            "{scope} {name} has no feed channel of its own"
+        )));
+    }
+    match req.channel {
+        Some(c) => tracing::info!(%scope, %name, channel = %c, "feed channel set"),
+        None => tracing::info!(%scope, %name, "feed channel cleared"),
+    }
+    let rows = st.store.feed_channels().await?;
+    Ok(Json(channels::infos(&rows)).into_response())
 }

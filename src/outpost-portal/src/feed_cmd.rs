@@ -11,9 +11,10 @@ use clap::Subcommand;
 use serde_json::json;
 
 use outpost_bundle::SecretKey;
-use outpost_portal::feeds::{self, ImportOptions, DEFAULT_KEEP, SIGNING_KEY_FILE};
+use outpost_portal::feeds::{self, channels, ImportOptions, DEFAULT_KEEP, SIGNING_KEY_FILE};
 use outpost_portal::store::Store;
 use outpost_portal::Settings;
+use outpost_wire::admin::FeedReleases;
 
 #[derive(Subcommand)]
 pub enum FeedCmd {
@@ -44,10 +45,14 @@ pub enum FeedCmd {
         #[arg(long, default_value_t = DEFAULT_KEEP)]
         keep: usize,
     },
-    /// Feed releases published on the portal, newest first.
+    /// Feed releases published on the portal, newest first, the channels pinned to each,
+    /// and whether the upstream is stale (the newest PLUGIN_SET too old).
     List {
         #[arg(long, env = "OUTPOST_DATABASE")]
         database: Option<String>,
+        /// Hours after which the newest release's PLUGIN_SET marks the upstream stale.
+        #[arg(long, default_value_t = 48)]
+        stale_after_hours: u64,
     },
 }
 
@@ -173,46 +178,63 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        FeedCmd::List { database } => {
+        FeedCmd::List {
+            database,
+            stale_after_hours,
+        } => {
             let data = data_dir(portal_dir)?;
             let (rt, store) = open_store(data, database)?;
             let list = rt.block_on(store.feed_releases())?;
+            let rows = rt.block_on(store.feed_channels())?;
+            let stale_after_s =
+                i64::try_from(stale_after_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+            let (stale, age) = channels::upstream_stale(&list, now(), stale_after_s);
+            let summaries = channels::summaries(&list, &rows);
             if json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "id": r.id,
-                            "plugin_set": r.plugin_set,
-                            "notus_version": r.notus_version,
-                            "vt_count": r.vt_count,
-                            "files": r.files,
-                            "bytes": r.bytes,
-                            "manifest_sha256": r.manifest_sha256,
-                            "imported_at": r.imported_at,
-                        })
-                    })
-                    .collect();
+                let v = FeedReleases {
+                    releases: summaries,
+                    stale,
+                    stale_after_s,
+                    newest_age_s: age,
+                };
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:>5}  {:<12} {:<6} {:>8} {:>8} {:>12}  manifest",
-                    "id", "plugin_set", "notus", "vts", "files", "bytes"
+                    "{:>5}  {:<12} {:<6} {:>8} {:>8} {:>12}  {:<64}  pinned by",
+                    "id", "plugin_set", "notus", "vts", "files", "bytes", "manifest"
                 );
-                for r in &list {
+                for r in &summaries {
                     println!(
-                        "{:>5}  {:<12} {:<6} {:>8} {:>8} {:>12}  {}",
+                        "{:>5}  {:<12} {:<6} {:>8} {:>8} {:>12}  {:<64}  {}",
                         r.id,
                         r.plugin_set,
                         r.notus_version.as_deref().unwrap_or("-"),
                         r.vt_count,
                         r.files,
                         r.bytes,
-                        r.manifest_sha256
+                        r.manifest_sha256,
+                        if r.pinned_by.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            r.pinned_by.join(", ")
+                        }
                     );
                 }
+                println!("{}", upstream_line(stale, age, stale_after_hours));
             }
             Ok(())
         }
+    }
+}
+
+/// `upstream: fresh (newest PLUGIN_SET 5 h old)` or `upstream: STALE (...)`.
+fn upstream_line(stale: bool, age_s: Option<i64>, stale_after_hours: u64) -> String {
+    let verdict = if stale { "STALE" } else { "fresh" };
+    match age_s {
+        Some(a) => format!(
+            "upstream: {verdict} (newest PLUGIN_SET {} h old; stale after {stale_after_hours} h)",
+            a / 3600
+        ),
+        None => format!("upstream: {verdict} (no release published)"),
     }
 }

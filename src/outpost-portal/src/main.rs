@@ -91,6 +91,13 @@ struct ServeArgs {
     /// Also serve the sensor API outside the tunnel (migration from tunnel-less sensors).
     #[arg(long)]
     wg_optional: bool,
+    /// Hours a sensor may run another feed release than its channel's before it is
+    /// flagged `feed_behind`.
+    #[arg(long, default_value_t = 6)]
+    feed_grace_hours: u64,
+    /// Hours after which the newest feed release's PLUGIN_SET marks the upstream stale.
+    #[arg(long, default_value_t = 48)]
+    feed_stale_after_hours: u64,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     s.extra_sans = a.sans;
     s.tls_cert = a.tls_cert;
     s.tls_key = a.tls_key;
+    s.feed_grace = Duration::from_secs(a.feed_grace_hours.saturating_mul(3600));
+    s.feed_stale_after = Duration::from_secs(a.feed_stale_after_hours.saturating_mul(3600));
     if let Some(listen) = a.wg_listen {
         let (network, prefix) = outpost_wire::provision::parse_cidr(&a.wg_network)
             .filter(|(_, p)| (8..=30).contains(p))

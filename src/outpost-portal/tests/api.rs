@@ -317,6 +317,7 @@ async fn job_lifecycle(backend: Backend) {
         boot_slot: None,
         metrics: Metrics::default(),
         running_jobs: None,
+        feed_release: None,
     };
     let r = api.post("/api/sensor/heartbeat", key, &hb);
     assert_eq!(r.status, 200);

@@ -17,7 +17,7 @@ use outpost_portal::feeds::openpgp::SigError;
 use outpost_portal::feeds::{
     import, release_manifest, ImportError, ImportOptions, ImportReport, TreeProblem,
 };
-use outpost_portal::store::Store;
+use outpost_portal::store::{ChannelWrite, Store, SCOPE_SITE};
 
 const SCRIPTS: u32 = 300;
 
@@ -452,4 +452,69 @@ async fn a_missing_keyring_or_feed_key_is_named() {
         .expect_err("no keyring");
     assert!(e.to_string().contains("missing-keyring.gpg"), "{e}");
     assert!(f.store.feed_releases().await.expect("list").is_empty());
+}
+
+/// Retention never collects a release a channel pins: with `keep = 1` the pinned day-0
+/// release and its blobs stay through day 1; once unpinned, the next import drops it.
+async fn a_pinned_release_survives_retention(backend: Backend) {
+    let mut f = Fixture::new(backend).await;
+    f.opts.keep = 1;
+    let (tree, _) = f.tree("feed", 0);
+    let r0 = f.import(&tree).await.expect("day 0");
+    let pin = |pinned: Option<i64>, clear: bool| ChannelWrite {
+        scope: SCOPE_SITE,
+        name: "berlin".into(),
+        pinned,
+        clear,
+        now: 1,
+    };
+    f.store
+        .set_feed_channel(pin(Some(r0.release.id), false))
+        .await
+        .expect("store")
+        .expect("pinned");
+
+    advance(&tree, &f.spec, 0, Some(&f.signer)).expect("advance");
+    let r1 = f.import(&tree).await.expect("day 1");
+    assert!(r1.dropped_releases.is_empty(), "the pinned release is kept");
+    let ids: Vec<i64> = f
+        .store
+        .feed_releases()
+        .await
+        .expect("list")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [r1.release.id, r0.release.id]);
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    for r in [&r0, &r1] {
+        live.insert(r.release.manifest_sha256.clone());
+        live.extend(r.manifest.files.iter().map(|file| file.sha256.clone()));
+    }
+    assert_eq!(
+        f.blob_names(),
+        live,
+        "every blob of the pinned release stays"
+    );
+
+    // Unpinned, the next import collects it and the blobs only it named.
+    f.store
+        .set_feed_channel(pin(None, true))
+        .await
+        .expect("store")
+        .expect("cleared");
+    advance(&tree, &f.spec, 1, Some(&f.signer)).expect("advance");
+    let r2 = f.import(&tree).await.expect("day 2");
+    assert_eq!(r2.dropped_releases, vec![r1.release.id, r0.release.id]);
+    assert!(!f.blob_names().contains(&r0.release.manifest_sha256));
+}
+
+#[tokio::test]
+async fn a_pinned_release_survives_retention_sqlite() {
+    a_pinned_release_survives_retention(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_pinned_release_survives_retention_postgres() {
+    a_pinned_release_survives_retention(Backend::Postgres).await;
 }

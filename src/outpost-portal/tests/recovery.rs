@@ -70,6 +70,7 @@ fn heartbeat_req(jobs: Option<Vec<i64>>) -> HeartbeatRequest {
         boot_slot: None,
         metrics: Metrics::default(),
         running_jobs: jobs,
+        feed_release: None,
     }
 }
 
@@ -286,7 +287,10 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
     // The database as an older portal (schema 5) left it: no unique key, one key registered twice
     // (the older row first), a key that is not base64 and an address that is not one.
     let older = format!(
-        "DROP INDEX sensors_wg_public_key;
+        "DROP TABLE feed_channels;
+         ALTER TABLE sensors DROP COLUMN feed_release;
+         ALTER TABLE sensors DROP COLUMN feed_off_since;
+         DROP INDEX sensors_wg_public_key;
          DROP INDEX sensors_wg_pending_key;
          DROP INDEX jobs_claimable;
          ALTER TABLE sensors DROP COLUMN wg_pending_key;
@@ -392,6 +396,7 @@ async fn beat(store: &Store, jobs: Option<Vec<i64>>, now: i64) -> Vec<(i64, JobS
             lease_s: LEASE,
             grace_s: GRACE,
             rules: LossRules { max_attempts: 3 },
+            feed_wanted: None,
         })
         .await
         .unwrap();

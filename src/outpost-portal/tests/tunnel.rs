@@ -83,6 +83,7 @@ fn heartbeat() -> HeartbeatRequest {
         boot_slot: None,
         metrics: Metrics::default(),
         running_jobs: None,
+        feed_release: None,
     }
 }
 

@@ -153,6 +153,7 @@ fn heartbeat(firmware: &str, slot: &str) -> HeartbeatRequest {
         boot_slot: Some(slot.into()),
         metrics: Metrics::default(),
         running_jobs: None,
+        feed_release: None,
     }
 }
 

@@ -38,6 +38,10 @@ pub mod paths {
     pub fn assign_bundle(id: i64) -> String {
         format!("/api/admin/bundles/{id}/assign")
     }
+    /// `GET`: [`super::FeedReleases`], the published feed releases and the staleness flag.
+    pub const FEED_RELEASES: &str = "/api/admin/feed/releases";
+    /// `GET`: every [`super::FeedChannelInfo`]; `POST` a [`super::SetFeedChannel`].
+    pub const FEED_CHANNELS: &str = "/api/admin/feed/channels";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +112,112 @@ pub struct SensorUpdate {
     #[serde(default)]
     pub progress_percent: u8,
     pub updated_at: i64,
+}
+
+/// The feed release a site or sensor follows (docs/feeds.md, "Release channels").
+/// JSON: `"newest"` or `{"pinned": <release id>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedChannel {
+    /// The newest published release.
+    #[default]
+    Newest,
+    /// One published release, by id; retention never collects it while pinned.
+    Pinned(i64),
+}
+
+impl std::fmt::Display for FeedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedChannel::Newest => f.write_str("newest"),
+            FeedChannel::Pinned(id) => write!(f, "pinned {id}"),
+        }
+    }
+}
+
+/// Sets (or, with `channel` absent, clears) the channel of one site or one sensor:
+/// exactly one of `site` and `sensor`. A sensor's own setting wins over its site's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SetFeedChannel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<FeedChannel>,
+}
+
+/// One stored channel setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedChannelInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    pub channel: FeedChannel,
+    pub set_at: i64,
+}
+
+/// A published feed release as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedReleaseSummary {
+    pub id: i64,
+    /// As sensors name it ([`crate::feed::release_name`]).
+    pub name: String,
+    pub plugin_set: String,
+    #[serde(default)]
+    pub notus_version: Option<String>,
+    pub vt_count: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub manifest_sha256: String,
+    pub imported_at: i64,
+    /// Channels pinned to it (`site <name>`, `sensor <id>`): retention keeps it.
+    #[serde(default)]
+    pub pinned_by: Vec<String>,
+}
+
+/// `GET` [`paths::FEED_RELEASES`]: newest first, and whether the portal's upstream is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedReleases {
+    pub releases: Vec<FeedReleaseSummary>,
+    /// The newest release's PLUGIN_SET is older than `stale_after_s` by the portal's
+    /// clock (or nothing is published): the upstream fetch is not keeping up.
+    pub stale: bool,
+    pub stale_after_s: i64,
+    /// Age of the newest release's PLUGIN_SET, seconds, by the portal's clock.
+    #[serde(default)]
+    pub newest_age_s: Option<i64>,
+}
+
+/// A sensor's feed as the portal sees it: what it runs, what its channel wants, and how
+/// far behind it is, judged against the portal's releases (never the sensor's clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SensorFeed {
+    /// The release its last heartbeat named; absent for older agents or none live.
+    #[serde(default)]
+    pub live: Option<String>,
+    pub channel: FeedChannel,
+    /// Where the channel comes from: `sensor`, `site` or `default`.
+    pub channel_from: String,
+    /// The release it should have; absent when nothing is published.
+    #[serde(default)]
+    pub wanted: Option<String>,
+    #[serde(default)]
+    pub wanted_release_id: Option<i64>,
+    /// Published releases with a newer PLUGIN_SET than the live one.
+    #[serde(default)]
+    pub newer_releases: Option<u32>,
+    /// How much older the live release's PLUGIN_SET is than the wanted one's, seconds
+    /// (negative when a pin holds it on an older release than it runs).
+    #[serde(default)]
+    pub plugin_set_behind_s: Option<i64>,
+    /// Since when (portal clock) its heartbeats name another release than its channel's.
+    #[serde(default)]
+    pub off_channel_since: Option<i64>,
+    /// Off its channel's release for longer than the portal's grace (`--feed-grace`).
+    #[serde(default)]
+    pub feed_behind: bool,
 }
 
 /// The sensor's WireGuard peer at the portal's gateway (inner packets, i.e. plaintext IP).
@@ -228,6 +338,9 @@ pub struct SensorInfo {
     /// Present when the portal runs the gateway and the sensor is a peer.
     #[serde(default)]
     pub tunnel: Option<TunnelCounters>,
+    /// Its feed release and lag; absent from older portals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<SensorFeed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,3 +40,33 @@ pub struct FeedBlobsRequest {
     /// Lowercase hex digests, each at most once.
     pub sha256: Vec<String>,
 }
+
+/// The name a sensor's feed root gives a release (`releases/<name>`, the `current`
+/// link's target) and the heartbeat carries: its PLUGIN_SET and the first 16 hex digits
+/// of its manifest's SHA-256. The portal names its releases the same way, so the two
+/// compare without the sensor knowing release ids.
+pub fn release_name(plugin_set: &str, manifest_sha256: &str) -> String {
+    let short = manifest_sha256.get(..16).unwrap_or(manifest_sha256);
+    format!("{plugin_set}-{short}")
+}
+
+/// The PLUGIN_SET part of a release name ([`release_name`]).
+pub fn release_plugin_set(name: &str) -> Option<&str> {
+    name.split_once('-')
+        .map(|(p, _)| p)
+        .filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_names_carry_the_plugin_set_and_the_manifest_digest() {
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let n = release_name("202509150400", sha);
+        assert_eq!(n, "202509150400-0123456789abcdef");
+        assert_eq!(release_plugin_set(&n), Some("202509150400"));
+        assert_eq!(release_plugin_set("nodash"), None);
+    }
+}

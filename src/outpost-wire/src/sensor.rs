@@ -140,6 +140,11 @@ pub struct HeartbeatRequest {
     /// previous run left behind; then every running job of the sensor keeps its lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_jobs: Option<Vec<i64>>,
+    /// The feed release live on the sensor, named as its feed root names it
+    /// (`<PLUGIN_SET>-<first 16 hex of the manifest sha256>`, see [`crate::feed::release_name`]).
+    /// Absent from older agents and while no synced release is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_release: Option<String>,
 }
 
 /// Most job ids a heartbeat may list (a sensor runs one job at a time).
@@ -155,6 +160,11 @@ pub struct HeartbeatResponse {
     /// An operator asked this sensor to rotate its WireGuard key (`POST` [`crate::paths::WG_KEY`]).
     #[serde(default)]
     pub rotate_wg_key: bool,
+    /// The feed release the sensor should run (its channel's), named like
+    /// [`HeartbeatRequest::feed_release`]; absent when the portal has none published or
+    /// is older. A sensor running another one syncs soon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_release: Option<String>,
 }
 
 /// `POST /api/sensor/claim`, every 5 s. Answered `204 No Content` or 200 with a [`Job`].
@@ -630,6 +640,29 @@ mod tests {
             port: None,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn feed_release_fields_are_optional_both_ways() {
+        // Older agents and portals neither send nor expect them.
+        let old = r#"{"activity":"idle","uptime_s":1,"agent_version":"0.1.0","metrics":{
+            "cpu_percent":0,"load_avg_1m":0,"mem_total_bytes":0,"mem_used_bytes":0,
+            "disk_total_bytes":0,"disk_used_bytes":0}}"#;
+        let mut hb: HeartbeatRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(hb.feed_release, None);
+        assert!(serde_json::to_value(&hb)
+            .unwrap()
+            .get("feed_release")
+            .is_none());
+        hb.feed_release = Some("202509150400-0123456789abcdef".into());
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["feed_release"], "202509150400-0123456789abcdef");
+        let resp: HeartbeatResponse = serde_json::from_str(r#"{"server_time":5}"#).unwrap();
+        assert_eq!(resp.feed_release, None);
+        assert!(serde_json::to_value(&resp)
+            .unwrap()
+            .get("feed_release")
+            .is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bundle;
 mod client;
+mod feed;
 mod image;
 mod sensor_log;
 
@@ -66,6 +67,9 @@ enum Cmd {
     /// Update bundles: keygen, build, sign, verify (offline); publish, list, assign (portal).
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Feed releases on the portal and the release channel of each site or sensor.
+    #[command(subcommand)]
+    Feed(feed::FeedCmd),
     /// SD-card images.
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -80,6 +84,7 @@ enum PortalCmd {
     Sensor(SensorCmd),
     Report { job: i64 },
     Bundle(bundle::BundleCmd),
+    Feed(feed::FeedCmd),
 }
 
 #[derive(Subcommand)]
@@ -224,6 +229,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Job(j) => PortalCmd::Job(j),
         Cmd::Sensor(s) => PortalCmd::Sensor(s),
         Cmd::Report { job } => PortalCmd::Report { job },
+        Cmd::Feed(f) => PortalCmd::Feed(f),
     };
     let c = client(cli.portal)?;
     match cmd {
@@ -351,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         PortalCmd::Bundle(cmd) => bundle::run_portal(cmd, &c, json)?,
+        PortalCmd::Feed(cmd) => feed::run(cmd, &c, json)?,
         PortalCmd::Report { job } => {
             let r: ReportInfo = c.get(&paths::job_report(job))?;
             if json {
@@ -422,12 +429,12 @@ fn update_text(s: &SensorInfo) -> String {
 
 fn print_sensors(sensors: &[SensorInfo]) {
     println!(
-        "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} update",
-        "id", "name", "site", "status", "phase", "firmware", "slot", "last heartbeat"
+        "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} {:<24} feed",
+        "id", "name", "site", "status", "phase", "firmware", "slot", "last heartbeat", "update"
     );
     for s in sensors {
         println!(
-            "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} {}",
+            "{:<20} {:<16} {:<12} {:<9} {:<13} {:<10} {:<4} {:<14} {:<24} {}",
             s.id,
             s.name,
             s.site,
@@ -439,6 +446,7 @@ fn print_sensors(sensors: &[SensorInfo]) {
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "never".into()),
             update_text(s),
+            feed::feed_text(s),
         );
     }
 }
@@ -481,6 +489,9 @@ fn print_sensor(s: &SensorInfo) {
             ),
         ),
         None => line("update:", "-"),
+    }
+    for (k, v) in feed::feed_lines(s) {
+        line(k, &v);
     }
     match &s.tunnel {
         Some(t) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outpost_bundle::{build_bundle, sign_bundle, BuildSpec, SecretKey, Version};
 use outpost_portal::{Portal, Settings};
-use outpost_wire::admin::{BundleInfo, SensorInfo};
+use outpost_wire::admin::{BundleInfo, FeedReleases, SensorInfo};
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, Metrics, RegisterRequest, RegisterResponse,
     UpdateState, UpdateStateReport,
@@ -221,6 +221,7 @@ fn publish_assign_and_show_update_state() {
         boot_slot: Some("a".into()),
         metrics: Metrics::default(),
         running_jobs: None,
+        feed_release: None,
     };
     assert_eq!(post(&a, &tp, "/api/sensor/heartbeat", key, &hb).0, 200);
     let (status, body) = post(
@@ -272,4 +273,175 @@ fn publish_assign_and_show_update_state() {
         show.contains("failed") && show.contains("untrusted key"),
         "{show}"
     );
+}
+
+/// Publishes a feed release row with its manifest blob (what the portal serves from);
+/// the import itself is tested in outpost-portal.
+fn publish_feed(tp: &TestPortal, plugin_set: &str) -> (i64, String) {
+    use outpost_portal::feeds::blobs::{sha256_hex, BlobStore};
+    use outpost_portal::store::{NewFeedRelease, Store};
+    let manifest = format!("manifest {plugin_set}");
+    let sha = sha256_hex(manifest.as_bytes());
+    BlobStore::open(&tp.dir.path().join("feeds"))
+        .unwrap()
+        .put(&sha, manifest.as_bytes())
+        .unwrap();
+    let db = tp.dir.path().join("portal.sqlite").display().to_string();
+    let (r, _) = tp
+        ._rt
+        .block_on(async {
+            Store::open(&db)
+                .await
+                .unwrap()
+                .publish_feed_release(&NewFeedRelease {
+                    manifest_sha256: sha.clone(),
+                    plugin_set: plugin_set.into(),
+                    notus_version: None,
+                    vt_count: 10,
+                    files: 3,
+                    bytes: 100,
+                    signature: "outpost-feed-signature k s".into(),
+                    imported_at: 1,
+                })
+                .await
+        })
+        .unwrap();
+    (r.id, outpost_wire::feed::release_name(plugin_set, &sha))
+}
+
+#[test]
+fn feed_channels_and_the_lag_of_each_sensor() {
+    let tp = start_portal();
+    let (r1, n1) = publish_feed(&tp, "202509150400");
+    let (r2, n2) = publish_feed(&tp, "202509160400");
+
+    let a = agent(&tp);
+    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
+    let (status, body) = post(
+        &a,
+        &tp,
+        "/api/sensor/register",
+        tok.trim(),
+        &RegisterRequest {
+            name: "branch-9".into(),
+            site: "berlin".into(),
+            hostname: "outpost-9".into(),
+            os: "Outpost".into(),
+            board: "Raspberry Pi 4 Model B".into(),
+            hardware_serial: "9".into(),
+            board_serial: None,
+            agent_version: "0.1.0".into(),
+            capabilities: vec![Capability::Scan],
+            wg_public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+        },
+    );
+    assert_eq!(status, 201, "{body}");
+    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
+    let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
+    let hb = HeartbeatRequest {
+        activity: Activity::Idle,
+        uptime_s: 5,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        firmware_version: None,
+        boot_slot: None,
+        metrics: Metrics::default(),
+        running_jobs: None,
+        feed_release: Some(n1.clone()),
+    };
+    let (status, body) = post(&a, &tp, outpost_wire::paths::HEARTBEAT, key, &hb);
+    assert_eq!(status, 200, "{body}");
+
+    // The releases, newest first; a September 2025 feed is stale by any clock since.
+    let list = ok(&tp, &["feed", "list"]);
+    assert!(list.contains(&n1) && list.contains(&n2), "{list}");
+    assert!(list.contains("upstream: STALE"), "{list}");
+    let json: FeedReleases = serde_json::from_str(&ok(&tp, &["feed", "list", "--json"])).unwrap();
+    assert_eq!(
+        json.releases.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [r2, r1]
+    );
+    assert!(json.stale);
+
+    // On the default channel (newest), the sensor is one release and one day behind.
+    let line = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no line for {id}: {out}"))
+            .to_owned()
+    };
+    let l = line(&ok(&tp, &["sensor", "list"]));
+    assert!(
+        l.contains(&format!("{n1} -> {n2} (1 newer, 1d 0h behind)")),
+        "{l}"
+    );
+    let show = ok(&tp, &["sensor", "show", id]);
+    assert!(show.contains(&format!("feed wanted:    {n2}")), "{show}");
+    assert!(
+        show.contains("feed channel:   newest (from default)"),
+        "{show}"
+    );
+
+    // Refusals name the problem and exit non-zero.
+    let err = fails(&tp, &["feed", "channel", "set", "9999", "--site", "berlin"]);
+    assert!(err.contains("feed release 9999 is not published"), "{err}");
+    let err = fails(
+        &tp,
+        &["feed", "channel", "set", "sideways", "--site", "berlin"],
+    );
+    assert!(err.contains("neither `newest` nor a release id"), "{err}");
+    let err = fails(
+        &tp,
+        &[
+            "feed", "channel", "set", "newest", "--site", "berlin", "--sensor", id,
+        ],
+    );
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = fails(&tp, &["feed", "channel", "clear", "--sensor", id]);
+    assert!(err.contains("has no feed channel of its own"), "{err}");
+
+    // Berlin pinned to the release the sensor runs: it is where it should be.
+    let out = ok(
+        &tp,
+        &[
+            "feed",
+            "channel",
+            "set",
+            &r1.to_string(),
+            "--site",
+            "berlin",
+        ],
+    );
+    assert_eq!(out.trim(), format!("site berlin: feed channel pinned {r1}"));
+    let l = line(&ok(&tp, &["sensor", "list"]));
+    assert!(l.trim_end().ends_with(&n1) && !l.contains("->"), "{l}");
+    let list = ok(&tp, &["feed", "list"]);
+    let pinned = list.lines().find(|l| l.contains(&n1)).unwrap();
+    assert!(pinned.trim_end().ends_with("site berlin"), "{list}");
+
+    // The sensor's own channel wins over its site's, and clearing it gives the site back.
+    ok(&tp, &["feed", "channel", "set", "newest", "--sensor", id]);
+    let channels = ok(&tp, &["feed", "channel", "list"]);
+    assert!(
+        channels.contains(&format!("site berlin                  pinned {r1}"))
+            && channels.contains(&format!("sensor {id}")),
+        "{channels}"
+    );
+    let show = ok(&tp, &["sensor", "show", id]);
+    assert!(
+        show.contains("feed channel:   newest (from sensor)"),
+        "{show}"
+    );
+    assert!(show.contains(&format!("feed wanted:    {n2}")), "{show}");
+    let out = ok(&tp, &["feed", "channel", "clear", "--sensor", id]);
+    assert_eq!(out.trim(), format!("sensor {id}: feed channel cleared"));
+    let show = ok(&tp, &["sensor", "show", id]);
+    assert!(
+        show.contains(&format!("feed channel:   pinned {r1} (from site)")),
+        "{show}"
+    );
+    let s: SensorInfo = serde_json::from_str(&ok(&tp, &["sensor", "show", id, "--json"])).unwrap();
+    let f = s.feed.unwrap();
+    assert_eq!(f.wanted.as_deref(), Some(n1.as_str()));
+    assert_eq!((f.newer_releases, f.feed_behind), (Some(1), false));
 }

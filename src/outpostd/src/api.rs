@@ -522,6 +522,7 @@ mod tests {
                 boot_slot: None,
                 metrics: Default::default(),
                 running_jobs: None,
+                feed_release: None,
             })
             .unwrap_err();
         assert_eq!(err.status(), Some(403));

@@ -31,6 +31,9 @@ pub struct Heartbeat {
     pub clock: Option<Arc<TimeKeeper>>,
     /// Ticked every round: the hardware watchdog is petted while this loop comes round.
     pub alive: Option<Arc<crate::watchdog::Liveness>>,
+    /// The synced feed: its live release goes out, the portal's wish comes back.
+    /// `None` without network feed sync (no feed key).
+    pub feed: Option<crate::feedwant::FeedWatch>,
 }
 
 /// Firmware facts every heartbeat carries.
@@ -46,6 +49,7 @@ impl Heartbeat {
     /// Sends one heartbeat and acts on the answer.
     pub fn beat_once(&mut self) -> Result<HeartbeatResponse, ApiError> {
         let (metrics, uptime_s) = (self.metrics)();
+        let live = self.feed.as_ref().and_then(|f| f.live());
         let req = HeartbeatRequest {
             activity: self.control.activity(),
             uptime_s,
@@ -55,11 +59,21 @@ impl Heartbeat {
             boot_slot: self.running.boot_slot.clone(),
             metrics,
             running_jobs: self.control.running_jobs(),
+            feed_release: live.clone(),
         };
         let sent = std::time::Instant::now();
         let resp = self.client.heartbeat(&req)?;
         let rtt = sent.elapsed();
         self.contact.note_answer();
+        if let Some(f) = &self.feed {
+            if f.want.note(live.as_deref(), resp.feed_release.as_deref()) {
+                self.reporter.say(&format!(
+                    "the portal wants feed release {} (live: {}); a feed sync is due",
+                    resp.feed_release.as_deref().unwrap_or("-"),
+                    live.as_deref().unwrap_or("none synced"),
+                ));
+            }
+        }
         for &job in &resp.cancel_jobs {
             if self.control.request_cancel(job) {
                 tracing::info!(job, "operator cancelled the running job");
@@ -171,6 +185,7 @@ mod tests {
                 boot_slot: Some("b".into()),
             },
             contact: Arc::new(PortalContact::default()),
+            feed: None,
         }
     }
 
@@ -183,6 +198,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -209,6 +225,61 @@ mod tests {
     }
 
     #[test]
+    fn reports_the_live_feed_release_and_notes_the_portals_wish() {
+        let t = Arc::new(FakeTransport::default());
+        let answer = |release: &str| {
+            ok_json(&HeartbeatResponse {
+                server_time: outpost_wire::unix_now(),
+                cancel_jobs: vec![],
+                rotate_wg_key: false,
+                feed_release: Some(release.into()),
+            })
+        };
+        let (r1, r2) = (
+            "202509150400-0123456789abcdef",
+            "202509160400-fedcba9876543210",
+        );
+        t.push(paths::HEARTBEAT, Ok(answer(r2)));
+        t.push(paths::HEARTBEAT, Ok(answer(r2)));
+        t.push(paths::HEARTBEAT, Ok(answer(r1)));
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("releases").join(r1)).unwrap();
+        std::os::unix::fs::symlink(format!("releases/{r1}"), root.path().join("current")).unwrap();
+        let want = Arc::new(crate::feedwant::FeedWant::default());
+        let control = Arc::new(JobControl::default());
+        let reporter = Arc::new(capture("b"));
+        let mut hb = beat(&t, &control);
+        hb.reporter = reporter.clone();
+        hb.feed = Some(crate::feedwant::FeedWatch {
+            root: root.path().to_owned(),
+            want: want.clone(),
+        });
+
+        hb.beat_once().unwrap();
+        let sent: HeartbeatRequest =
+            serde_json::from_str(&t.seen_on(paths::HEARTBEAT)[0].body).unwrap();
+        assert_eq!(sent.feed_release.as_deref(), Some(r1));
+        hb.beat_once().unwrap();
+        let said: Vec<String> = reporter
+            .captured()
+            .into_iter()
+            .filter(|l| l.contains("the portal wants feed release"))
+            .collect();
+        assert_eq!(said.len(), 1, "said once, not every heartbeat: {said:?}");
+        assert!(said[0].contains(r2) && said[0].contains(r1), "{said:?}");
+        assert_eq!(
+            want.take().as_deref(),
+            Some(r2),
+            "the feed check may sync now"
+        );
+
+        // Noted again, then the portal names the live release: nothing is pending.
+        assert!(want.note(Some(r1), Some(r2)));
+        hb.beat_once().unwrap();
+        assert_eq!(want.take(), None);
+    }
+
+    #[test]
     fn lists_the_jobs_it_holds_once_stock_is_taken() {
         let t = Arc::new(FakeTransport::default());
         t.default_for(
@@ -217,6 +288,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());
@@ -251,6 +323,7 @@ mod tests {
                 server_time: outpost_wire::unix_now(),
                 cancel_jobs: vec![9],
                 rotate_wg_key: false,
+                feed_release: None,
             }),
         );
         let control = Arc::new(JobControl::default());

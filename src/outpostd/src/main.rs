@@ -32,6 +32,7 @@ mod cli;
 mod clock;
 mod enroll;
 mod executor;
+mod feedwant;
 mod fsutil;
 mod health;
 mod heartbeat;
@@ -355,6 +356,9 @@ fn run() -> anyhow::Result<()> {
     // plus the worst case of one request (ureq's per-step timeouts).
     alive.set_budget(heartbeat_every + Duration::from_secs(180));
     alive.tick();
+    // The heartbeat notes the portal's wish for another feed release; the scanner's feed
+    // check takes it.
+    let feed_want = Arc::new(feedwant::FeedWant::default());
     {
         let mut collector = metrics::MetricsCollector::new(data.root());
         let beat = heartbeat::Heartbeat {
@@ -370,6 +374,11 @@ fn run() -> anyhow::Result<()> {
             contact,
             clock: args.set_clock.then(|| clock.clone()),
             alive: Some(alive),
+            // Only a sensor that syncs feeds reports them (and heeds the portal's wish).
+            feed: (run_scanner && args.scanner.feed_key.is_file()).then(|| feedwant::FeedWatch {
+                root: args.scanner.feed_dir.clone(),
+                want: feed_want.clone(),
+            }),
         };
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -380,7 +389,7 @@ fn run() -> anyhow::Result<()> {
     // After the heartbeat and log threads, so the portal sees the scanner boot live.
     if run_scanner {
         scanner::boot::spawn(
-            boot_config(&args.scanner, &provision, &client),
+            boot_config(&args.scanner, &provision, &client, feed_want),
             reporter.clone(),
             gate.clone(),
         )
@@ -457,6 +466,7 @@ fn boot_config(
     s: &cli::ScannerArgs,
     provision: &Provision,
     client: &PortalClient,
+    want: Arc<feedwant::FeedWant>,
 ) -> scanner::boot::BootConfig {
     let feed = outpost_feed::FeedPaths::under(&s.feed_dir);
     // An image without a feed key keeps the feed it ships (the lab's demo feed).
@@ -466,6 +476,7 @@ fn boot_config(
             // `[feed] max_kbit_per_s`: the sync must not saturate the branch's link.
             config: outpost_feedsync::SyncConfig::new(&s.feed_dir, keys)
                 .with_max_kbit_per_s(provision.feed_max_kbit_per_s),
+            want: Some(want),
         }),
         Err(e) => {
             if s.feed_key.exists() {

@@ -193,6 +193,7 @@ pub fn bring_up(
             // Not said: the claim loop has not looked at what a previous run left yet, and
             // "not said" keeps every lease of this sensor as it is.
             running_jobs: None,
+            feed_release: None,
         };
         match client.heartbeat(&hb) {
             Ok(_) => break,

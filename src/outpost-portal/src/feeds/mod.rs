@@ -15,6 +15,7 @@
 //! A release's row in the database names its manifest blob and carries its signature.
 
 pub mod blobs;
+pub mod channels;
 pub mod openpgp;
 pub mod tree;
 
@@ -299,7 +300,8 @@ pub async fn import(
     })
 }
 
-/// Keeps the newest `keep` releases and removes every blob none of them names.
+/// Keeps the newest `keep` releases and every release a channel pins (docs/feeds.md),
+/// and removes every blob no remaining release names.
 async fn retain(
     store: &Store,
     blobs: BlobStore,
@@ -307,11 +309,18 @@ async fn retain(
 ) -> Result<(Vec<i64>, Collected), ImportError> {
     let releases = store.feed_releases().await?;
     let keep = keep.max(1);
-    let dropped: Vec<i64> = releases.iter().skip(keep).map(|r| r.id).collect();
-    if !dropped.is_empty() {
-        store.delete_feed_releases(&dropped).await?;
+    let candidates: Vec<i64> = releases.iter().skip(keep).map(|r| r.id).collect();
+    if !candidates.is_empty() {
+        // The store skips pinned releases itself, in the same statement, so a pin set
+        // meanwhile still holds.
+        store.delete_feed_releases(&candidates).await?;
     }
-    let kept: Vec<FeedRelease> = releases.into_iter().take(keep).collect();
+    // What stays is what the database still lists, pinned ones included.
+    let kept: Vec<FeedRelease> = store.feed_releases().await?;
+    let dropped: Vec<i64> = candidates
+        .into_iter()
+        .filter(|id| !kept.iter().any(|r| r.id == *id))
+        .collect();
     let collected = blocking(move || {
         let mut live = BTreeSet::new();
         for r in &kept {

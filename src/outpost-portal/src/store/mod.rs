@@ -612,6 +612,43 @@ pub enum Store {
 pub struct SensorRow {
     pub info: SensorInfo,
     pub running_jobs: i64,
+    /// The feed release its last heartbeat named.
+    pub feed_live: Option<String>,
+    /// Since when its heartbeats name another release than its channel's.
+    pub feed_off_since: Option<i64>,
+}
+
+/// `feed_channels.scope` of a site's channel.
+pub const SCOPE_SITE: &str = "site";
+/// `feed_channels.scope` of a single sensor's channel.
+pub const SCOPE_SENSOR: &str = "sensor";
+
+/// A channel setting as both backends write it.
+#[derive(Debug, Clone)]
+pub struct ChannelWrite {
+    pub scope: &'static str,
+    pub name: String,
+    /// `None`: the newest release.
+    pub pinned: Option<i64>,
+    /// Remove the setting instead (the sensor follows its site, the site the default).
+    pub clear: bool,
+    pub now: i64,
+}
+
+/// Why a channel was not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRefusal {
+    UnknownRelease(i64),
+    UnknownSensor(String),
+}
+
+/// A stored channel row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChannel {
+    pub scope: String,
+    pub name: String,
+    pub release_id: Option<i64>,
+    pub set_at: i64,
 }
 
 impl Store {
@@ -907,6 +944,27 @@ impl Store {
         Ok((stored, created))
     }
 
+    /// Sets (or clears) a site's or a sensor's release channel. Refused for a release
+    /// that is not published or a sensor that does not exist; `Ok(false)` when a clear
+    /// found nothing to remove.
+    pub async fn set_feed_channel(
+        &self,
+        ch: ChannelWrite,
+    ) -> Result<Result<bool, ChannelRefusal>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.set_feed_channel(ch).await,
+            Store::Postgres(s) => s.set_feed_channel(&ch).await,
+        }
+    }
+
+    /// Every channel setting.
+    pub async fn feed_channels(&self) -> Result<Vec<RawChannel>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.feed_channels().await,
+            Store::Postgres(s) => s.feed_channels().await,
+        }
+    }
+
     /// Every feed release, newest first.
     pub async fn feed_releases(&self) -> Result<Vec<FeedRelease>, StoreError> {
         match self {
@@ -1058,6 +1116,8 @@ pub struct Heartbeat<'a> {
     /// Jobs claimed this recently are never taken for missing from the list.
     pub grace_s: i64,
     pub rules: LossRules,
+    /// The release the sensor's channel wants, named as sensors name releases.
+    pub feed_wanted: Option<&'a str>,
 }
 
 /// What a heartbeat's answer carries, and what it took from the sensor.
@@ -1227,6 +1287,8 @@ pub(crate) struct RawSensor {
     pub update: Option<String>,
     pub running_jobs: i64,
     pub board_serial: Option<String>,
+    pub feed_release: Option<String>,
+    pub feed_off_since: Option<i64>,
 }
 
 impl RawSensor {
@@ -1254,8 +1316,12 @@ impl RawSensor {
                 update: self.update.map(|s| from_json(&s)).transpose()?,
                 // Filled in by the API layer from the gateway's live counters.
                 tunnel: None,
+                // Filled in by the API layer from the releases and channels.
+                feed: None,
             },
             running_jobs: self.running_jobs,
+            feed_live: self.feed_release,
+            feed_off_since: self.feed_off_since,
         })
     }
 }

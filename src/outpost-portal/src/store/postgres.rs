@@ -10,12 +10,13 @@ use outpost_wire::sensor::{Job, JobStatusUpdate, ReportAck, ReportUpload};
 
 use super::{
     check_token, feed_columns, from_json, is_recovery, job_access, parse_state, rotation_step,
-    state_after_update, update_effect, Access, AssignRefusal, Assignment, FeedRelease, Heartbeat,
-    HeartbeatOutcome, JobEffect, JobLease, JobRefusal, KeyOwner, LossRules, LostJob, NewBundle,
-    NewFeedRelease, NewJob, NewSensor, PeerInstall, PeerRow, RawBundle, RawFeedRelease, RawJob,
-    RawReport, RawSensor, RegisterRefusal, Registered, Report, RotationBegun, SensorAuth,
-    SensorRow, StoreError, TokenRow, UpdateJobRow, UpdateRefusal, UpdateWrite, LOST_DELETED,
-    LOST_LEASE, LOST_RESTART, RECOVERED_AFTER_LOSS, TARGET_DELETED,
+    state_after_update, update_effect, Access, AssignRefusal, Assignment, ChannelRefusal,
+    ChannelWrite, FeedRelease, Heartbeat, HeartbeatOutcome, JobEffect, JobLease, JobRefusal,
+    KeyOwner, LossRules, LostJob, NewBundle, NewFeedRelease, NewJob, NewSensor, PeerInstall,
+    PeerRow, RawBundle, RawChannel, RawFeedRelease, RawJob, RawReport, RawSensor, RegisterRefusal,
+    Registered, Report, RotationBegun, SensorAuth, SensorRow, StoreError, TokenRow, UpdateJobRow,
+    UpdateRefusal, UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART, RECOVERED_AFTER_LOSS,
+    SCOPE_SENSOR, TARGET_DELETED,
 };
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -157,6 +158,20 @@ CREATE UNIQUE INDEX sensors_wg_pending_key ON sensors (wg_pending_key);
 -- one (416 kB). Queued update jobs targeted at other sensors of the site are still
 -- filtered one by one (a few thousand cost about 0.5 ms).
 CREATE INDEX jobs_claimable ON jobs (site, id) WHERE state = 'queued';
+"#,
+    // Release channels (docs/feeds.md): a site's or a single sensor's; release_id NULL
+    // follows the newest release. Retention keeps every release named here. Each
+    // sensor's live release from its heartbeat, and since when it is off its channel.
+    r#"
+CREATE TABLE feed_channels (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    release_id BIGINT,
+    set_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+ALTER TABLE sensors ADD COLUMN feed_release TEXT;
+ALTER TABLE sensors ADD COLUMN feed_off_since BIGINT;
 "#,
 ];
 
@@ -462,7 +477,9 @@ impl PgStore {
         let phase = req.phase.map(|p| p.as_str());
         tx.execute(
             "UPDATE sensors SET last_heartbeat = $2, activity = $3, phase = $4, metrics = $5, \
-             agent_version = $6, firmware_version = $7, boot_slot = $8 WHERE id = $1",
+             agent_version = $6, firmware_version = $7, boot_slot = $8, feed_release = $9, \
+             feed_off_since = CASE WHEN $9::TEXT IS NULL OR $10::TEXT IS NULL OR $9 = $10 \
+             THEN NULL ELSE COALESCE(feed_off_since, $2) END WHERE id = $1",
             &[
                 &sensor,
                 &now,
@@ -472,6 +489,8 @@ impl PgStore {
                 &req.agent_version,
                 &req.firmware_version,
                 &req.boot_slot,
+                &req.feed_release,
+                &hb.feed_wanted,
             ],
         )
         .await?;
@@ -810,9 +829,82 @@ impl PgStore {
     pub async fn delete_feed_releases(&self, ids: &[i64]) -> Result<(), StoreError> {
         self.client()
             .await?
-            .execute("DELETE FROM feed_releases WHERE id = ANY($1)", &[&ids])
+            // A pinned release stays, whatever retention asked (docs/feeds.md).
+            .execute(
+                "DELETE FROM feed_releases f WHERE f.id = ANY($1) \
+                 AND NOT EXISTS (SELECT 1 FROM feed_channels c WHERE c.release_id = f.id)",
+                &[&ids],
+            )
             .await?;
         Ok(())
+    }
+
+    /// Sets or clears one channel; the pinned release and the sensor must exist. The
+    /// release row is locked (FOR SHARE) so retention cannot delete it meanwhile.
+    pub async fn set_feed_channel(
+        &self,
+        ch: &ChannelWrite,
+    ) -> Result<Result<bool, ChannelRefusal>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        if let Some(id) = ch.pinned {
+            let found = tx
+                .query_opt(
+                    "SELECT id FROM feed_releases WHERE id = $1 FOR SHARE",
+                    &[&id],
+                )
+                .await?;
+            if found.is_none() {
+                return Ok(Err(ChannelRefusal::UnknownRelease(id)));
+            }
+        }
+        if ch.scope == SCOPE_SENSOR {
+            let found = tx
+                .query_opt("SELECT id FROM sensors WHERE id = $1", &[&ch.name])
+                .await?;
+            if found.is_none() {
+                return Ok(Err(ChannelRefusal::UnknownSensor(ch.name.clone())));
+            }
+        }
+        let changed = if ch.clear {
+            tx.execute(
+                "DELETE FROM feed_channels WHERE scope = $1 AND name = $2",
+                &[&ch.scope, &ch.name],
+            )
+            .await?
+                > 0
+        } else {
+            tx.execute(
+                "INSERT INTO feed_channels (scope, name, release_id, set_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (scope, name) DO UPDATE SET release_id = excluded.release_id, \
+                 set_at = excluded.set_at",
+                &[&ch.scope, &ch.name, &ch.pinned, &ch.now],
+            )
+            .await?;
+            true
+        };
+        tx.commit().await?;
+        Ok(Ok(changed))
+    }
+
+    pub async fn feed_channels(&self) -> Result<Vec<RawChannel>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT scope, name, release_id, set_at FROM feed_channels ORDER BY scope, name",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RawChannel {
+                scope: r.get(0),
+                name: r.get(1),
+                release_id: r.get(2),
+                set_at: r.get(3),
+            })
+            .collect())
     }
 
     /// Inserts the bundle unless one with its sha256 exists; returns the new id.
@@ -1081,7 +1173,8 @@ impl PgStore {
                  s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
                  (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running' \
                   AND j.kind = 'scan'), \
-                 s.firmware_version, s.boot_slot, s.update_state, s.board_serial \
+                 s.firmware_version, s.boot_slot, s.update_state, s.board_serial, \
+                 s.feed_release, s.feed_off_since \
                  FROM sensors s ORDER BY s.registered_at, s.id",
                 &[],
             )
@@ -1106,6 +1199,8 @@ impl PgStore {
                     boot_slot: r.get(14),
                     update: r.get(15),
                     board_serial: r.get(16),
+                    feed_release: r.get(17),
+                    feed_off_since: r.get(18),
                 }
                 .into_row()
             })

@@ -11,12 +11,13 @@ use outpost_wire::sensor::{Job, JobStatusUpdate, ReportAck, ReportUpload};
 
 use super::{
     check_token, feed_columns, from_json, is_recovery, job_access, parse_state, rotation_step,
-    state_after_update, update_effect, Access, AssignRefusal, Assignment, FeedRelease, Heartbeat,
-    HeartbeatOutcome, JobEffect, JobLease, JobRefusal, KeyOwner, LossRules, LostJob, NewBundle,
-    NewFeedRelease, NewJob, NewSensor, PeerInstall, PeerRow, RawBundle, RawFeedRelease,
-    RegisterRefusal, Registered, Report, RotationBegun, SensorAuth, SensorRow, StoreError,
-    TokenRow, UpdateJobRow, UpdateRefusal, UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART,
-    RECOVERED_AFTER_LOSS, TARGET_DELETED,
+    state_after_update, update_effect, Access, AssignRefusal, Assignment, ChannelRefusal,
+    ChannelWrite, FeedRelease, Heartbeat, HeartbeatOutcome, JobEffect, JobLease, JobRefusal,
+    KeyOwner, LossRules, LostJob, NewBundle, NewFeedRelease, NewJob, NewSensor, PeerInstall,
+    PeerRow, RawBundle, RawChannel, RawFeedRelease, RegisterRefusal, Registered, Report,
+    RotationBegun, SensorAuth, SensorRow, StoreError, TokenRow, UpdateJobRow, UpdateRefusal,
+    UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART, RECOVERED_AFTER_LOSS, SCOPE_SENSOR,
+    TARGET_DELETED,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -151,6 +152,20 @@ ALTER TABLE sensors ADD COLUMN wg_pending_key TEXT;
 CREATE UNIQUE INDEX sensors_wg_pending_key ON sensors (wg_pending_key);
 -- The claim query's index, as on PostgreSQL (see there).
 CREATE INDEX jobs_claimable ON jobs (site, id) WHERE state = 'queued';
+"#,
+    // Release channels (docs/feeds.md): a site's or a single sensor's; release_id NULL
+    // follows the newest release. Retention keeps every release named here. Each
+    // sensor's live release from its heartbeat, and since when it is off its channel.
+    r#"
+CREATE TABLE feed_channels (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    release_id INTEGER,
+    set_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+ALTER TABLE sensors ADD COLUMN feed_release TEXT;
+ALTER TABLE sensors ADD COLUMN feed_off_since INTEGER;
 "#,
 ];
 
@@ -429,14 +444,18 @@ impl SqliteStore {
         let firmware = hb.req.firmware_version.clone();
         let slot = hb.req.boot_slot.clone();
         let listed = hb.req.running_jobs.clone();
+        let feed_live = hb.req.feed_release.clone();
+        let feed_wanted = hb.feed_wanted.map(str::to_owned);
         let metrics = metrics.to_owned();
         let (now, lease_s, grace_s, rules) = (hb.now, hb.lease_s, hb.grace_s, hb.rules);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "UPDATE sensors SET last_heartbeat = ?2, activity = ?3, phase = ?4, metrics = ?5, \
-                 agent_version = ?6, firmware_version = ?7, boot_slot = ?8 WHERE id = ?1",
-                params![sensor, now, activity, phase, metrics, version, firmware, slot],
+                 agent_version = ?6, firmware_version = ?7, boot_slot = ?8, feed_release = ?9, \
+                 feed_off_since = CASE WHEN ?9 IS NULL OR ?10 IS NULL OR ?9 = ?10 THEN NULL \
+                 ELSE COALESCE(feed_off_since, ?2) END WHERE id = ?1",
+                params![sensor, now, activity, phase, metrics, version, firmware, slot, feed_live, feed_wanted],
             )?;
             let mut lost = Vec::new();
             match &listed {
@@ -775,10 +794,76 @@ impl SqliteStore {
         self.call(move |c| {
             let tx = c.transaction()?;
             for id in &ids {
-                tx.execute("DELETE FROM feed_releases WHERE id = ?1", params![id])?;
+                // A pinned release stays, whatever retention asked (docs/feeds.md).
+                tx.execute(
+                    "DELETE FROM feed_releases WHERE id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM feed_channels WHERE release_id = ?1)",
+                    params![id],
+                )?;
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Sets or clears one channel; the pinned release and the sensor must exist.
+    pub async fn set_feed_channel(
+        &self,
+        ch: ChannelWrite,
+    ) -> Result<Result<bool, ChannelRefusal>, StoreError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(id) = ch.pinned {
+                let found: Option<i64> = tx
+                    .query_row("SELECT id FROM feed_releases WHERE id = ?1", params![id], |r| r.get(0))
+                    .optional()?;
+                if found.is_none() {
+                    return Ok(Err(ChannelRefusal::UnknownRelease(id)));
+                }
+            }
+            if ch.scope == SCOPE_SENSOR {
+                let found: Option<String> = tx
+                    .query_row("SELECT id FROM sensors WHERE id = ?1", params![ch.name], |r| r.get(0))
+                    .optional()?;
+                if found.is_none() {
+                    return Ok(Err(ChannelRefusal::UnknownSensor(ch.name)));
+                }
+            }
+            let changed = if ch.clear {
+                tx.execute(
+                    "DELETE FROM feed_channels WHERE scope = ?1 AND name = ?2",
+                    params![ch.scope, ch.name],
+                )? > 0
+            } else {
+                tx.execute(
+                    "INSERT INTO feed_channels (scope, name, release_id, set_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (scope, name) DO UPDATE SET release_id = excluded.release_id, \
+                     set_at = excluded.set_at",
+                    params![ch.scope, ch.name, ch.pinned, ch.now],
+                )?;
+                true
+            };
+            tx.commit()?;
+            Ok(Ok(changed))
+        })
+        .await
+    }
+
+    pub async fn feed_channels(&self) -> Result<Vec<RawChannel>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT scope, name, release_id, set_at FROM feed_channels ORDER BY scope, name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(RawChannel {
+                    scope: r.get(0)?,
+                    name: r.get(1)?,
+                    release_id: r.get(2)?,
+                    set_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -1055,7 +1140,8 @@ impl SqliteStore {
                  s.registered_at, s.last_heartbeat, s.activity, s.phase, s.metrics, \
                  (SELECT COUNT(*) FROM jobs j WHERE j.sensor_id = s.id AND j.state = 'running' \
                   AND j.kind = 'scan'), \
-                 s.firmware_version, s.boot_slot, s.update_state, s.board_serial \
+                 s.firmware_version, s.boot_slot, s.update_state, s.board_serial, \
+                 s.feed_release, s.feed_off_since \
                  FROM sensors s ORDER BY s.registered_at, s.id",
             )?;
             let rows = st.query_map([], |r| {
@@ -1077,6 +1163,8 @@ impl SqliteStore {
                     boot_slot: r.get(14)?,
                     update: r.get(15)?,
                     board_serial: r.get(16)?,
+                    feed_release: r.get(17)?,
+                    feed_off_since: r.get(18)?,
                 })
             })?;
             rows.map(|r| r.map_err(StoreError::from).and_then(super::RawSensor::into_row))

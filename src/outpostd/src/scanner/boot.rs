@@ -18,6 +18,7 @@ use outpost_wire::log::{Level, Phase, PhaseProgress};
 use super::phases::{Action, Fact, Machine, Step, Synced};
 use super::ScanGate;
 use crate::api::PortalClient;
+use crate::feedwant::FeedWant;
 use crate::report::{lock, Reporter};
 use outpost_feedsync::{SyncConfig, SyncOutcome};
 
@@ -81,6 +82,33 @@ pub struct BootConfig {
 pub struct FeedSync {
     pub client: PortalClient,
     pub config: SyncConfig,
+    /// The portal's wish for another release (from heartbeat answers): a pending feed
+    /// check runs at once instead of at its retry time.
+    pub want: Option<Arc<FeedWant>>,
+}
+
+/// How often a pending feed check looks for the portal's wish.
+const WANT_POLL: Duration = Duration::from_secs(5);
+
+/// How long the boot thread may sleep: until the feed recheck (polling for a wish
+/// meanwhile when it can take one), else an hour (facts wake it anyway).
+fn wake_in(recheck_at: Option<Instant>, now: Instant, polls_want: bool) -> Duration {
+    match recheck_at {
+        Some(t) if polls_want => t.saturating_duration_since(now).min(WANT_POLL),
+        Some(t) => t.saturating_duration_since(now),
+        None => Duration::from_secs(3600),
+    }
+}
+
+/// Whether the pending feed check runs now: its time has come, or the portal wants
+/// another release (the wish is taken; the sync answers it). Without a pending check
+/// (the stack runs) the wish waits: live re-syncing is not built.
+fn recheck_due(recheck_at: Option<Instant>, now: Instant, want: Option<&FeedWant>) -> bool {
+    match recheck_at {
+        Some(t) if t <= now => true,
+        Some(_) => want.is_some_and(|w| w.take().is_some()),
+        None => false,
+    }
 }
 
 /// What the supervisor reports, as a fact for the phase machine (if it is one).
@@ -165,14 +193,12 @@ impl Shell {
         self.apply(first);
         loop {
             // Nothing to time: wake now and then anyway; a fact arrives on the channel.
-            let timeout = self
-                .recheck_at
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(3600));
+            let want = self.cfg.sync.as_ref().and_then(|s| s.want.clone());
+            let timeout = wake_in(self.recheck_at, Instant::now(), want.is_some());
             let fact = match self.rx.recv_timeout(timeout) {
                 Ok(fact) => fact,
                 Err(RecvTimeoutError::Timeout) => match self.recheck_at {
-                    Some(t) if t <= Instant::now() => {
+                    Some(_) if recheck_due(self.recheck_at, Instant::now(), want.as_deref()) => {
                         self.recheck_at = None;
                         // The feed is still refused: the portal may have a release now.
                         self.sync_feed();
@@ -192,6 +218,10 @@ impl Shell {
     /// only: heartbeats and the log keep flowing meanwhile.
     fn sync_feed(&mut self) {
         let Some(fs) = &self.cfg.sync else { return };
+        // This sync answers any wish noted so far.
+        if let Some(w) = &fs.want {
+            w.take();
+        }
         self.reporter
             .say("feed sync: asking the portal for its feed release");
         let reporter = self.reporter.clone();
@@ -348,6 +378,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_wish_for_another_release_cuts_a_pending_feed_retry_short() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        // Without a way to hear a wish, the retry waits its full delay.
+        assert_eq!(wake_in(Some(later), now, false), Duration::from_secs(60));
+        assert!(!recheck_due(Some(later), now, None));
+        // With one, it looks every few seconds, and a wish runs it at once, once.
+        assert_eq!(wake_in(Some(later), now, true), WANT_POLL);
+        let want = FeedWant::default();
+        assert!(!recheck_due(Some(later), now, Some(&want)), "no wish yet");
+        assert!(want.note(Some("r1"), Some("r2")));
+        assert!(recheck_due(Some(later), now, Some(&want)));
+        assert!(
+            !recheck_due(Some(later), now, Some(&want)),
+            "taken by that check"
+        );
+        // Its time come, it runs whatever was wished.
+        assert!(recheck_due(Some(now), now, Some(&want)));
+        // No check pending (the stack runs): the wish waits, it does not start a sync.
+        assert!(want.note(Some("r1"), Some("r3")));
+        assert!(!recheck_due(None, now, Some(&want)));
+        assert_eq!(want.take().as_deref(), Some("r3"));
+        assert_eq!(wake_in(None, now, true), Duration::from_secs(3600));
+    }
+
+    #[test]
     fn an_empty_feed_dir_is_refused_and_nothing_starts() {
         let dir = tempfile::tempdir().unwrap();
         let mut stack = StackConfig::device();
@@ -416,6 +472,7 @@ mod tests {
             sync: Some(FeedSync {
                 client: PortalClient::new(t.clone(), outpost_wire::Secret::new("osk_k")),
                 config: SyncConfig::new(&root, trusted),
+                want: None,
             }),
         };
         spawn(cfg, reporter.clone(), Arc::new(ScanGate::closed())).unwrap();
