@@ -1,6 +1,14 @@
-//! Real scans in QEMU: the image's OpenVAS stack scans the demo target, which runs in a
-//! network namespace inside the guest joined to the sensor by one veth pair (demo-lab),
-//! so no scan packet leaves the guest.
+//! The scanner in the real image, in QEMU, on one machine that lives through all of it
+//! (a cold boot to `ready` in emulation costs a minute, so one boot serves every check):
+//! - with the shipped demo feed and its thresholds the sensor reports all six phases at
+//!   the portal, in order, ending in `ready`, and nothing listens beyond loopback;
+//! - real scans of the demo target, which runs in a network namespace inside the guest
+//!   joined to the sensor by one veth pair (demo-lab), so no scan packet leaves the
+//!   guest: out of scope refused before any packet, in scope found with its findings,
+//!   and the tunnel carried nothing but portal traffic;
+//! - a reboot with the feed unchanged finds the VT cache current and does not reload it;
+//! - cancel gives a partial report; ospd-openvas killed mid-scan fails the job and
+//!   comes back; outpostd killed mid-scan reports what it had collected, once.
 
 use std::time::Duration;
 
@@ -39,9 +47,55 @@ fn non_loopback_listeners(proc_net_tcp: &str) -> Vec<String> {
         .collect()
 }
 
+/// The phases the portal saw end (done or skipped), in the order it saw them.
+fn phases_done(lab: &Lab, id: &str) -> Option<Vec<String>> {
+    let log = lab.portal.ctl_json(&["sensor", "log", id]);
+    let done: Vec<String> = log
+        .as_array()?
+        .iter()
+        .filter(|e| e["event"] == "phase" && (e["outcome"] == "done" || e["outcome"] == "skipped"))
+        .map(|e| e["phase"].as_str().unwrap_or("").to_owned())
+        .collect();
+    done.contains(&"ready".to_string()).then_some(done)
+}
+
 #[test]
-fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
-    let mut lab = Lab::ready("scan1");
+fn the_scanner_reaches_ready_scans_in_scope_only_keeps_its_vt_cache_and_recovers() {
+    let mut lab = Lab::ready("scan");
+    let id = lab.sensor_id();
+
+    // --- cold boot: six phases in order, the VTs loaded into redis --------------------
+    let order = eventually("the ready event at the portal", SCAN, || {
+        phases_done(&lab, &id)
+    });
+    let expected = [
+        "provision",
+        "wg_up",
+        "feed_sync",
+        "feed_ready",
+        "scanner_boot",
+        "ready",
+    ];
+    let positions: Vec<Option<usize>> = expected
+        .iter()
+        .map(|p| order.iter().position(|o| o == p))
+        .collect();
+    assert!(
+        positions.iter().all(Option::is_some),
+        "all six phases reported: {order:?}"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {order:?}"
+    );
+    let ospd_log = "/var/log/gvm/ospd-openvas.log";
+    let cold = lab.vm.run(&format!("cat {ospd_log}")).unwrap().stdout;
+    assert!(
+        cold.contains("The VT cache has been updated"),
+        "the first boot loads the VTs: {cold}"
+    );
+
+    // --- scans ------------------------------------------------------------------------
     // Ready, the whole OpenVAS stack up: nothing listens on the LAN side.
     let tcp = lab
         .vm
@@ -55,7 +109,6 @@ fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
         "TCP listeners beyond loopback: {open:?}\n{tcp}"
     );
     lab.demo_lab_up();
-    let id = lab.sensor_id();
 
     // Out of scope: the job fails with the scope reason and nothing reaches the lab.
     let before = lab.lab_packets();
@@ -145,15 +198,24 @@ fn scan_finds_the_demo_target_in_scope_only_and_not_through_the_tunnel() {
     assert!(tunnel["rx_packets"].as_u64().unwrap_or(0) > 0, "{sensor}");
     assert_eq!(tunnel["dropped_not_for_us"], 0, "{sensor}");
     assert_eq!(tunnel["dropped_spoofed_source"], 0, "{sensor}");
-    lab.vm.kill();
-}
 
-#[test]
-fn cancel_gives_a_partial_report_and_a_killed_ospd_comes_back() {
-    let mut lab = Lab::ready("scan2");
+    // --- warm boot, feed unchanged: redis brings its dump back from /data, so
+    // ospd-openvas finds the cache at the feed's version ------------------------------
+    lab.vm.run(&format!(": > {ospd_log}")).unwrap();
+    lab.vm.reboot(SCAN).unwrap();
+    lab.wait_ready();
+    let warm = lab.vm.run(&format!("cat {ospd_log}")).unwrap().stdout;
+    assert!(
+        warm.contains("VTs were up to date"),
+        "a warm boot finds the VT cache current: {warm}"
+    );
+    assert!(
+        !warm.contains("The VT cache has been updated"),
+        "and does not reload it: {warm}"
+    );
+
+    // --- scans cut short --------------------------------------------------------------
     lab.demo_lab_up();
-    let id = lab.sensor_id();
-
     // Cancel while it runs: a partial report marked cancelled.
     let job = lab.queue_demo_scan(IN_SCOPE);
     eventually("the scan to run", SCAN, || {

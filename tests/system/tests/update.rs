@@ -1,6 +1,7 @@
-//! A/B updates in QEMU, end to end: bundles built by scripts/build-image, published and
-//! assigned at the portal, downloaded through the tunnel, installed into the inactive
-//! slot, tried by U-Boot and committed by the health check, or rolled back.
+//! A/B updates in QEMU, end to end, on one machine: bundles built by scripts/build-image,
+//! published and assigned at the portal, downloaded through the tunnel, installed into
+//! the inactive slot, tried by U-Boot and committed by the health check; bundles refused
+//! before they touch anything; and a bad update rolled back.
 
 use std::path::Path;
 use std::time::Duration;
@@ -40,7 +41,7 @@ fn wait_update_final(lab: &Lab, version: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_good_update_commits_and_a_bad_one_rolls_back() {
+fn a_good_update_commits_bad_bundles_are_refused_and_a_bad_update_rolls_back() {
     let a = build_image("qemu-arm64", "test").unwrap();
     let b = build_image_as(
         "qemu-arm64",
@@ -57,7 +58,20 @@ fn a_good_update_commits_and_a_bad_one_rolls_back() {
         &["--version", "0.3.0", "--no-outpostd"],
     )
     .unwrap();
-    let _ = a;
+    let dir = tempfile::tempdir().unwrap();
+    let unsigned = slot_bundle(&a, "outpost,qemu-arm64", "0.5.0", false, dir.path());
+    let wrong_board = slot_bundle(&a, "outpost,rpi4", "0.5.1", true, dir.path());
+    let downgrade = slot_bundle(&a, "outpost,qemu-arm64", "0.0.9", true, dir.path());
+    // Tampered: the signed manifest's version edited afterwards (same length).
+    let tampered = slot_bundle(&a, "outpost,qemu-arm64", "0.5.2", true, dir.path());
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    let head = bytes.len().min(1 << 20);
+    let at = bytes[..head]
+        .windows(5)
+        .position(|w| w == b"0.5.2")
+        .expect("the version in the manifest");
+    bytes[at + 4] = b'9';
+    std::fs::write(&tampered, bytes).unwrap();
 
     // Without the scanner a boot is healthy (ready, heartbeat answered) within seconds,
     // so trials get the shortest deadline and the bad update's three tries take ~4
@@ -87,6 +101,35 @@ fn a_good_update_commits_and_a_bad_one_rolls_back() {
     let state = lab.vm.run("cat /proc/cmdline").unwrap().stdout;
     assert!(state.contains("outpost.slot=B"), "booted slot B: {state}");
 
+    // Refused bundles: each refused with its reason before anything is written; the
+    // inactive slot (A, partition 2) and the boot state stay byte-identical.
+    let fingerprint = "head -c 67108864 /dev/vda2 | sha256sum; cat /boot/bootstate.0 /boot/bootstate.1 | sha256sum";
+    let before = lab.vm.run(fingerprint).unwrap().stdout;
+    for (bundle, version, why) in [
+        (&unsigned, "0.5.0", "sign"),
+        (&wrong_board, "0.5.1", "board"),
+        (&downgrade, "0.0.9", "downgrade"),
+        (&tampered, "0.5.9", "signature"),
+    ] {
+        let published = publish(&lab, bundle);
+        assign(&lab, published, &id);
+        let s = wait_update_final(&lab, version);
+        assert_eq!(s["update"]["state"], "refused", "{version}: {s}");
+        let reason = s["update"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(
+            reason.contains(why),
+            "{version}: the reason says {why:?}: {reason}"
+        );
+    }
+    let after = lab.vm.run(fingerprint).unwrap().stdout;
+    assert_eq!(before, after, "slot A and the boot state are untouched");
+    let s = lab.sensor();
+    assert_eq!(s["boot_slot"], "b", "{s}");
+    assert_eq!(s["firmware_version"], "0.2.0", "{s}");
+
     // Bad update: it goes to slot A (the other one again), never becomes healthy, U-Boot
     // runs out of tries and boots slot B, which reports the rollback.
     let broken = publish(&lab, &bad.bundle().unwrap());
@@ -109,64 +152,5 @@ fn a_good_update_commits_and_a_bad_one_rolls_back() {
         "the rollback is in the log"
     );
     let _ = s;
-    lab.vm.kill();
-}
-
-#[test]
-fn refused_bundles_leave_the_inactive_slot_untouched() {
-    let a = build_image("qemu-arm64", "test").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let unsigned = slot_bundle(&a, "outpost,qemu-arm64", "0.5.0", false, dir.path());
-    let wrong_board = slot_bundle(&a, "outpost,rpi4", "0.5.1", true, dir.path());
-    let downgrade = slot_bundle(&a, "outpost,qemu-arm64", "0.0.9", true, dir.path());
-    // Tampered: the signed manifest's version edited afterwards (same length).
-    let tampered = slot_bundle(&a, "outpost,qemu-arm64", "0.5.2", true, dir.path());
-    let mut bytes = std::fs::read(&tampered).unwrap();
-    let head = bytes.len().min(1 << 20);
-    let at = bytes[..head]
-        .windows(5)
-        .position(|w| w == b"0.5.2")
-        .expect("the version in the manifest");
-    bytes[at + 4] = b'9';
-    std::fs::write(&tampered, bytes).unwrap();
-
-    // Refusals do not need the scanner: the sensor is ready as soon as it is enrolled.
-    let mut lab = Lab::boot_with("refuse", "[scanner]\nenabled = false\n");
-    lab.wait_ready();
-    let id = lab.sensor_id();
-    // The boot state changes once more when the running slot is committed: after that.
-    eventually("the running slot committed", UPDATE, || {
-        lab.vm
-            .console()
-            .contains("health check passed: slot A marked good")
-            .then_some(())
-    });
-    // Slot B (partition 3) and the boot state, before.
-    let fingerprint = "head -c 67108864 /dev/vda3 | sha256sum; cat /boot/bootstate.0 /boot/bootstate.1 | sha256sum";
-    let before = lab.vm.run(fingerprint).unwrap().stdout;
-    for (bundle, version, why) in [
-        (&unsigned, "0.5.0", "sign"),
-        (&wrong_board, "0.5.1", "board"),
-        (&downgrade, "0.0.9", "downgrade"),
-        (&tampered, "0.5.9", "signature"),
-    ] {
-        let published = publish(&lab, bundle);
-        assign(&lab, published, &id);
-        let s = wait_update_final(&lab, version);
-        assert_eq!(s["update"]["state"], "refused", "{version}: {s}");
-        let reason = s["update"]["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .to_lowercase();
-        assert!(
-            reason.contains(why),
-            "{version}: the reason says {why:?}: {reason}"
-        );
-    }
-    let after = lab.vm.run(fingerprint).unwrap().stdout;
-    assert_eq!(before, after, "slot B and the boot state are untouched");
-    let s = lab.sensor();
-    assert_eq!(s["boot_slot"], "a", "{s}");
-    assert_eq!(s["firmware_version"], "0.1.0", "{s}");
     lab.vm.kill();
 }
