@@ -11,7 +11,9 @@ use clap::Subcommand;
 use serde_json::json;
 
 use outpost_bundle::SecretKey;
-use outpost_portal::feeds::{self, channels, ImportOptions, DEFAULT_KEEP, SIGNING_KEY_FILE};
+use outpost_portal::feeds::{
+    self, channels, upstream, ImportOptions, ImportReport, DEFAULT_KEEP, SIGNING_KEY_FILE,
+};
 use outpost_portal::store::Store;
 use outpost_portal::Settings;
 use outpost_wire::admin::FeedReleases;
@@ -42,6 +44,22 @@ pub enum FeedCmd {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Releases to keep (the new one included); older ones and their files are removed.
+        #[arg(long, default_value_t = DEFAULT_KEEP)]
+        keep: usize,
+    },
+    /// Fetch the upstream feed once with greenbone-feed-sync into <data-dir>/feeds/upstream
+    /// (kept, so the next sync moves only the delta) and import it like `import`.
+    SyncUpstream {
+        /// rsync URL base, e.g. rsync://feed.community.greenbone.net/community/vulnerability-feed/25.0
+        /// (NASL at <URL>/vt-data/nasl/, Notus at <URL>/vt-data/notus/).
+        #[arg(long)]
+        upstream: String,
+        /// The greenbone-feed-sync command (a name on PATH or a path).
+        #[arg(long, default_value = upstream::DEFAULT_COMMAND)]
+        command: PathBuf,
+        #[arg(long, env = "OUTPOST_DATABASE")]
+        database: Option<String>,
+        /// Releases to keep (the new one included).
         #[arg(long, default_value_t = DEFAULT_KEEP)]
         keep: usize,
     },
@@ -129,54 +147,24 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             let r = rt
                 .block_on(feeds::import(&store, data, &dir, &opts, now()))
                 .with_context(|| format!("feed {} refused", dir.display()))?;
-            let m = &r.manifest;
-            if json {
-                let v = json!({
-                    "release": r.release.id,
-                    "created": r.created,
-                    "manifest_sha256": r.release.manifest_sha256,
-                    "plugin_set": m.plugin_set,
-                    "notus_version": m.notus_version,
-                    "vt_count": m.vt_count,
-                    "nasl_scripts": m.nasl_scripts,
-                    "notus_advisories": m.notus_advisories,
-                    "files": r.release.files,
-                    "bytes": r.release.bytes,
-                    "upstream_signers": m.upstream_signers,
-                    "added_blobs": r.added_blobs,
-                    "added_bytes": r.added_bytes,
-                    "dropped_releases": r.dropped_releases,
-                    "collected_blobs": r.collected.blobs,
-                    "collected_bytes": r.collected.bytes,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "feed release {}{}: PLUGIN_SET {}, Notus {}, {} VTs ({} NASL scripts, {} advisories)",
-                    r.release.id,
-                    if r.created { "" } else { " (already published)" },
-                    m.plugin_set,
-                    m.notus_version.as_deref().unwrap_or("none"),
-                    m.vt_count,
-                    m.nasl_scripts,
-                    m.notus_advisories
-                );
-                println!(
-                    "{} files, {} bytes; stored {} new bytes in {} blobs",
-                    r.release.files, r.release.bytes, r.added_bytes, r.added_blobs
-                );
-                println!("upstream signed by {}", m.upstream_signers.join(", "));
-                if !r.dropped_releases.is_empty() {
-                    let ids: Vec<String> = r.dropped_releases.iter().map(i64::to_string).collect();
-                    println!(
-                        "dropped release(s) {}; freed {} bytes in {} blobs",
-                        ids.join(" "),
-                        r.collected.bytes,
-                        r.collected.blobs
-                    );
-                }
-            }
-            Ok(())
+            print_import(&r, json)
+        }
+        FeedCmd::SyncUpstream {
+            upstream: url,
+            command,
+            database,
+            keep,
+        } => {
+            let data = data_dir(portal_dir)?;
+            let mut opts = ImportOptions::in_data_dir(data);
+            opts.keep = keep.max(1);
+            let mut cfg = upstream::UpstreamConfig::new(url.clone());
+            cfg.command = command;
+            let (rt, store) = open_store(data, database)?;
+            let r = rt
+                .block_on(upstream::sync_upstream(&store, data, &cfg, &opts, now()))
+                .with_context(|| format!("feed sync from {url} failed"))?;
+            print_import(&r, json)
         }
         FeedCmd::List {
             database,
@@ -225,6 +213,61 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_import(r: &ImportReport, json: bool) -> Result<()> {
+    let m = &r.manifest;
+    if json {
+        let v = json!({
+            "release": r.release.id,
+            "created": r.created,
+            "manifest_sha256": r.release.manifest_sha256,
+            "plugin_set": m.plugin_set,
+            "notus_version": m.notus_version,
+            "vt_count": m.vt_count,
+            "nasl_scripts": m.nasl_scripts,
+            "notus_advisories": m.notus_advisories,
+            "files": r.release.files,
+            "bytes": r.release.bytes,
+            "upstream_signers": m.upstream_signers,
+            "added_blobs": r.added_blobs,
+            "added_bytes": r.added_bytes,
+            "dropped_releases": r.dropped_releases,
+            "collected_blobs": r.collected.blobs,
+            "collected_bytes": r.collected.bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "feed release {}{}: PLUGIN_SET {}, Notus {}, {} VTs ({} NASL scripts, {} advisories)",
+            r.release.id,
+            if r.created {
+                ""
+            } else {
+                " (already published)"
+            },
+            m.plugin_set,
+            m.notus_version.as_deref().unwrap_or("none"),
+            m.vt_count,
+            m.nasl_scripts,
+            m.notus_advisories
+        );
+        println!(
+            "{} files, {} bytes; stored {} new bytes in {} blobs",
+            r.release.files, r.release.bytes, r.added_bytes, r.added_blobs
+        );
+        println!("upstream signed by {}", m.upstream_signers.join(", "));
+        if !r.dropped_releases.is_empty() {
+            let ids: Vec<String> = r.dropped_releases.iter().map(i64::to_string).collect();
+            println!(
+                "dropped release(s) {}; freed {} bytes in {} blobs",
+                ids.join(" "),
+                r.collected.bytes,
+                r.collected.blobs
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `upstream: fresh (newest PLUGIN_SET 5 h old)` or `upstream: STALE (...)`.

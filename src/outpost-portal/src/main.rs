@@ -23,9 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the sensor and admin APIs over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The feed mirror, on this host's data directory: keygen, import (verify and
-    /// publish a feed tree), list.
+    /// publish a feed tree), sync-upstream (fetch and import), list.
     Feed(FeedArgs),
 }
 
@@ -98,6 +98,18 @@ struct ServeArgs {
     /// Hours after which the newest feed release's PLUGIN_SET marks the upstream stale.
     #[arg(long, default_value_t = 48)]
     feed_stale_after_hours: u64,
+    /// Fetch the feed from this rsync URL base with greenbone-feed-sync and import it on a
+    /// schedule, e.g. rsync://feed.community.greenbone.net/community/vulnerability-feed/25.0
+    /// (NASL at <URL>/vt-data/nasl/, Notus at <URL>/vt-data/notus/). Off when absent.
+    #[arg(long)]
+    feed_upstream: Option<String>,
+    /// Hours between upstream feed syncs (the first runs at start; a failed one is retried
+    /// at the next slot).
+    #[arg(long, default_value_t = 6, requires = "feed_upstream")]
+    feed_sync_every: u64,
+    /// The greenbone-feed-sync command (a name on PATH or a path).
+    #[arg(long, default_value = outpost_portal::feeds::upstream::DEFAULT_COMMAND, requires = "feed_upstream")]
+    feed_sync_command: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -119,7 +131,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let a = match cli.cmd {
-        Cmd::Serve(a) => a,
+        Cmd::Serve(a) => *a,
         Cmd::Feed(f) => return feed_cmd::run(f.cmd, Some(&f.data_dir), f.json),
     };
     let mut s = Settings::new(a.data_dir, a.listen);
@@ -136,6 +148,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     s.tls_key = a.tls_key;
     s.feed_grace = Duration::from_secs(a.feed_grace_hours.saturating_mul(3600));
     s.feed_stale_after = Duration::from_secs(a.feed_stale_after_hours.saturating_mul(3600));
+    if let Some(url) = a.feed_upstream {
+        if !url.starts_with("rsync://") {
+            anyhow::bail!("--feed-upstream {url:?} is not an rsync:// URL");
+        }
+        let mut cfg = outpost_portal::feeds::upstream::UpstreamConfig::new(url);
+        cfg.command = a.feed_sync_command;
+        s.feed_upstream = Some(cfg);
+        s.feed_sync_every = Duration::from_secs(a.feed_sync_every.max(1).saturating_mul(3600));
+    }
     if let Some(listen) = a.wg_listen {
         let (network, prefix) = outpost_wire::provision::parse_cidr(&a.wg_network)
             .filter(|(_, p)| (8..=30).contains(p))

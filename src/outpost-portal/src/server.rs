@@ -112,6 +112,17 @@ async fn serve(
 ) {
     let app = router(state.clone());
     let reaper = tokio::spawn(reap(state.clone(), shutdown.clone()));
+    let feed_sync = state.settings.feed_upstream.clone().map(|cfg| {
+        let data = state.settings.data_dir.clone();
+        tokio::spawn(crate::feeds::upstream::schedule(
+            state.store.clone(),
+            data.clone(),
+            cfg,
+            crate::feeds::ImportOptions::in_data_dir(&data),
+            state.settings.feed_sync_every,
+            shutdown.clone(),
+        ))
+    });
     let tunnel = state
         .gateway
         .clone()
@@ -134,6 +145,9 @@ async fn serve(
         }
     }
     reaper.abort();
+    if let Some(t) = feed_sync {
+        t.abort();
+    }
     if let Some(t) = tunnel {
         t.abort();
     }

@@ -38,6 +38,11 @@ pub struct Settings {
     pub feed_grace: Duration,
     /// The newest release's PLUGIN_SET older than this marks the upstream stale.
     pub feed_stale_after: Duration,
+    /// Fetch the upstream feed with greenbone-feed-sync and import it on a schedule
+    /// (off when absent: there is no default upstream).
+    pub feed_upstream: Option<crate::feeds::upstream::UpstreamConfig>,
+    /// Time between scheduled upstream syncs.
+    pub feed_sync_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,8 @@ impl Settings {
             feed_stale_after: Duration::from_secs(
                 crate::feeds::channels::DEFAULT_STALE_AFTER_S as u64,
             ),
+            feed_upstream: None,
+            feed_sync_every: Duration::from_secs(6 * 3600),
         }
     }
 

@@ -10,6 +10,7 @@
 //! feeds/blobs/aa/<sha256> every file of every kept release, and each release's manifest
 //! feeds/tmp/              temporary files, on the same filesystem as the blobs
 //! feeds/lock              held while an import runs (imports and collection serialise)
+//! feeds/upstream/         greenbone-feed-sync's staging tree (`upstream`), kept between runs
 //! ```
 //!
 //! A release's row in the database names its manifest blob and carries its signature.
@@ -18,6 +19,7 @@ pub mod blobs;
 pub mod channels;
 pub mod openpgp;
 pub mod tree;
+pub mod upstream;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
