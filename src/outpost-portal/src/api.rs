@@ -47,6 +47,9 @@ pub struct AppState {
     pub sealer: crate::sealed::Sealer,
     /// The WireGuard gateway, when the portal runs one.
     pub gateway: Option<Arc<Gateway>>,
+    /// Full re-reads of the gateway's peers done by the database follower (PostgreSQL;
+    /// peer_sync.rs): tests wait for the first before changing the gateway by hand.
+    pub peer_syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Set on requests that arrived through the WireGuard gateway.

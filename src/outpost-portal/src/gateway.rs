@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use outpost_tunnel::{Gateway, GatewayConfig, GatewayPeer, PeerIdentity, PrivateKey, PublicKey};
+use outpost_tunnel::{Gateway, GatewayConfig, PeerIdentity, PrivateKey};
 use tokio_rustls::TlsAcceptor;
 
 use crate::settings::TunnelSettings;
@@ -53,33 +53,7 @@ pub async fn start(
     let gw = Gateway::bind(cfg)
         .with_context(|| format!("binding the WireGuard gateway on {}", t.listen))?;
     // A bad row costs that sensor its tunnel, never the portal its start.
-    for row in store.tunnel_peers().await? {
-        // Mid-rotation both keys are accepted; the pending one shares the address.
-        let keys =
-            std::iter::once((row.wg_public_key, false)).chain(row.pending_key.map(|k| (k, true)));
-        for (key, pending) in keys {
-            match key.parse::<PublicKey>() {
-                Ok(public_key) => {
-                    let peer = GatewayPeer {
-                        public_key,
-                        allowed_ip: row.tunnel_address,
-                        preshared_key: None,
-                    };
-                    let added = if pending {
-                        gw.add_peer_sharing_address(peer)
-                    } else {
-                        gw.add_peer(peer)
-                    };
-                    if let Err(e) = added {
-                        tracing::error!(sensor = %row.sensor_id, pending, error = %e, "skipping a tunnel key that cannot be added");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(sensor = %row.sensor_id, pending, error = %e, "skipping an unreadable WireGuard key")
-                }
-            }
-        }
-    }
+    crate::peer_sync::sync_peers(&gw, store).await?;
     Ok(Arc::new(gw))
 }
 

@@ -3,7 +3,8 @@
 //! job reaches the database, opened only to hand the job to the sensor that claims it,
 //! and shown to nobody through the admin API after entry. A database dump or backup
 //! therefore holds no usable login. The key is `credentials.key` in the data directory
-//! (32 random bytes, mode 0600), made at first start; replicas must share it.
+//! (32 random bytes, mode 0600), made at first start; replicas must share it (copied by the operator: the database
+//! keeps only its SHA-256, `shared.rs`).
 
 use std::path::Path;
 

@@ -36,6 +36,8 @@ impl Portal {
         let store = Store::open(&settings.database_url())
             .await
             .context("opening the database")?;
+        // Replicas: the shared identity lands in the data directory before it is read.
+        crate::shared::adopt(&store, &settings.data_dir).await?;
         let mut settings = settings;
         if let Some(t) = &settings.tunnel {
             // Sensors reach the API at the portal's tunnel address: the certificate names it.
@@ -69,6 +71,7 @@ impl Portal {
             sealer,
             settings,
             gateway,
+            peer_syncs: Arc::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(serve(
@@ -123,6 +126,14 @@ async fn serve(
             shutdown.clone(),
         ))
     });
+    let peer_sync = state.gateway.clone().and_then(|gw| {
+        crate::peer_sync::spawn(
+            gw,
+            state.store.clone(),
+            state.peer_syncs.clone(),
+            shutdown.clone(),
+        )
+    });
     let tunnel = state
         .gateway
         .clone()
@@ -146,6 +157,9 @@ async fn serve(
     }
     reaper.abort();
     if let Some(t) = feed_sync {
+        t.abort();
+    }
+    if let Some(t) = peer_sync {
         t.abort();
     }
     if let Some(t) = tunnel {

@@ -15,9 +15,9 @@ use tokio_rustls::rustls;
 use crate::Settings;
 
 pub const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
-const SERVER_CERT: &str = "server.pem";
-const SERVER_KEY: &str = "server.key";
+pub const CA_KEY: &str = "ca.key";
+pub const SERVER_CERT: &str = "server.pem";
+pub const SERVER_KEY: &str = "server.key";
 
 /// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
@@ -65,24 +65,64 @@ fn start_of_yesterday_utc(now: std::time::SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(days as i64)
 }
 
-/// Creates the CA and server certificate in `dir` unless they exist.
-pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
-    if dir.join(SERVER_CERT).exists() && dir.join(SERVER_KEY).exists() {
-        return Ok(());
-    }
-    let ca_key = KeyPair::generate()?;
+fn ca_params(not_before: time::OffsetDateTime) -> CertificateParams {
     let mut ca = CertificateParams::default();
     ca.distinguished_name
         .push(DnType::CommonName, "Outpost portal CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = not_before;
+    ca.not_after = rcgen::date_time_ymd(2046, 1, 1);
+    ca
+}
+
+/// A new CA: its certificate and private key, PEM.
+pub fn generate_ca() -> Result<(String, String)> {
+    let ca_key = KeyPair::generate()?;
     // Valid from the start of yesterday (UTC), not from rcgen's 1975: a sensor takes
     // the pinned CA's notBefore as a lower bound for the time when it has no clock,
     // and a day's margin covers hosts whose clocks run a little behind.
-    let not_before = start_of_yesterday_utc(std::time::SystemTime::now());
-    ca.not_before = not_before;
-    ca.not_after = rcgen::date_time_ymd(2046, 1, 1);
-    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_cert =
+        ca_params(start_of_yesterday_utc(std::time::SystemTime::now())).self_signed(&ca_key)?;
+    Ok((ca_cert.pem(), ca_key.serialize_pem()))
+}
+
+/// Creates the server certificate in `dir` unless it exists, signed by the CA there
+/// (made first when there is none: a replica finds the shared one written by `shared`).
+pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
+    if dir.join(SERVER_CERT).exists() && dir.join(SERVER_KEY).exists() {
+        return Ok(());
+    }
+    let (ca_pem, ca_key_pem, not_before) = match (
+        fs::read_to_string(dir.join(CA_CERT)),
+        fs::read_to_string(dir.join(CA_KEY)),
+    ) {
+        (Ok(cert), Ok(key)) => {
+            // The CA's own notBefore is not known here (no certificate parser): an
+            // early one is always within the CA's, so a sensor that knows no better
+            // time than the CA's birth still accepts the server certificate.
+            (
+                cert,
+                key,
+                time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(10_957),
+            )
+        }
+        _ => {
+            let (cert, key) = generate_ca()?;
+            write_private(&dir.join(CA_KEY), key.as_bytes())?;
+            write_private(&dir.join(CA_CERT), cert.as_bytes())?;
+            (
+                cert,
+                key,
+                start_of_yesterday_utc(std::time::SystemTime::now()),
+            )
+        }
+    };
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .with_context(|| format!("reading {}", dir.join(CA_KEY).display()))?;
+    // rcgen signs with an issuer certificate object: the same name and key as the stored
+    // CA give the same issuer name and key identifier, so the stored ca.pem verifies it.
+    let issuer = ca_params(not_before).self_signed(&ca_key)?;
 
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
@@ -90,17 +130,15 @@ pub fn ensure_generated(dir: &Path, extra_sans: &[String]) -> Result<()> {
         .distinguished_name
         .push(DnType::CommonName, "outpost-portal");
     params.subject_alt_names = sans(extra_sans)?;
-    // The same notBefore as the CA: a sensor that knows no better time than the CA's
+    // Not after the CA's notBefore: a sensor that knows no better time than the CA's
     // birth must still accept the server certificate.
     params.not_before = not_before;
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    let cert = params.signed_by(&key, &issuer, &ca_key)?;
 
-    write_private(&dir.join(CA_KEY), ca_key.serialize_pem().as_bytes())?;
     write_private(&dir.join(SERVER_KEY), key.serialize_pem().as_bytes())?;
-    write_private(&dir.join(CA_CERT), ca_cert.pem().as_bytes())?;
-    let chain = format!("{}{}", cert.pem(), ca_cert.pem());
-    write_private(&dir.join(SERVER_CERT), chain.as_bytes())?;
+    let chain = format!("{}{}", cert.pem(), ca_pem.trim_end());
+    write_private(&dir.join(SERVER_CERT), format!("{chain}\n").as_bytes())?;
     Ok(())
 }
 

@@ -198,6 +198,23 @@ async fn duplicate_key(backend: Backend) {
 async fn failing_peer_add(backend: Backend) {
     let tp = start_portal(backend, with_gateway).await;
     let gw = tp.portal.state.gateway.clone().expect("a gateway");
+    if backend == Backend::Postgres {
+        // The database follower's first re-read would drop the stray peer below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while tp
+            .portal
+            .state
+            .peer_syncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the peer sync never ran"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     // A stray peer holds the address the next sensor would get, so adding its peer fails.
     let squatter = PrivateKey::generate().public_key();
     gw.add_peer(GatewayPeer {
@@ -287,7 +304,8 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
     // The database as an older portal (schema 5) left it: no unique key, one key registered twice
     // (the older row first), a key that is not base64 and an address that is not one.
     let older = format!(
-        "DROP TABLE feed_channels;
+        "DROP TABLE portal_secrets;
+         DROP TABLE feed_channels;
          ALTER TABLE sensors DROP COLUMN feed_release;
          ALTER TABLE sensors DROP COLUMN feed_off_since;
          DROP INDEX sensors_wg_public_key;

@@ -18,7 +18,7 @@ use outpost_wire::sensor::{
     ReportOutcome, ReportUpload, UpdateSpec, UpdateState, UpdateStateReport,
 };
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, PEERS_CHANNEL};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,24 @@ impl TunnelPool {
             .map(|off| base.wrapping_add(off as u32))
             .find(|a| *a != u32::from(self.portal) && !used.contains(a))
             .map(Ipv4Addr::from)
+    }
+}
+
+/// What every portal process on one PostgreSQL database must share (`portal_secrets`):
+/// the gateway's WireGuard key, the CA sensors pin, the admin token, and the SHA-256 of
+/// the credential key (the key itself stays out of the database).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedIdentity {
+    pub wg_private_key: String,
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub admin_token: String,
+    pub credentials_key_sha256: String,
+}
+
+impl std::fmt::Debug for SharedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedIdentity(..)")
     }
 }
 

@@ -14,9 +14,9 @@ use super::{
     ChannelWrite, FeedRelease, Heartbeat, HeartbeatOutcome, JobEffect, JobLease, JobRefusal,
     KeyOwner, LossRules, LostJob, NewBundle, NewFeedRelease, NewJob, NewSensor, PeerInstall,
     PeerRow, RawBundle, RawChannel, RawFeedRelease, RawJob, RawReport, RawSensor, RegisterRefusal,
-    Registered, Report, RotationBegun, SensorAuth, SensorRow, StoreError, TokenRow, UpdateJobRow,
-    UpdateRefusal, UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART, RECOVERED_AFTER_LOSS,
-    SCOPE_SENSOR, TARGET_DELETED,
+    Registered, Report, RotationBegun, SensorAuth, SensorRow, SharedIdentity, StoreError, TokenRow,
+    UpdateJobRow, UpdateRefusal, UpdateWrite, LOST_DELETED, LOST_LEASE, LOST_RESTART,
+    RECOVERED_AFTER_LOSS, SCOPE_SENSOR, TARGET_DELETED,
 };
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -173,6 +173,21 @@ CREATE TABLE feed_channels (
 ALTER TABLE sensors ADD COLUMN feed_release TEXT;
 ALTER TABLE sensors ADD COLUMN feed_off_since BIGINT;
 "#,
+    // Replicas (docs/operating.md): the identity every portal process on this database
+    // shares (gateway key, CA, admin token), written once by the first process to start.
+    // The credential key itself never enters the database (a dump must not open the
+    // sealed credentials): only its SHA-256, so a replica with another key refuses to start.
+    r#"
+CREATE TABLE portal_secrets (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    wg_private_key TEXT NOT NULL,
+    ca_cert TEXT NOT NULL,
+    ca_key TEXT NOT NULL,
+    admin_token TEXT NOT NULL,
+    credentials_key_sha256 TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the unique WireGuard key; duplicates go before it runs.
@@ -187,6 +202,8 @@ const BUNDLE_COLUMNS: &str = "id, version, compatible, min_version, size, sha256
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// For the dedicated LISTEN connection ([`crate::peer_sync`]), outside the pool.
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 type Client = deadpool_postgres::Object;
@@ -195,7 +212,7 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let cfg: tokio_postgres::Config = url.parse()?;
         let mgr = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -205,7 +222,10 @@ impl PgStore {
             .max_size(32)
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            config: std::sync::Arc::new(cfg),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -249,6 +269,48 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The replicas' shared identity: `proposed` becomes it unless a process stored one
+    /// first; either way the stored row is answered, so processes starting at once agree.
+    pub async fn shared_identity(
+        &self,
+        proposed: &SharedIdentity,
+        now: i64,
+    ) -> Result<SharedIdentity, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO portal_secrets (id, wg_private_key, ca_cert, ca_key, admin_token, \
+             credentials_key_sha256, created_at) VALUES (1, $1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &proposed.wg_private_key,
+                &proposed.ca_cert,
+                &proposed.ca_key,
+                &proposed.admin_token,
+                &proposed.credentials_key_sha256,
+                &now,
+            ],
+        )
+        .await?;
+        let r = c
+            .query_one(
+                "SELECT wg_private_key, ca_cert, ca_key, admin_token, credentials_key_sha256 \
+                 FROM portal_secrets WHERE id = 1",
+                &[],
+            )
+            .await?;
+        Ok(SharedIdentity {
+            wg_private_key: r.get(0),
+            ca_cert: r.get(1),
+            ca_key: r.get(2),
+            admin_token: r.get(3),
+            credentials_key_sha256: r.get(4),
+        })
     }
 
     pub async fn create_token(
@@ -361,6 +423,7 @@ impl PgStore {
         if let Err(e) = install(address) {
             return Ok(Err(RegisterRefusal::Peer(e)));
         }
+        notify_peers(&tx, &s.id).await?;
         tx.commit().await?;
         Ok(Ok(Registered {
             sensor_id: s.id,
@@ -434,6 +497,7 @@ impl PgStore {
                 &[&sensor, &new_key],
             )
             .await?;
+            notify_peers(&tx, sensor).await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -461,6 +525,7 @@ impl PgStore {
                 &[&sensor, &new_key],
             )
             .await?;
+            notify_peers(&tx, sensor).await?;
         }
         tx.commit().await?;
         Ok(old)
@@ -1285,10 +1350,26 @@ async fn forget_sensor(
     for (id, attempts, cancel) in running {
         lose(tx, id, attempts, cancel, LOST_DELETED, rules, now).await?;
     }
-    Ok(tx
+    let gone = tx
         .execute("DELETE FROM sensors WHERE id = $1", &[&sensor])
         .await?
-        > 0)
+        > 0;
+    if gone {
+        notify_peers(tx, sensor).await?;
+    }
+    Ok(gone)
+}
+
+/// The channel on which every change to a sensor's WireGuard keys is announced; each
+/// portal process LISTENs on it to keep its gateway's peers in step ([`crate::peer_sync`]).
+pub const PEERS_CHANNEL: &str = "outpost_peers";
+
+/// Announces a change of `sensor`'s keys. Inside the transaction that makes it, so
+/// listeners hear of it exactly when it commits (and never of a rolled-back one).
+async fn notify_peers(tx: &Tx<'_>, sensor: &str) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&PEERS_CHANNEL, &sensor])
+        .await?;
+    Ok(())
 }
 
 /// Ends a re-queued job as failed for the sensor that lost it ([`Access::Recovered`]).

@@ -167,6 +167,19 @@ CREATE TABLE feed_channels (
 ALTER TABLE sensors ADD COLUMN feed_release TEXT;
 ALTER TABLE sensors ADD COLUMN feed_off_since INTEGER;
 "#,
+    // The replicas' shared identity (postgres.rs). SQLite serves one process only, so
+    // nothing writes it; the table keeps both schemas at the same version.
+    r#"
+CREATE TABLE portal_secrets (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    wg_private_key TEXT NOT NULL,
+    ca_cert TEXT NOT NULL,
+    ca_key TEXT NOT NULL,
+    admin_token TEXT NOT NULL,
+    credentials_key_sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the unique WireGuard key; duplicates go before it runs.
