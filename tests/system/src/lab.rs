@@ -312,6 +312,74 @@ pub fn slot_bundle(
     signed: bool,
     dir: &Path,
 ) -> PathBuf {
+    let rootfs = built.dir.join("slot/rootfs.squashfs");
+    bundle_of(built, &rootfs, board, version, signed, dir)
+}
+
+/// A signed bundle for `version` whose root filesystem is `built`'s, unpacked and packed
+/// again with squashfs-tools (the build's options): its release file says `version`,
+/// and without `outpostd` the daemon is gone (a slot that never becomes healthy). The
+/// same packages as `scripts/build-image --version V [--no-outpostd]` would put in, in
+/// seconds instead of a build's minute.
+pub fn respun_slot_bundle(
+    built: &BuiltImage,
+    board: &str,
+    version: &str,
+    outpostd: bool,
+    dir: &Path,
+) -> PathBuf {
+    let work = dir.join(format!("respin-{version}"));
+    let root = work.join("root");
+    let rootfs = work.join("rootfs.squashfs");
+    std::fs::create_dir_all(&work).expect("respin dir");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("squashfs-tools run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // As root, unsquashfs keeps owners, modes and xattrs (openvas' file capabilities).
+    run(Command::new("unsquashfs")
+        .args(["-no-progress", "-quiet", "-d"])
+        .arg(&root)
+        .arg(built.dir.join("slot/rootfs.squashfs")));
+    let release = root.join("etc/outpost-release");
+    let text = std::fs::read_to_string(&release).expect("etc/outpost-release in the slot");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("VERSION=") {
+                format!("VERSION={version}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&release, text).expect("release file");
+    if !outpostd {
+        std::fs::remove_file(root.join("usr/sbin/outpostd")).expect("outpostd in the slot");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run(Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&rootfs)
+        .args(["-comp", "zstd", "-Xcompression-level", "15", "-b", "256K"])
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .args(["-processors", &cpus.to_string()]));
+    std::fs::remove_dir_all(&root).expect("respin tree removed");
+    bundle_of(built, &rootfs, board, version, true, dir)
+}
+
+fn bundle_of(
+    built: &BuiltImage,
+    rootfs: &Path,
+    board: &str,
+    version: &str,
+    signed: bool,
+    dir: &Path,
+) -> PathBuf {
     let slot = built.dir.join("slot");
     let p = |f: &str| slot.join(f).display().to_string();
     let path = dir.join(format!("{board}-{version}.bundle").replace(',', "_"));
@@ -324,7 +392,7 @@ pub fn slot_bundle(
         "--version",
         version,
         "--rootfs",
-        &p("rootfs.squashfs"),
+        &rootfs.display().to_string(),
         "--kernel",
         &p("Image"),
         "--initrd",

@@ -1,5 +1,6 @@
-//! A/B updates in QEMU, end to end, on one machine: bundles built by scripts/build-image,
-//! published and assigned at the portal, downloaded through the tunnel, installed into
+//! A/B updates in QEMU, end to end, on one machine: bundles of the build's slot (the good
+//! one's release file at 0.2.0, the bad one without outpostd), published and assigned at
+//! the portal, downloaded through the tunnel, installed into
 //! the inactive slot, tried by U-Boot and committed by the health check; bundles refused
 //! before they touch anything; and a bad update rolled back.
 
@@ -7,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use outpost_e2e_tests::eventually;
-use outpost_system_tests::lab::{slot_bundle, Lab};
-use outpost_system_tests::{build_image, build_image_as};
+use outpost_system_tests::build_image;
+use outpost_system_tests::lab::{respun_slot_bundle, slot_bundle, Lab};
 
 /// A download of ~130 MB through the tunnel, a slot write and a reboot to `ready`, in
 /// software emulation.
@@ -43,22 +44,31 @@ fn wait_update_final(lab: &Lab, version: &str) -> serde_json::Value {
 #[test]
 fn a_good_update_commits_bad_bundles_are_refused_and_a_bad_update_rolls_back() {
     let a = build_image("qemu-arm64", "test").unwrap();
-    let b = build_image_as(
-        "qemu-arm64",
-        "test",
-        "qemu-arm64-test-0.2.0",
-        &["--version", "0.2.0"],
-    )
-    .unwrap();
-    // A bundle whose outpostd never reaches ready: the image without the daemon.
-    let bad = build_image_as(
-        "qemu-arm64",
-        "test",
-        "qemu-arm64-test-0.3.0-broken",
-        &["--version", "0.3.0", "--no-outpostd"],
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The bundle scripts/build-image wrote beside the image is signed by the key the
+    // image trusts.
+    let key = outpost_system_tests::repo_root().join("build/keys/outpost-bundle.key.pub");
+    let verified = std::process::Command::new(outpost_e2e_tests::bin("outpostctl"))
+        .args(["bundle", "verify"])
+        .arg(a.bundle().unwrap())
+        .arg("--trusted")
+        .arg(&key)
+        .args([
+            "--board",
+            "outpost,qemu-arm64",
+            "--current-version",
+            "0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "the build's bundle verifies: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let b = respun_slot_bundle(&a, "outpost,qemu-arm64", "0.2.0", true, dir.path());
+    // A bundle whose slot never becomes healthy: the build's root without the daemon.
+    let bad = respun_slot_bundle(&a, "outpost,qemu-arm64", "0.3.0", false, dir.path());
     let unsigned = slot_bundle(&a, "outpost,qemu-arm64", "0.5.0", false, dir.path());
     let wrong_board = slot_bundle(&a, "outpost,rpi4", "0.5.1", true, dir.path());
     let downgrade = slot_bundle(&a, "outpost,qemu-arm64", "0.0.9", true, dir.path());
@@ -88,7 +98,7 @@ fn a_good_update_commits_bad_bundles_are_refused_and_a_bad_update_rolls_back() {
     assert_eq!(s["boot_slot"], "a", "{s}");
 
     // Good update: 0.2.0 goes to slot B, is tried, becomes healthy and is committed.
-    let good = publish(&lab, &b.bundle().unwrap());
+    let good = publish(&lab, &b);
     assign(&lab, good, &id);
     let s = wait_update_final(&lab, "0.2.0");
     assert_eq!(s["update"]["state"], "committed", "{s}");
@@ -132,7 +142,7 @@ fn a_good_update_commits_bad_bundles_are_refused_and_a_bad_update_rolls_back() {
 
     // Bad update: it goes to slot A (the other one again), never becomes healthy, U-Boot
     // runs out of tries and boots slot B, which reports the rollback.
-    let broken = publish(&lab, &bad.bundle().unwrap());
+    let broken = publish(&lab, &bad);
     assign(&lab, broken, &id);
     let s = wait_update_final(&lab, "0.3.0");
     assert_eq!(s["update"]["state"], "rolled_back", "{s}");
