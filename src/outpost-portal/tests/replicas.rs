@@ -338,8 +338,10 @@ fn two_replicas_share_sensors_keys_and_identity() {
         tokio::spawn(conn);
         let n = client
             .query(
+                // this database only: other tests' portals share the server
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = 'outpost-portal peer sync'",
+                 WHERE application_name = 'outpost-portal peer sync' \
+                 AND datname = current_database()",
                 &[],
             )
             .await
