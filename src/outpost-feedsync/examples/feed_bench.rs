@@ -1,0 +1,391 @@
+//! `scripts/bench feed [SCRIPTS]`: a sensor's feed sync through a real portal over HTTPS on
+//! loopback, for the synthetic feed (outpost-feedgen, full size by default), against
+//! `rsync -az` between the same two trees through an rsync daemon on loopback (how
+//! `greenbone-feed-sync` moves the feed): the anchor for the daily delta.
+//!
+//! Generated trees are cached under `build/feed-bench/` keyed by seed, size and day (with
+//! the throwaway GnuPG home that signed them), so reruns skip generation.
+//!
+//! Prints `metric=value` lines:
+//! - `feed_full_wire_bytes`, `feed_full_sync_s`: day 0 from nothing;
+//! - `feed_delta_wire_bytes`: day 0 to day 1;
+//! - `rsync_delta_wire_bytes`: rsync's total bytes sent and received for the same change;
+//! - `feed_apply_s`: in the day-1 sync, from the last batch fetched (every blob on disk) to
+//!   `current` switched (the sync's return): tree assembly (hard links, new files) and the
+//!   switch;
+//! - `feed_delta_vs_rsync_ratio`: the goal is at most 0.5.
+//!
+//! The wire bytes are those of the compressed batch bodies the sensor reads (what
+//! `SyncReport::wire_bytes` counts), without HTTP headers and TLS framing; rsync's figure
+//! includes its protocol (file list, checksums) over plain TCP.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outpost_bundle::{SecretKey, TrustedKeys};
+use outpost_feedgen::gpg::GpgSigner;
+use outpost_feedgen::{advance, generate, FeedSpec};
+use outpost_feedsync::{sync, FeedSource, Progress, SourceError, SyncConfig, SyncOutcome};
+use outpost_portal::feeds::{import, ImportOptions, ImportReport};
+use outpost_portal::{Portal, Settings};
+use outpost_wire::feed::{FeedBlobsRequest, FeedReleaseInfo, BLOBS_PATH, RELEASE_PATH};
+
+const SEED: u64 = 5;
+const FULL: u32 = 136_302;
+const UID: &str = "Outpost Bench Feed Integrity Key <feed@bench.invalid>";
+
+/// The sensor API over HTTPS, as `outpostd` speaks it (without the tunnel).
+struct Http {
+    agent: ureq::Agent,
+    url: String,
+    key: String,
+}
+
+impl FeedSource for Http {
+    fn release(&self) -> Result<Option<FeedReleaseInfo>, SourceError> {
+        let mut r = self
+            .agent
+            .get(format!("{}{RELEASE_PATH}", self.url))
+            .header("authorization", format!("Bearer {}", self.key))
+            .call()
+            .map_err(|e| SourceError(e.to_string()))?;
+        match r.status().as_u16() {
+            204 => Ok(None),
+            200 => r
+                .body_mut()
+                .read_json()
+                .map(Some)
+                .map_err(|e| SourceError(e.to_string())),
+            s => Err(SourceError(format!("status {s}"))),
+        }
+    }
+
+    fn blobs(&self, sha256: &[String]) -> Result<Box<dyn Read + Send>, SourceError> {
+        let mut r = self
+            .agent
+            .post(format!("{}{BLOBS_PATH}", self.url))
+            .header("authorization", format!("Bearer {}", self.key))
+            .send_json(FeedBlobsRequest {
+                sha256: sha256.to_vec(),
+            })
+            .map_err(|e| SourceError(e.to_string()))?;
+        if r.status() != 200 {
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            return Err(SourceError(format!("status {}: {body}", r.status())));
+        }
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| SourceError(e.to_string()))?;
+        Ok(Box::new(std::io::Cursor::new(body)))
+    }
+}
+
+fn agent(ca_pem: &[u8]) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let cert = Certificate::from_pem(ca_pem).unwrap();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .new_agent()
+}
+
+fn register(agent: &ureq::Agent, url: &str, admin: &str) -> String {
+    let tok: serde_json::Value = agent
+        .post(format!("{url}/api/admin/tokens"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send_json(serde_json::json!({"site": "bench", "uses": 1, "ttl_s": 3600}))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let tok = tok["token"].as_str().unwrap().to_owned();
+    let reg: serde_json::Value = agent
+        .post(format!("{url}/api/sensor/register"))
+        .header("authorization", format!("Bearer {tok}"))
+        .send_json(serde_json::json!({
+            "name": "bench", "site": "bench", "hostname": "bench", "os": "test",
+            "board": "qemu-arm64", "hardware_serial": "0", "agent_version": "0.1.0",
+            "capabilities": ["scan"],
+            "wg_public_key": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        }))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    reg["api_key"].as_str().expect("api key").to_owned()
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(st.success(), "{cmd:?}: {st}");
+}
+
+/// `cp -a`: unchanged files keep their modification times, as in a synced tree.
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// The cached trees of day 0 and day 1 and the key that signed them.
+struct Trees {
+    signer: GpgSigner,
+    day0: PathBuf,
+    day1: PathBuf,
+}
+
+fn trees(cache: &Path, spec: &FeedSpec) -> Trees {
+    std::fs::create_dir_all(cache).unwrap();
+    let home = cache.join("gnupg");
+    let signer = match GpgSigner::open(&home, UID) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&home);
+            // A new key invalidates the trees it did not sign.
+            for d in ["day0", "day0.done", "day1", "day1.done"] {
+                let _ = std::fs::remove_dir_all(cache.join(d));
+                let _ = std::fs::remove_file(cache.join(d));
+            }
+            GpgSigner::create(&home, UID).unwrap()
+        }
+    };
+    let (day0, day1) = (cache.join("day0"), cache.join("day1"));
+    if !cache.join("day0.done").exists() {
+        let _ = std::fs::remove_dir_all(&day0);
+        let t = Instant::now();
+        generate(&day0, spec, 0, Some(&signer)).unwrap();
+        // As if fetched a day before day 1: rsync's quick check (size and whole-second
+        // mtime) must see the files day 1 rewrites as changed, as it would upstream.
+        let yesterday = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 86_400;
+        run(Command::new("find")
+            .arg(&day0)
+            .args(["-exec", "touch", "-h", "-m", "-d"])
+            .arg(format!("@{yesterday}"))
+            .args(["{}", "+"]));
+        eprintln!("generated day 0 in {:.1} s", t.elapsed().as_secs_f64());
+        std::fs::write(cache.join("day0.done"), b"").unwrap();
+    }
+    if !cache.join("day1.done").exists() {
+        copy_tree(&day0, &day1);
+        advance(&day1, spec, 0, Some(&signer)).unwrap();
+        std::fs::write(cache.join("day1.done"), b"").unwrap();
+    }
+    Trees { signer, day0, day1 }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An rsync daemon serving `tree` as module `feed` on 127.0.0.1; stopped on drop.
+struct RsyncDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl RsyncDaemon {
+    fn start(dir: &Path, tree: &Path) -> RsyncDaemon {
+        let conf = dir.join("rsyncd.conf");
+        // Started as root, the daemon would read the tree as `nobody`: keep our own ids.
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        std::fs::write(
+            &conf,
+            format!(
+                "use chroot = no\nuid = {uid}\ngid = {gid}\npid file = {}\n\
+                 [feed]\n  path = {}\n  read only = yes\n",
+                dir.join("rsyncd.pid").display(),
+                tree.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("rsync daemon starts");
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "rsync daemon listens"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RsyncDaemon { child, port }
+    }
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// rsync's total bytes sent and received pulling the daemon's tree into `dest`.
+fn rsync_bytes(port: u16, dest: &Path) -> u64 {
+    let out = Command::new("rsync")
+        .args(["-az", "--delete", "--stats"])
+        .arg(format!("rsync://127.0.0.1:{port}/feed/"))
+        .arg(format!("{}/", dest.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rsync: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name:?} in rsync's stats: {text}"))
+            .trim()
+            .replace(',', "")
+            .parse()
+            .unwrap()
+    };
+    field("Total bytes sent:") + field("Total bytes received:")
+}
+
+fn main() {
+    let scripts: u32 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("SCRIPTS: a number"))
+        .unwrap_or(FULL);
+    let spec = if scripts == FULL {
+        FeedSpec::full(SEED)
+    } else {
+        FeedSpec::new(SEED, scripts).unwrap()
+    };
+    let root = PathBuf::from(std::env::var("OUTPOST_ROOT").unwrap_or_else(|_| ".".into()));
+    let cache = root
+        .join("build/feed-bench")
+        .join(format!("seed{SEED}-n{scripts}"));
+    let t = trees(&cache, &spec);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("portal");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = Settings::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    s.database = Some(data.join("portal.sqlite").to_str().unwrap().to_owned());
+    let portal = rt.block_on(Portal::start(s)).expect("portal starts");
+    let opts = ImportOptions::in_data_dir(&data);
+    std::fs::write(&opts.keyring, t.signer.export_public().unwrap()).unwrap();
+    let feed_pub = SecretKey::generate()
+        .unwrap()
+        .write_new(&opts.signing_key, "feed bench")
+        .unwrap();
+    let ca_pem = std::fs::read(data.join("ca.pem")).unwrap();
+    let admin = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let agent = agent(&ca_pem);
+    let src = Http {
+        key: register(&agent, &portal.url, &admin),
+        agent,
+        url: portal.url.clone(),
+    };
+    let publish = |tree: &Path, day: u32| -> ImportReport {
+        let t0 = Instant::now();
+        let r = rt
+            .block_on(import(
+                &portal.state.store,
+                &data,
+                tree,
+                &opts,
+                1_757_930_000 + i64::from(day),
+            ))
+            .expect("import");
+        eprintln!("imported day {day} in {:.1} s", t0.elapsed().as_secs_f64());
+        r
+    };
+    let cfg = SyncConfig::new(
+        dir.path().join("sensor-feeds"),
+        TrustedKeys::load(&feed_pub).unwrap(),
+    );
+
+    // Day 0 from nothing.
+    publish(&t.day0, 0);
+    let t0 = Instant::now();
+    let full = match sync(&cfg, &src, &mut |_: &Progress| {}).unwrap() {
+        SyncOutcome::Applied(r) => r,
+        other => panic!("day 0 not applied: {other:?}"),
+    };
+    let full_s = t0.elapsed().as_secs_f64();
+    println!("feed_full_wire_bytes={}", full.wire_bytes);
+    println!("feed_full_sync_s={full_s:.2}");
+
+    // Day 0 to day 1.
+    publish(&t.day1, 1);
+    let mut fetched: Option<Instant> = None;
+    let t1 = Instant::now();
+    let delta = match sync(&cfg, &src, &mut |p: &Progress| {
+        if p.blobs_done == p.blobs_total {
+            fetched.get_or_insert_with(Instant::now);
+        }
+    })
+    .unwrap()
+    {
+        SyncOutcome::Applied(r) => r,
+        other => panic!("day 1 not applied: {other:?}"),
+    };
+    let done = Instant::now();
+    let apply_s = (done - fetched.unwrap_or(t1)).as_secs_f64();
+    eprintln!(
+        "day 1: {} blobs ({} bytes, the manifest included) fetched in {} batches, \
+         {} files linked, {:.2} s in all",
+        delta.fetched_blobs,
+        delta.fetched_bytes,
+        delta.batches,
+        delta.linked_files,
+        (done - t1).as_secs_f64()
+    );
+    println!("feed_delta_wire_bytes={}", delta.wire_bytes);
+
+    // The anchor: rsync from the day-1 tree onto a copy of the day-0 tree.
+    let dest = dir.path().join("rsync-day0");
+    copy_tree(&t.day0, &dest);
+    let daemon = RsyncDaemon::start(dir.path(), &t.day1);
+    let rsync = rsync_bytes(daemon.port, &dest);
+    drop(daemon);
+    for list in ["nvt/sha256sums", "notus/advisories/sha256sums"] {
+        assert_eq!(
+            std::fs::read(dest.join(list)).unwrap(),
+            std::fs::read(t.day1.join(list)).unwrap(),
+            "rsync brought {list} to day 1"
+        );
+    }
+    println!("rsync_delta_wire_bytes={rsync}");
+    println!("feed_apply_s={apply_s:.2}");
+    println!(
+        "feed_delta_vs_rsync_ratio={:.3}",
+        delta.wire_bytes as f64 / rsync as f64
+    );
+    drop(portal);
+}
