@@ -1,0 +1,489 @@
+//! `scripts/bench fleet [MAX_SENSORS]`: simulated sensors speaking the real protocol
+//! through real WireGuard tunnels (outpost-tunnel's user-space DeviceTunnel) to one
+//! `outpost-portal serve` process with its gateway, on PostgreSQL. Every sensor
+//! registers (a token from the admin API), then claims every 5 s and heartbeats every
+//! 30 s; about 2% of them get a job queued for their site each step and upload a small
+//! report for it. The sensor count steps up (100, 1,000, 2,500, 5,000, 10,000, capped at
+//! MAX_SENSORS); each step runs OUTPOST_BENCH_FLEET_STEP_S seconds (default 60) and the
+//! stepping stops early when errors pass 1% or the p99 passes 1 s.
+//!
+//! The portal binary comes from OUTPOST_PORTAL_BIN, PostgreSQL from OUTPOST_TEST_PG_URL
+//! (scripts/bench builds the one and starts the other). The simulator runs in this one
+//! process (a thread per sensor and the tunnel's driver thread), on the same cores as
+//! the portal.
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use outpost_tunnel::ureq_transport::TunnelConnector;
+use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
+use outpost_wire::admin::{CreateJob, CreateToken, TokenCreated};
+use outpost_wire::sensor::{
+    Activity, Capability, ClaimRequest, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
+    RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
+};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, RustlsConnector};
+
+const STEPS: &[usize] = &[100, 1_000, 2_500, 5_000, 10_000];
+const CLAIM_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// Registrations in flight at once.
+const REGISTER_WORKERS: usize = 16;
+const SITE: &str = "bench";
+
+fn scan_spec() -> JobSpec {
+    JobSpec::Scan(ScanSpec {
+        targets: vec!["10.0.0.1".into()],
+        ports: "T:80".into(),
+        exclude_hosts: vec![],
+        families: vec![],
+        oids: vec![],
+        alive_test: Default::default(),
+        alive_methods: vec![],
+        credentials: vec![],
+        deadline_s: 60,
+    })
+}
+
+fn tls_config(ca_pem: &[u8]) -> Result<ureq::config::Config> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let cert = Certificate::from_pem(ca_pem).context("portal CA")?;
+    Ok(ureq::Agent::config_builder()
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build())
+}
+
+fn heartbeat() -> HeartbeatRequest {
+    HeartbeatRequest {
+        activity: Activity::Idle,
+        uptime_s: 1,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        firmware_version: None,
+        boot_slot: None,
+        metrics: Metrics::default(),
+        running_jobs: None,
+        feed_release: None,
+    }
+}
+
+/// What the sensors measure; requests are counted in the step they started in.
+struct Measure {
+    step: AtomicU64,
+    stop: AtomicBool,
+    reports: AtomicU64,
+    samples: Mutex<Vec<(u64, f64, bool)>>,
+}
+
+impl Measure {
+    fn record(&self, step: u64, started: Instant, ok: bool) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.samples.lock().unwrap().push((step, ms, ok));
+    }
+}
+
+struct Sensor {
+    key: String,
+    _tunnel: Arc<DeviceTunnel>,
+    agent: ureq::Agent,
+}
+
+fn post_json<T: serde::Serialize>(
+    agent: &ureq::Agent,
+    url: &str,
+    bearer: &str,
+    body: &T,
+) -> Result<(u16, String)> {
+    let resp = agent
+        .post(url)
+        .header("authorization", &format!("Bearer {bearer}"))
+        .send_json(body)?;
+    let status = resp.status().as_u16();
+    Ok((
+        status,
+        resp.into_body().read_to_string().unwrap_or_default(),
+    ))
+}
+
+fn register(
+    direct: &ureq::Agent,
+    url: &str,
+    token: &str,
+    ca: &[u8],
+    i: usize,
+) -> Result<(Sensor, String)> {
+    let wg = PrivateKey::generate();
+    let req = RegisterRequest {
+        name: format!("fleet-{i}"),
+        site: SITE.into(),
+        hostname: format!("fleet-{i}"),
+        os: "bench".into(),
+        board: "bench".into(),
+        hardware_serial: i.to_string(),
+        board_serial: None,
+        agent_version: "0.1.0".into(),
+        capabilities: vec![Capability::Scan],
+        wg_public_key: wg.public_key().to_base64(),
+    };
+    let (status, body) = post_json(direct, &format!("{url}/api/sensor/register"), token, &req)?;
+    anyhow::ensure!(status == 201, "registration answered {status}: {body}");
+    let reg: RegisterResponse = serde_json::from_str(&body)?;
+    let t = reg.tunnel.context("no tunnel in the registration")?;
+    let cfg = DeviceConfig::new(
+        wg,
+        t.portal_public_key.parse().context("portal key")?,
+        t.endpoint.parse().context("endpoint")?,
+        t.sensor_address.parse().context("sensor address")?,
+    );
+    let tunnel = Arc::new(DeviceTunnel::start(cfg)?);
+    tunnel.wait_handshake(Duration::from_secs(60))?;
+    let connector =
+        ().chain(TunnelConnector::new(tunnel.clone()))
+            .chain(RustlsConnector::default());
+    let agent = ureq::Agent::with_parts(tls_config(ca)?, connector, DefaultResolver::default());
+    Ok((
+        Sensor {
+            key: reg.api_key.expose().to_owned(),
+            _tunnel: tunnel,
+            agent,
+        },
+        format!("https://{}", t.portal_address),
+    ))
+}
+
+fn report(job: i64, n: u64) -> ReportUpload {
+    ReportUpload {
+        request_id: format!("fleet-{job}-{n}"),
+        outcome: ReportOutcome::Completed,
+        partial: false,
+        content_type: "application/xml".into(),
+        content: "<results><result host=\"10.0.0.1\" port=\"80/tcp\"/></results>".into(),
+        summary: ReportSummary {
+            hosts: vec!["10.0.0.1".into()],
+            ports: vec!["10.0.0.1:80/tcp".into()],
+            ..Default::default()
+        },
+    }
+}
+
+/// One sensor's life: claim every 5 s, heartbeat every 30 s, report any job it gets.
+fn sensor_loop(s: Sensor, api: String, m: Arc<Measure>, offset: Duration) {
+    std::thread::sleep(offset);
+    let claim_body = ClaimRequest {
+        capabilities: vec![Capability::Scan],
+    };
+    let mut next_claim = Instant::now();
+    let mut next_beat = Instant::now() + offset;
+    let mut n = 0u64;
+    while !m.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= next_beat {
+            next_beat += HEARTBEAT_EVERY;
+            let step = m.step.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let r = post_json(
+                &s.agent,
+                &format!("{api}/api/sensor/heartbeat"),
+                &s.key,
+                &heartbeat(),
+            );
+            m.record(step, t, matches!(r, Ok((200, _))));
+        }
+        if now >= next_claim {
+            next_claim += CLAIM_EVERY;
+            let step = m.step.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let r = post_json(
+                &s.agent,
+                &format!("{api}/api/sensor/claim"),
+                &s.key,
+                &claim_body,
+            );
+            match r {
+                Ok((200, body)) => {
+                    m.record(step, t, true);
+                    if let Ok(job) = serde_json::from_str::<Job>(&body) {
+                        n += 1;
+                        let up = report(job.id, n);
+                        let t = Instant::now();
+                        let resp = s
+                            .agent
+                            .post(&format!("{api}/api/sensor/jobs/{}/report", job.id))
+                            .header("authorization", &format!("Bearer {}", s.key))
+                            .header("idempotency-key", &up.request_id)
+                            .send_json(&up);
+                        let ok = resp.is_ok_and(|r| r.status().is_success());
+                        if ok {
+                            m.reports.fetch_add(1, Ordering::Relaxed);
+                        }
+                        m.record(step, t, ok);
+                    }
+                }
+                Ok((204, _)) => m.record(step, t, true),
+                _ => m.record(step, t, false),
+            }
+        }
+        let wake = next_claim.min(next_beat);
+        let now = Instant::now();
+        if wake > now {
+            std::thread::sleep((wake - now).min(Duration::from_millis(500)));
+        }
+    }
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_portal(bin: &str, dir: &std::path::Path, database: &str) -> Result<(Child, String)> {
+    let wg = format!("127.0.0.1:{}", free_udp_port()?);
+    let child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--wg-listen", &wg])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--database", database])
+        .env("OUTPOST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(u) = std::fs::read_to_string(dir.join("portal.url")) {
+            if !u.trim().is_empty() && dir.join("admin.token").exists() {
+                return Ok((child, u.trim().to_owned()));
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the portal did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn proc_figures(pid: u32) -> (u64, f64) {
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // after the command: state is field 3, utime 14 and stime 15
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            Some((utime + stime) / tck)
+        })
+        .unwrap_or(0.0);
+    (hwm, cpu)
+}
+
+fn main() -> Result<()> {
+    let max: usize = match std::env::args().nth(1) {
+        Some(a) => a.parse().context("MAX_SENSORS")?,
+        None => 10_000,
+    };
+    let step_s: u64 = std::env::var("OUTPOST_BENCH_FLEET_STEP_S")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("OUTPOST_BENCH_FLEET_STEP_S")?
+        .unwrap_or(60);
+    let bin = std::env::var("OUTPOST_PORTAL_BIN").context("OUTPOST_PORTAL_BIN not set")?;
+    let pg = std::env::var("OUTPOST_TEST_PG_URL").context("OUTPOST_TEST_PG_URL not set")?;
+    let base = pg.rsplit_once('/').context("URL has no database")?.0;
+    let name = format!("outpost_fleet_{}", std::process::id());
+    let psql = |sql: &str| -> Result<()> {
+        let ok = Command::new("psql")
+            .args([pg.as_str(), "-q", "-c", sql])
+            .stdout(Stdio::null())
+            .status()
+            .context("psql")?
+            .success();
+        anyhow::ensure!(ok, "psql {sql:?} failed");
+        Ok(())
+    };
+    psql(&format!("CREATE DATABASE {name}"))?;
+    let dir = tempfile::tempdir()?;
+    let (mut child, url) = start_portal(&bin, dir.path(), &format!("{base}/{name}"))?;
+    let pid = child.id();
+    let result = run(max, step_s, dir.path(), &url, pid);
+    let (rss, cpu) = proc_figures(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    result?;
+    println!("portal_rss_kib={rss}");
+    println!("portal_cpu_s={cpu:.1}");
+    Ok(())
+}
+
+fn run(max: usize, step_s: u64, dir: &std::path::Path, url: &str, _pid: u32) -> Result<()> {
+    let admin = std::fs::read_to_string(dir.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let ca = Arc::new(std::fs::read(dir.join("ca.pem"))?);
+    let direct = ureq::Agent::new_with_config(tls_config(&ca)?);
+    let measure = Arc::new(Measure {
+        step: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        reports: AtomicU64::new(0),
+        samples: Mutex::new(Vec::new()),
+    });
+    let mut steps: Vec<usize> = STEPS.iter().copied().filter(|n| *n < max).collect();
+    steps.push(max);
+    let mut running = 0usize;
+    let mut register_s = 0.0;
+    let mut best: Option<(usize, f64, f64, usize)> = None;
+    let mut last: Option<(usize, f64, f64, usize)> = None;
+    let mut workers = Vec::new();
+    for (si, &n) in steps.iter().enumerate() {
+        // Registration of the new sensors, concurrently, timed on its own.
+        let (status, body) = post_json(
+            &direct,
+            &format!("{url}/api/admin/tokens"),
+            &admin,
+            &CreateToken {
+                site: SITE.into(),
+                uses: (n - running) as u32,
+                ttl_s: 86_400,
+            },
+        )?;
+        anyhow::ensure!(status == 201, "token: {status} {body}");
+        let token = serde_json::from_str::<TokenCreated>(&body)?.token;
+        let t0 = Instant::now();
+        let next = Arc::new(AtomicU64::new(running as u64));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let regs: Vec<_> = (0..REGISTER_WORKERS)
+            .map(|_| {
+                let (next, tx, token, ca, url) = (
+                    next.clone(),
+                    tx.clone(),
+                    token.clone(),
+                    ca.clone(),
+                    url.to_owned(),
+                );
+                let direct = direct.clone();
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return;
+                    }
+                    let r = register(&direct, &url, &token, &ca, i);
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut new = Vec::new();
+        for r in rx {
+            new.push(r.context("registering a sensor")?);
+        }
+        for r in regs {
+            let _ = r.join();
+        }
+        register_s += t0.elapsed().as_secs_f64();
+        let count = new.len();
+        for (k, (s, api)) in new.into_iter().enumerate() {
+            let m = measure.clone();
+            let offset = CLAIM_EVERY.mul_f64(k as f64 / count.max(1) as f64);
+            workers.push(
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || sensor_loop(s, api, m, offset))?,
+            );
+        }
+        running = n;
+        // Jobs for about 2% of the sensors, queued for the site.
+        for _ in 0..n.div_ceil(50) {
+            let (status, body) = post_json(
+                &direct,
+                &format!("{url}/api/admin/jobs"),
+                &admin,
+                &CreateJob {
+                    site: SITE.into(),
+                    spec: scan_spec(),
+                    sensor_id: None,
+                },
+            )?;
+            anyhow::ensure!(status == 201 || status == 200, "job: {status} {body}");
+        }
+        // Let the new sensors settle into their rhythm, then measure the step.
+        std::thread::sleep(CLAIM_EVERY);
+        let step = si as u64 + 1;
+        measure.step.store(step, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(step_s));
+        measure.step.store(u64::MAX, Ordering::Relaxed);
+        // Requests in flight at the step's end are still counted in it.
+        std::thread::sleep(Duration::from_secs(2));
+        let mut lat = Vec::new();
+        let mut errors = 0usize;
+        {
+            let mut samples = measure.samples.lock().unwrap();
+            for (s, ms, ok) in samples.drain(..) {
+                if s == step {
+                    lat.push(ms);
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!(
+            "fleet_step_sensors={n} fleet_requests={} fleet_p50_ms={p50:.1} fleet_p99_ms={p99:.1} fleet_errors={errors}",
+            lat.len()
+        );
+        let fig = (n, p50, p99, errors);
+        last = Some(fig);
+        if errors == 0 && p99 < 100.0 && !lat.is_empty() {
+            best = Some(fig);
+        }
+        if errors as f64 > lat.len() as f64 * 0.01 || p99 > 1000.0 {
+            break;
+        }
+    }
+    measure.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    println!("fleet_register_s={register_s:.1}");
+    println!("fleet_reports={}", measure.reports.load(Ordering::Relaxed));
+    let (n, p50, p99, errors) = best.or(last).unwrap_or_default();
+    println!("fleet_sensors={}", if best.is_some() { n } else { 0 });
+    println!("fleet_p50_ms={p50:.1}");
+    println!("fleet_p99_ms={p99:.1}");
+    println!("fleet_errors={errors}");
+    Ok(())
+}
