@@ -6,7 +6,7 @@
 #   demo-target.sh banner     answer one connection on stdin/stdout (used by nc -e)
 #   demo-target.sh http       answer one HTTP request on stdin/stdout (used by nc -e)
 #
-# Environment: BANNER_PORT (2121), HTTP_PORT (8080), BUSYBOX (busybox).
+# Environment: BANNER_PORT (2121), HTTP_PORT (8080), either "off", BUSYBOX (busybox).
 # Run it inside a network namespace of its own: nc listens on every address.
 set -eu
 
@@ -30,11 +30,18 @@ http)
 serve)
     bb=${BUSYBOX:-busybox}
     self=$(readlink -f "$0")
-    "$bb" nc -ll -p "${BANNER_PORT:-2121}" -e "$self" banner &
-    banner_pid=$!
-    "$bb" nc -ll -p "${HTTP_PORT:-8080}" -e "$self" http &
-    http_pid=$!
-    trap 'kill "$banner_pid" "$http_pid" 2>/dev/null; exit 0' INT TERM
+    # A port set to "off" is not served (the lab's hosts differ in what they run).
+    pids=""
+    if [ "${BANNER_PORT:-2121}" != off ]; then
+        "$bb" nc -ll -p "${BANNER_PORT:-2121}" -e "$self" banner &
+        pids="$pids $!"
+    fi
+    if [ "${HTTP_PORT:-8080}" != off ]; then
+        "$bb" nc -ll -p "${HTTP_PORT:-8080}" -e "$self" http &
+        pids="$pids $!"
+    fi
+    # shellcheck disable=SC2086 # a list of pids
+    trap 'kill $pids 2>/dev/null; exit 0' INT TERM
     echo "demo target: banner on ${BANNER_PORT:-2121}, http on ${HTTP_PORT:-8080}"
     wait
     ;;

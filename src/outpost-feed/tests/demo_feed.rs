@@ -34,11 +34,11 @@ fn the_demo_feed_is_ready_under_its_thresholds() {
         "{:?}",
         status.checksum_problems
     );
-    assert_eq!(status.nasl_count, 5);
+    assert_eq!(status.nasl_count, 6);
     assert_eq!(status.notus_advisories.advisories, 3);
     assert_eq!(status.notus_products.advisories, 3);
-    assert_eq!(status.version(), Some("202406120502"));
-    assert_eq!(status.expected_vts(), 8);
+    assert_eq!(status.version(), Some("202412050000"));
+    assert_eq!(status.expected_vts(), 9);
     let info = status.info.as_ref().unwrap();
     assert_eq!(info.plugin_feed.as_deref(), Some("Outpost Demo Feed"));
 
@@ -47,7 +47,7 @@ fn the_demo_feed_is_ready_under_its_thresholds() {
     assert!(matches!(
         sync_decision(&status, &t),
         SyncDecision::Skip {
-            nasl: 5,
+            nasl: 6,
             notus: 3,
             ..
         }
@@ -57,13 +57,13 @@ fn the_demo_feed_is_ready_under_its_thresholds() {
 #[test]
 fn production_thresholds_refuse_the_demo_feed() {
     // A fixed clock one day after the feed's PLUGIN_SET.
-    let now = UNIX_EPOCH + Duration::from_secs(1_718_168_520 + 24 * 3600);
+    let now = UNIX_EPOCH + Duration::from_secs(1_733_356_800 + 24 * 3600);
     let status = inspect_verified(&FeedPaths::under(demo_dir()), now).unwrap();
     let err = feed_ready(&status, &FeedThresholds::default()).unwrap_err();
     assert_eq!(
         err.reasons,
         vec![
-            "only 5 NASL scripts, at least 2000 required".to_owned(),
+            "only 6 NASL scripts, at least 2000 required".to_owned(),
             "feed is 24 h old, at most 12 h allowed".to_owned(),
             "only 3 Notus advisories, at least 500 required".to_owned(),
         ]

@@ -159,10 +159,13 @@ impl StackConfig {
              # openvas takes one database per scanned host plus the VT cache.\n\
              databases 1025\n\
              # The VT cache persists on the data partition, so a warm boot\n\
-             # finds it and ospd-openvas does not reload every VT.\n\
+             # finds it and ospd-openvas does not reload every VT. Only\n\
+             # outpostd saves it (BGSAVE once the VTs are loaded, before any\n\
+             # scan): no save points, so a scan's knowledge base, which holds\n\
+             # its credentials, is never written to disk, not even at shutdown.\n\
              dir {dir}\n\
              dbfilename openvas-dump.rdb\n\
-             save 3600 1 300 100 60 10000\n\
+             save \"\"\n\
              # A full data partition must not stop running scans.\n\
              stop-writes-on-bgsave-error no\n\
              rdbcompression yes\n\
@@ -218,7 +221,12 @@ impl StackConfig {
              db_address = {socket}\n\
              mqtt_server_uri = 127.0.0.1:{port}\n\
              plugins_folder = {plugins}\n\
-             include_folders = {plugins}\n",
+             include_folders = {plugins}\n\
+             # Alive detection (boreas) before any test: only hosts that answer the\n\
+             # job's methods (ICMP, TCP ping, ARP) are scanned, the rest reported\n\
+             # dead. Without it ospd-openvas passes no alive test on and every\n\
+             # address of a /24 is scanned as if alive.\n\
+             test_alive_hosts_only = yes\n",
             socket = self.redis_socket.display(),
             port = self.mqtt_port,
             plugins = self.feed.plugins.display(),
@@ -428,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_listens_on_the_socket_only_and_persists() {
+    fn redis_listens_on_the_socket_only_and_persists_only_when_asked() {
         let conf = StackConfig::device().render_redis();
         for line in [
             "port 0",
@@ -437,11 +445,17 @@ mod tests {
             "daemonize no",
             "dir /data/redis",
             "dbfilename openvas-dump.rdb",
-            "save 3600 1 300 100 60 10000",
+            "save \"\"",
             "databases 1025",
         ] {
             assert!(conf.lines().any(|l| l == line), "missing {line:?}");
         }
+        // A save point would write running scans' knowledge bases (credentials
+        // included) to the card.
+        assert!(
+            !conf.lines().any(|l| l.starts_with("save ") && l != "save \"\""),
+            "no save points: {conf}"
+        );
         assert!(!conf.contains("bind "), "no TCP bind wanted");
     }
 
@@ -471,6 +485,7 @@ mod tests {
         assert!(conf.contains("db_address = /run/redis-openvas/redis.sock\n"));
         assert!(conf.contains("mqtt_server_uri = 127.0.0.1:1883\n"));
         assert!(conf.contains("plugins_folder = /var/lib/openvas/plugins\n"));
+        assert!(conf.contains("\ntest_alive_hosts_only = yes\n"));
     }
 
     #[test]

@@ -286,6 +286,23 @@ fn real_stack_starts_in_order_restarts_dependents_and_stops_in_reverse() {
         redis(&s.redis_socket, &["SET", "nvticache-marker", "42"]),
         "+OK"
     );
+    // What outpostd does once the VTs are loaded: the only save there is.
+    outpost_scanner::redis_save(&s.redis_socket, Duration::from_secs(10)).unwrap();
+    let dump = s.redis_data_dir.join("openvas-dump.rdb");
+    let deadline = Instant::now() + WAIT;
+    let saved = |p: &Path| {
+        std::fs::read(p).is_ok_and(|b| b.windows(16).any(|w| w == b"nvticache-marker"))
+    };
+    while !saved(&dump) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(saved(&dump), "BGSAVE wrote {}", dump.display());
+    // Written after the save, like a scan's knowledge base with its credentials:
+    // never on disk, not even through the shutdown.
+    assert_eq!(
+        redis(&s.redis_socket, &["SET", "scan-secret", "hunter2"]),
+        "+OK"
+    );
     let pids: Vec<u32> = sup.status().iter().map(|c| c.pid.unwrap()).collect();
     let mark = log.events().len();
     sup.shutdown();
@@ -302,13 +319,18 @@ fn real_stack_starts_in_order_restarts_dependents_and_stops_in_reverse() {
     for p in pids {
         assert!(!alive(p), "pid {p} still running after shutdown");
     }
-    assert!(s.redis_data_dir.join("openvas-dump.rdb").exists());
+    let on_disk = std::fs::read(&dump).unwrap();
+    assert!(
+        !on_disk.windows(7).any(|w| w == b"hunter2"),
+        "nothing written after the save reached the disk"
+    );
 
-    // A "reboot": the VT cache (here a marker key) survives.
+    // A "reboot": the VT cache (here a marker key) survives, the later key does not.
     let log2 = Log::default();
     let sup = Supervisor::start(components(&s), log2.sink()).unwrap();
     assert!(sup.wait_ready(WAIT), "{:#?}", log2.text());
     assert_eq!(redis(&s.redis_socket, &["GET", "nvticache-marker"]), "42");
+    assert_eq!(redis(&s.redis_socket, &["EXISTS", "scan-secret"]), ":0");
     sup.shutdown();
 }
 

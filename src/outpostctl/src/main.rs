@@ -2,6 +2,7 @@
 
 mod bundle;
 mod client;
+mod creds;
 mod feed;
 mod image;
 mod sensor_log;
@@ -131,6 +132,19 @@ enum JobCmd {
         /// Only this sensor (of the site) may run the scan.
         #[arg(long = "sensor")]
         sensor_id: Option<String>,
+        /// SSH login for authenticated (local security) checks; needs a password or
+        /// key file. The portal stores the secret sealed and shows it to nobody.
+        #[arg(long)]
+        ssh_user: Option<String>,
+        /// File holding the SSH password (`-`: standard input).
+        #[arg(long)]
+        ssh_password_file: Option<PathBuf>,
+        /// File holding the SSH private key (`-`: standard input).
+        #[arg(long)]
+        ssh_key_file: Option<PathBuf>,
+        /// SSH port of the targets (default 22).
+        #[arg(long)]
+        ssh_port: Option<u16>,
     },
     Show {
         id: i64,
@@ -258,8 +272,18 @@ fn run(cli: Cli) -> Result<()> {
             alive_test: at,
             deadline,
             sensor_id,
+            ssh_user,
+            ssh_password_file,
+            ssh_key_file,
+            ssh_port,
         }) => {
             let (alive_test, alive_methods) = alive_test(&at)?;
+            let credentials = creds::ssh_credentials(creds::SshArgs {
+                user: ssh_user.as_deref(),
+                password_file: ssh_password_file.as_deref(),
+                key_file: ssh_key_file.as_deref(),
+                port: ssh_port,
+            })?;
             let spec = JobSpec::Scan(ScanSpec {
                 targets,
                 ports,
@@ -268,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
                 oids,
                 alive_test,
                 alive_methods,
-                credentials: Vec::new(),
+                credentials,
                 deadline_s: deadline,
             });
             let job: JobInfo = c.post(

@@ -194,16 +194,38 @@ impl Lab {
             .to_owned()
     }
 
-    /// Starts the demo target in its own network namespace in the guest.
+    /// Starts the demo lab (the demo target and the other lab hosts, each in its own
+    /// network namespace in the guest); the SSH host's login stays locked.
     pub fn demo_lab_up(&mut self) {
+        self.demo_lab_up_with("!");
+    }
+
+    /// [`Lab::demo_lab_up`] with the SSH host's `labadmin` password set to the one
+    /// `crypt_hash` (crypt(3), e.g. `openssl passwd -6`) stands for: only the hash
+    /// enters the guest.
+    pub fn demo_lab_up_with(&mut self, crypt_hash: &str) {
+        assert!(
+            !crypt_hash.contains('\''),
+            "a crypt hash has no quotes: {crypt_hash}"
+        );
         let out = self
             .vm
             .run_timeout(
-                "/usr/libexec/outpost/demo-lab up 2>&1",
+                &format!("/usr/libexec/outpost/demo-lab up '{crypt_hash}' 2>&1"),
                 Duration::from_secs(120),
             )
             .expect("demo-lab runs");
         assert!(out.success(), "demo-lab up failed: {}", out.stdout);
+    }
+
+    /// Queues a scan for the site with `outpostctl job scan` and these arguments
+    /// (targets, ports, families, alive test, credentials); returns the job id.
+    pub fn queue_scan(&self, args: &[&str]) -> i64 {
+        let mut all = vec!["job", "scan", "--site", "berlin", "--deadline", "1800"];
+        all.extend_from_slice(args);
+        self.portal.ctl_json(&all)["id"]
+            .as_i64()
+            .expect("a job id")
     }
 
     /// Packets the sensor has sent into the demo lab (the veth's tx counter).
