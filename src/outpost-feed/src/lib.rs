@@ -20,6 +20,7 @@
 //! ```
 
 pub mod batch;
+pub mod delta;
 mod checksum;
 mod decide;
 mod error;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::io::Read as _;
 
-use outpost_wire::feed::{self, FeedBlobsRequest, FeedReleaseInfo};
+use outpost_wire::feed::{self, FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo};
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
     RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
@@ -210,6 +210,38 @@ impl PortalClient {
         })
     }
 
+    /// `POST /api/sensor/feed/deltas`: in-file deltas in one batch, its body unread;
+    /// `None` when the portal predates deltas (404 for the path).
+    pub fn feed_deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Download>, ApiError> {
+        let body = serde_json::to_vec(&FeedDeltasRequest {
+            deltas: pairs.to_vec(),
+        })
+        .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let d = self.transport.post_stream(&Request {
+            path: feed::DELTAS_PATH,
+            bearer: Some(&self.api_key),
+            content_type: JSON,
+            body,
+            idempotency_key: None,
+        })?;
+        if (200..300).contains(&d.status) {
+            return Ok(Some(d));
+        }
+        let mut body = Vec::new();
+        // The reason is a nicety; a body that cannot be read leaves it out.
+        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
+        let body: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+        // An older portal has no such endpoint (its fallback's 404); a 404 naming a blob is
+        // the release collected meanwhile, an error like for blobs.
+        if d.status == 404 && body.as_ref().is_none_or(|b| b.message == "no such endpoint") {
+            return Ok(None);
+        }
+        Err(ApiError::Status {
+            status: d.status,
+            body,
+        })
+    }
+
     /// Sends one NDJSON batch of log events.
     pub fn send_log(&self, ndjson: String) -> Result<(), ApiError> {
         let resp = self.transport.post(&Request {
@@ -251,6 +283,15 @@ impl outpost_feedsync::FeedSource for PortalClient {
     ) -> Result<Box<dyn std::io::Read + Send>, outpost_feedsync::SourceError> {
         self.feed_blobs(sha256)
             .map(|d| d.body)
+            .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
+    }
+
+    fn deltas(
+        &self,
+        pairs: &[FeedDeltaPair],
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, outpost_feedsync::SourceError> {
+        self.feed_deltas(pairs)
+            .map(|d| d.map(|d| d.body))
             .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
     }
 }
