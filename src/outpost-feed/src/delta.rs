@@ -127,8 +127,8 @@ impl Ops<'_> {
 
 /// A delta turning `base` (whose SHA-256 is `base_sha256`) into `target`. Greedy: every
 /// run shared with the base of at least [`BLOCK`] bytes at an indexed position becomes a
-/// copy; the rest is added. Memory: the index (a `u32` per ways per 16 bytes of base) and
-/// the output.
+/// copy; the rest is added. Memory: the index (at most half the base's size) and the
+/// output.
 pub fn encode(base_sha256: &[u8; 32], base: &[u8], target: &[u8]) -> Vec<u8> {
     let mut ops = Ops {
         out: Vec::with_capacity(target.len() / 8 + 64),
@@ -140,7 +140,9 @@ pub fn encode(base_sha256: &[u8; 32], base: &[u8], target: &[u8]) -> Vec<u8> {
     ops.out
         .extend_from_slice(&(target.len() as u64).to_be_bytes());
     let blocks = base.len() / BLOCK;
-    let slots = (blocks.max(1) * 2).next_power_of_two();
+    // Four ways a slot, a slot per two blocks: room for twice the blocks in half a
+    // base's size of table at most.
+    let slots = blocks.max(2).next_power_of_two() / 2;
     let mask = slots - 1;
     // Slot entries are block index + 1 (0: empty); the first occurrences are kept.
     let mut table = vec![0u32; slots * WAYS];
@@ -271,7 +273,9 @@ pub fn apply_ops(
                     .filter(|o| o.checked_add(len).is_some_and(|e| e <= base.len()))
                     .ok_or_else(|| DeltaError::Invalid("a copy reaches outside the base".into()))?;
                 if written + len > target_len {
-                    return Err(DeltaError::Invalid("it writes past the target length".into()));
+                    return Err(DeltaError::Invalid(
+                        "it writes past the target length".into(),
+                    ));
                 }
                 let mut done = 0u64;
                 while done < len {
@@ -286,7 +290,9 @@ pub fn apply_ops(
             OP_ADD => {
                 let len = read_varint(r)?;
                 if written + len > target_len {
-                    return Err(DeltaError::Invalid("it writes past the target length".into()));
+                    return Err(DeltaError::Invalid(
+                        "it writes past the target length".into(),
+                    ));
                 }
                 let n = io::copy(&mut r.take(len), out)?;
                 if n != len {
@@ -343,12 +349,21 @@ mod tests {
         let base = lines(5000, 0);
         let mut target = lines(5000, 0xabcdef);
         // An inserted and a removed line too.
-        target.splice(1000..1000, b"0000000000000000ffffffffffffffff  nvt/new.nasl\n".iter().copied());
+        target.splice(
+            1000..1000,
+            b"0000000000000000ffffffffffffffff  nvt/new.nasl\n"
+                .iter()
+                .copied(),
+        );
         let cut = target.len() - 500;
         target.drain(cut..cut + 50);
         let n = roundtrip(&base, &target);
         // 52 changed lines of 32 changed hex digits each, and the edits.
-        assert!(n < 52 * 60 + 400, "delta of {n} bytes for {} bytes", target.len());
+        assert!(
+            n < 52 * 60 + 400,
+            "delta of {n} bytes for {} bytes",
+            target.len()
+        );
     }
 
     #[test]
@@ -357,7 +372,9 @@ mod tests {
         roundtrip(b"", b"all new");
         roundtrip(b"old content that goes away entirely", b"");
         roundtrip(b"short", b"short");
-        let big: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let big: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         assert!(roundtrip(&big, &big) < 64);
         let mut shifted = b"prefix".to_vec();
         shifted.extend_from_slice(&big);

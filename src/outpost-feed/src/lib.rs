@@ -20,9 +20,9 @@
 //! ```
 
 pub mod batch;
-pub mod delta;
 mod checksum;
 mod decide;
+pub mod delta;
 mod error;
 mod nasl;
 mod notus;

@@ -14,8 +14,8 @@ use outpost_feedsync::{FeedSource, SourceError, SyncConfig};
 use outpost_portal::feeds::{import, ImportOptions, ImportReport};
 use outpost_portal::{Portal, Settings};
 use outpost_wire::feed::{
-    FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo, BLOBS_PATH,
-    DELTAS_PATH, RELEASE_PATH,
+    FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo, BLOBS_PATH, DELTAS_PATH,
+    RELEASE_PATH,
 };
 
 /// A portal serving feed releases, with one sensor registered at `site`.

@@ -8,14 +8,16 @@
 //!
 //! Prints `metric=value` lines:
 //! - `feed_full_wire_bytes`, `feed_full_sync_s`: day 0 from nothing;
-//! - `feed_delta_wire_bytes`: day 0 to day 1;
+//! - `feed_delta_wire_bytes`, `feed_delta_sync_s`: day 0 to day 1 (in-file deltas for the
+//!   changed files and the manifest, computed by the portal on this first ask: its delta
+//!   cache is cold);
 //! - `rsync_delta_wire_bytes`: rsync's total bytes sent and received for the same change;
 //! - `feed_apply_s`: in the day-1 sync, from the last batch fetched (every blob on disk) to
 //!   `current` switched (the sync's return): tree assembly (hard links, new files) and the
 //!   switch;
 //! - `feed_delta_vs_rsync_ratio`: the goal is at most 0.5.
 //!
-//! The wire bytes are those of the compressed batch bodies the sensor reads (what
+//! The wire bytes are those of the compressed batch and delta bodies the sensor reads (what
 //! `SyncReport::wire_bytes` counts), without HTTP headers and TLS framing; rsync's figure
 //! includes its protocol (file list, checksums) over plain TCP.
 
@@ -249,6 +251,7 @@ fn main() {
         (done - t1).as_secs_f64()
     );
     println!("feed_delta_wire_bytes={}", delta.wire_bytes);
+    println!("feed_delta_sync_s={:.2}", (done - t1).as_secs_f64());
 
     // The anchor: rsync from the day-1 tree onto a copy of the day-0 tree.
     let dest = dir.path().join("rsync-day0");

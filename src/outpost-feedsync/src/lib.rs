@@ -420,11 +420,13 @@ pub fn sync(
     let manifest_path = staging.blob(&info.manifest_sha256);
     if manifest_path.exists() {
         report.resumed_blobs += 1;
-    } else if let Some((base, base_sha, base_len)) = live_manifest_file(root).filter(|(_, sha, n)| {
-        *sha != info.manifest_sha256
-            && *n <= MAX_DELTA_FILE_BYTES
-            && info.manifest_size <= MAX_DELTA_FILE_BYTES
-    }) {
+    } else if let Some((base, base_sha, base_len)) =
+        live_manifest_file(root).filter(|(_, sha, n)| {
+            *sha != info.manifest_sha256
+                && *n <= MAX_DELTA_FILE_BYTES
+                && info.manifest_size <= MAX_DELTA_FILE_BYTES
+        })
+    {
         // Against the live release's manifest; checked below exactly as a whole one.
         let want = [DeltaWant {
             base_sha,
@@ -591,7 +593,13 @@ pub fn sync(
             bytes += wants[end].size;
             end += 1;
         }
-        let got = fetch_deltas(source, &staging, &wants[start..end], &mut report, &mut limiter)?;
+        let got = fetch_deltas(
+            source,
+            &staging,
+            &wants[start..end],
+            &mut report,
+            &mut limiter,
+        )?;
         for w in &wants[start..end] {
             if got.contains(&w.target) {
                 if let Some(size) = missing.remove(&w.target) {

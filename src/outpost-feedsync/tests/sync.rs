@@ -101,10 +101,9 @@ impl Src {
                 if let Some((_, d)) = entries.first_mut() {
                     let mut r = &d[..];
                     let h = delta::read_header(&mut r).unwrap();
-                    let base = std::fs::read(
-                        self.blobs.join(&h.base_sha256[..2]).join(&h.base_sha256),
-                    )
-                    .unwrap();
+                    let base =
+                        std::fs::read(self.blobs.join(&h.base_sha256[..2]).join(&h.base_sha256))
+                            .unwrap();
                     let mut target = Vec::new();
                     delta::apply_ops(&mut r, &&base[..], h.target_len, &mut target).unwrap();
                     let mid = target.len() / 2;
@@ -620,7 +619,10 @@ fn the_portal_refuses_bad_batch_requests() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(post(&f.tp.api_key, serde_json::json!({"sha256": []})).0, 400);
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"sha256": []})).0,
+        400
+    );
     assert_eq!(
         post(&f.tp.api_key, serde_json::json!({"sha256": [some, some]})).0,
         400
@@ -633,11 +635,17 @@ fn the_portal_refuses_bad_batch_requests() {
         .0,
         400
     );
-    let (s, body) = post(&f.tp.api_key, serde_json::json!({"sha256": ["0".repeat(64)]}));
+    let (s, body) = post(
+        &f.tp.api_key,
+        serde_json::json!({"sha256": ["0".repeat(64)]}),
+    );
     assert_eq!(s, 404);
     assert!(body.contains(&"0".repeat(64)), "{body}");
     let many: Vec<String> = (0..3000).map(|i| format!("{i:064x}")).collect();
-    assert_eq!(post(&f.tp.api_key, serde_json::json!({"sha256": many})).0, 413);
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"sha256": many})).0,
+        413
+    );
 }
 
 /// What fetching `shas` whole costs on the wire, in batches as the portal compresses them
@@ -694,11 +702,13 @@ fn a_one_day_delta_moves_little_more_than_what_changed() {
         .map(|x| x.sha256.clone())
         .collect();
     let whole: BTreeSet<String> = src.asked().into_iter().collect();
-    assert!(whole.is_superset(&new_paths), "files without an old version whole");
+    assert!(
+        whole.is_superset(&new_paths),
+        "files without an old version whole"
+    );
     // Beyond those, only files whose delta the portal declined (not smaller: the
     // signatures, a tiny `plugin_feed_info.inc`) come whole, after asking.
-    let asked_deltas: BTreeSet<String> =
-        src.asked_deltas().into_iter().map(|p| p.target).collect();
+    let asked_deltas: BTreeSet<String> = src.asked_deltas().into_iter().map(|p| p.target).collect();
     for sha in whole.difference(&new_paths) {
         assert!(asked_deltas.contains(sha), "{sha} not tried as a delta");
         assert!(f.blob(sha).len() < 4096, "{sha} is small");
@@ -706,7 +716,13 @@ fn a_one_day_delta_moves_little_more_than_what_changed() {
     let via_delta: BTreeSet<String> = changed.difference(&whole).cloned().collect();
     assert_eq!(r.delta_blobs, via_delta.len() as u64);
     for big in ["nvt/sha256sums", "notus/advisories/debian.notus"] {
-        let sha = &day1.manifest.files.iter().find(|x| x.path == big).unwrap().sha256;
+        let sha = &day1
+            .manifest
+            .files
+            .iter()
+            .find(|x| x.path == big)
+            .unwrap()
+            .sha256;
         assert!(via_delta.contains(sha), "{big} comes as a delta");
     }
 
@@ -771,7 +787,8 @@ fn a_delta_against_a_base_the_sensor_does_not_hold_is_refused() {
     let err = sync(&f.config(), &f.source(Fault::WrongBase), &mut no_progress).unwrap_err();
     assert!(matches!(err, SyncError::Tampered(_)), "{err}");
     assert!(
-        err.to_string().contains(&format!("is against {}", "11".repeat(32))),
+        err.to_string()
+            .contains(&format!("is against {}", "11".repeat(32))),
         "{err}"
     );
     assert_eq!(current_name(&root).as_deref(), Some(r1.release.as_str()));
@@ -858,7 +875,10 @@ fn a_cut_delta_sync_resumes_without_fetching_again() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();
-    assert!(staged.len() >= 5, "the manifest and four rebuilt: {staged:?}");
+    assert!(
+        staged.len() >= 5,
+        "the manifest and four rebuilt: {staged:?}"
+    );
     assert!(staged.contains(&day1.release.manifest_sha256));
 
     let resume = f.source(Fault::None);
@@ -903,7 +923,10 @@ fn the_portal_refuses_bad_delta_requests() {
         post("osk_wrong", serde_json::json!({"deltas": [pair(a, b)]})).0,
         401
     );
-    assert_eq!(post(&f.tp.api_key, serde_json::json!({"deltas": []})).0, 400);
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"deltas": []})).0,
+        400
+    );
     assert_eq!(
         post(
             &f.tp.api_key,
@@ -938,9 +961,7 @@ fn the_portal_refuses_bad_delta_requests() {
     assert_eq!(s, 200);
     let n = BatchReader::new(&body[..]).unwrap().remaining();
     assert!(n <= 1, "{n}");
-    let many: Vec<serde_json::Value> = (0..3000)
-        .map(|i| pair(a, &format!("{i:064x}")))
-        .collect();
+    let many: Vec<serde_json::Value> = (0..3000).map(|i| pair(a, &format!("{i:064x}"))).collect();
     assert_eq!(
         post(&f.tp.api_key, serde_json::json!({"deltas": many})).0,
         413

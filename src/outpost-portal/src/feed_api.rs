@@ -200,7 +200,10 @@ pub async fn deltas(
             }
         }
         if !seen.insert(p.target.as_str()) {
-            return Err(ApiError::bad_request(format!("{} is asked for twice", p.target)));
+            return Err(ApiError::bad_request(format!(
+                "{} is asked for twice",
+                p.target
+            )));
         }
     }
     let store = BlobStore::open(&st.settings.data_dir.join(DIR))

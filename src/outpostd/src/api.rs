@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use std::io::Read as _;
 
-use outpost_wire::feed::{self, FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo};
+use outpost_wire::feed::{
+    self, FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo,
+};
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
     RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
@@ -233,7 +235,11 @@ impl PortalClient {
         let body: Option<ErrorBody> = serde_json::from_slice(&body).ok();
         // An older portal has no such endpoint (its fallback's 404); a 404 naming a blob is
         // the release collected meanwhile, an error like for blobs.
-        if d.status == 404 && body.as_ref().is_none_or(|b| b.message == "no such endpoint") {
+        if d.status == 404
+            && body
+                .as_ref()
+                .is_none_or(|b| b.message == "no such endpoint")
+        {
             return Ok(None);
         }
         Err(ApiError::Status {
@@ -639,6 +645,40 @@ mod tests {
         );
         let err = c.feed_blobs(&["00".repeat(32)]).unwrap_err();
         assert_eq!(err.portal_message(), Some("no blob 00"));
+
+        // Deltas: a portal without the endpoint (its fallback's 404) serves none, and the
+        // sync fetches whole; a 404 naming a blob is a refusal like for blobs.
+        let pair = [FeedDeltaPair {
+            base: "aa".repeat(32),
+            target: "bb".repeat(32),
+        }];
+        t.push(
+            feed::DELTAS_PATH,
+            Ok(status(
+                404,
+                Some(ErrorBody::new(ErrorCode::NotFound, "no such endpoint")),
+            )),
+        );
+        assert!(c.feed_deltas(&pair).unwrap().is_none());
+        t.push(
+            feed::DELTAS_PATH,
+            Ok(status(
+                404,
+                Some(ErrorBody::new(
+                    ErrorCode::NotFound,
+                    "the portal holds no blob bb",
+                )),
+            )),
+        );
+        assert!(c.feed_deltas(&pair).is_err());
+        assert_eq!(
+            t.seen_on(feed::DELTAS_PATH)[0].body,
+            format!(
+                r#"{{"deltas":[{{"base":"{}","target":"{}"}}]}}"#,
+                "aa".repeat(32),
+                "bb".repeat(32)
+            )
+        );
     }
 
     #[test]

@@ -63,24 +63,32 @@ pub fn delta(store: &BlobStore, base: &str, target: &str) -> io::Result<Entry> {
     if let Some(e) = lookup(&key) {
         return Ok(e);
     }
+    // One computation at a time: it holds base, target and index in memory (up to about
+    // 80 MiB for two 32 MiB files), and sensors asking together after an import want the
+    // same deltas, which the ones waiting then find in the cache.
+    static COMPUTE: Mutex<()> = Mutex::new(());
+    let _one = COMPUTE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = lookup(&key) {
+        return Ok(e);
+    }
     let target_len = std::fs::metadata(store.path(target))?.len();
     let base_len = match std::fs::metadata(store.path(base)) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let e = if base == target || base_len > MAX_DELTA_FILE_BYTES || target_len > MAX_DELTA_FILE_BYTES
-    {
-        None
-    } else {
-        let b = store.get(base)?;
-        let t = store.get(target)?;
-        let mut raw = [0u8; 32];
-        hex::decode_to_slice(base, &mut raw)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let d = delta::encode(&raw, &b, &t);
-        (d.len() < t.len()).then(|| Arc::new(d))
-    };
+    let e =
+        if base == target || base_len > MAX_DELTA_FILE_BYTES || target_len > MAX_DELTA_FILE_BYTES {
+            None
+        } else {
+            let b = store.get(base)?;
+            let t = store.get(target)?;
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(base, &mut raw)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let d = delta::encode(&raw, &b, &t);
+            (d.len() < t.len()).then(|| Arc::new(d))
+        };
     remember(key, e.clone());
     Ok(e)
 }
