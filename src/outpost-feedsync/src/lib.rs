@@ -18,8 +18,13 @@
 //! keep their mtimes and openvas does not re-parse them), and made durable before the
 //! switch. A failure anywhere leaves `current` as it was.
 //!
-//! With a bandwidth cap ([`SyncConfig::max_kbit_per_s`]) the blob answers are read
-//! through a token bucket ([`throttle`]) shared by every request of the sync.
+//! A changed file whose path the live release holds (verified) and the manifest itself
+//! come as in-file deltas against the live versions (`outpost_feed::delta`, docs/feeds.md
+//! "Deltas"), rebuilt into staging and checked exactly like a fetched blob; whatever the
+//! portal declines comes whole.
+//!
+//! With a bandwidth cap ([`SyncConfig::max_kbit_per_s`]) the blob and delta answers are
+//! read through a token bucket ([`throttle`]) shared by every request of the sync.
 
 pub mod throttle;
 
@@ -201,8 +206,9 @@ pub struct SyncReport {
     /// Blobs (the manifest included) found already fetched and verified in staging: an
     /// earlier sync was cut.
     pub resumed_blobs: u64,
-    /// What this run fetched: blobs (the manifest included), their content bytes, the
-    /// compressed bytes on the wire and the requests made.
+    /// What this run fetched whole: blobs (the manifest included) and their content
+    /// bytes; then the compressed bytes on the wire and the requests made, deltas
+    /// included.
     pub fetched_blobs: u64,
     pub fetched_bytes: u64,
     pub wire_bytes: u64,
@@ -435,7 +441,8 @@ pub fn sync(
             target: info.manifest_sha256.clone(),
             size: info.manifest_size,
         }];
-        if fetch_deltas(source, &staging, &want, &mut report, &mut limiter)?.is_empty() {
+        let got = fetch_deltas(source, &staging, &want, &mut report, &mut limiter)?;
+        if !got.is_some_and(|g| g.contains(&info.manifest_sha256)) {
             let want = BTreeMap::from([(info.manifest_sha256.clone(), info.manifest_size)]);
             fetch_batch(source, &staging, &want, &mut report, &mut limiter)?;
         }
@@ -593,13 +600,17 @@ pub fn sync(
             bytes += wants[end].size;
             end += 1;
         }
-        let got = fetch_deltas(
+        let Some(got) = fetch_deltas(
             source,
             &staging,
             &wants[start..end],
             &mut report,
             &mut limiter,
-        )?;
+        )?
+        else {
+            // A portal without deltas: everything comes whole.
+            break;
+        };
         for w in &wants[start..end] {
             if got.contains(&w.target) {
                 if let Some(size) = missing.remove(&w.target) {
@@ -736,15 +747,16 @@ struct DeltaWant {
 }
 
 /// Fetches deltas and rebuilds their targets into staging, each checked like a fetched
-/// blob (size and SHA-256 against the signed manifest). Returns the targets rebuilt; the
-/// ones the portal left out are for the caller to fetch whole.
+/// blob (size and SHA-256 against the signed manifest). Returns the targets rebuilt (the
+/// ones the portal left out are for the caller to fetch whole), or `None` when the portal
+/// serves no deltas.
 fn fetch_deltas(
     source: &dyn FeedSource,
     staging: &Staging,
     wants: &[DeltaWant],
     report: &mut SyncReport,
     limiter: &mut Limiter,
-) -> Result<BTreeSet<String>, SyncError> {
+) -> Result<Option<BTreeSet<String>>, SyncError> {
     let pairs: Vec<FeedDeltaPair> = wants
         .iter()
         .map(|w| FeedDeltaPair {
@@ -753,7 +765,7 @@ fn fetch_deltas(
         })
         .collect();
     let Some(body) = source.deltas(&pairs)? else {
-        return Ok(BTreeSet::new());
+        return Ok(None);
     };
     let by_target: BTreeMap<&str, &DeltaWant> =
         wants.iter().map(|w| (w.target.as_str(), w)).collect();
@@ -786,7 +798,7 @@ fn fetch_deltas(
     report.wire_bytes += counted.n;
     report.batches += 1;
     result?;
-    Ok(got)
+    Ok(Some(got))
 }
 
 /// Writes `Write` through to a file while hashing and counting.

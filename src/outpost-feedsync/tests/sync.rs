@@ -38,6 +38,8 @@ enum Fault {
     TamperDelta,
     /// Rewrite the first delta's base digest: a delta against a file the sensor lacks.
     WrongBase,
+    /// A portal without the deltas endpoint.
+    NoDeltas,
 }
 
 /// The testkit's source with faults.
@@ -45,6 +47,8 @@ struct Src {
     inner: Http,
     fault: Fault,
     batches: Mutex<usize>,
+    /// Calls of [`FeedSource::deltas`].
+    delta_calls: Mutex<usize>,
     /// The portal's blobs, to rebuild a delta's target for [`Fault::TamperDelta`].
     blobs: PathBuf,
 }
@@ -150,6 +154,10 @@ impl FeedSource for Src {
     }
 
     fn deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Box<dyn Read + Send>>, SourceError> {
+        *self.delta_calls.lock().unwrap() += 1;
+        if self.fault == Fault::NoDeltas {
+            return Ok(None);
+        }
         let Some(body) = self.inner.deltas(pairs)? else {
             return Ok(None);
         };
@@ -206,6 +214,7 @@ impl Fixture {
             inner: self.tp.source(),
             fault,
             batches: Mutex::new(0),
+            delta_calls: Mutex::new(0),
             blobs: self.tp.data.join("feeds/blobs"),
         }
     }
@@ -966,4 +975,39 @@ fn the_portal_refuses_bad_delta_requests() {
         post(&f.tp.api_key, serde_json::json!({"deltas": many})).0,
         413
     );
+}
+
+/// A portal that predates deltas: the manifest and every changed file come whole, and
+/// after the manifest's refusal and one more try the sensor stops asking.
+#[test]
+fn a_portal_without_deltas_serves_every_file_whole() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    let src = f.source(Fault::NoDeltas);
+    let r = applied(sync(&f.config(), &src, &mut no_progress));
+    assert_eq!(r.delta_blobs, 0);
+    let old: BTreeSet<&str> = day0
+        .manifest
+        .files
+        .iter()
+        .map(|x| x.sha256.as_str())
+        .collect();
+    let mut changed: BTreeSet<String> = day1
+        .manifest
+        .files
+        .iter()
+        .filter(|x| !old.contains(x.sha256.as_str()))
+        .map(|x| x.sha256.clone())
+        .collect();
+    changed.insert(day1.release.manifest_sha256.clone());
+    assert_eq!(src.asked().into_iter().collect::<BTreeSet<_>>(), changed);
+    assert_eq!(
+        *src.delta_calls.lock().unwrap(),
+        2,
+        "the manifest's, then one batch"
+    );
+    assert_live_is(&root, &day1.manifest);
 }

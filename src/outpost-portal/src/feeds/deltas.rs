@@ -92,3 +92,51 @@ pub fn delta(store: &BlobStore, base: &str, target: &str) -> io::Result<Entry> {
     remember(key, e.clone());
     Ok(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::blobs::sha256_hex;
+
+    fn put(store: &BlobStore, bytes: &[u8]) -> String {
+        let sha = sha256_hex(bytes);
+        store.put(&sha, bytes).unwrap();
+        sha
+    }
+
+    #[test]
+    fn deltas_rebuild_the_target_are_cached_and_declined_when_useless() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let base: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("{:08x}  nvt/portal-delta-test/{i}.nasl\n", i * 7).into_bytes())
+            .collect();
+        let mut target = base.clone();
+        target[5000] = b'X';
+        let (b, t) = (put(&store, &base), put(&store, &target));
+        let d = delta(&store, &b, &t).unwrap().expect("a delta");
+        assert!(d.len() < 100, "{} bytes", d.len());
+        let mut r = &d[..];
+        let h = outpost_feed::delta::read_header(&mut r).unwrap();
+        assert_eq!(h.base_sha256, b);
+        let mut out = Vec::new();
+        outpost_feed::delta::apply_ops(&mut r, &&base[..], h.target_len, &mut out).unwrap();
+        assert_eq!(out, target);
+        // Cached: the same delta, without reading the blobs again.
+        store.remove(&b).unwrap();
+        let again = delta(&store, &b, &t).unwrap().expect("cached");
+        assert!(Arc::ptr_eq(&d, &again));
+
+        // Declined: a base the portal does not hold, the same blob, a delta no smaller.
+        assert!(delta(&store, &"0".repeat(64), &t).unwrap().is_none());
+        assert!(delta(&store, &t, &t).unwrap().is_none());
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let n = put(&store, &noise);
+        assert!(delta(&store, &t, &n).unwrap().is_none());
+        // A target the portal does not hold is an error (the handler's 404).
+        let err = delta(&store, &t, &"1".repeat(64)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}
