@@ -459,6 +459,23 @@ fn the_bandwidth_cap_paces_the_whole_sync() {
         "{} bytes on the wire took {took:?}, expected {expect:?}",
         r.wire_bytes
     );
+
+    // The next day's deltas are paced the same way (64 kbit/s: 8,000 bytes a second).
+    f.publish(1);
+    let clock = Arc::new(FakeClock::default());
+    let mut cfg = f.config().with_max_kbit_per_s(64);
+    cfg.clock = clock.clone();
+    let r = applied(sync(&cfg, &f.source(Fault::None), &mut no_progress));
+    assert!(r.delta_blobs > 0, "{r:?}");
+    let rate = 8_000u64;
+    assert!(r.wire_bytes > rate / 4, "{r:?}");
+    let expect = Duration::from_nanos((r.wire_bytes - rate / 4) * 1_000_000_000 / rate);
+    let took = *clock.0.lock().unwrap();
+    assert!(
+        took >= expect && took - expect < Duration::from_millis(1),
+        "{} bytes on the wire took {took:?}, expected {expect:?}",
+        r.wire_bytes
+    );
 }
 
 #[test]
