@@ -1,6 +1,6 @@
 //! Feed releases for sensors (docs/feeds.md, "Serving releases"): the current release's
-//! signed manifest reference, and blobs in batches, compressed, in one answer per
-//! request. Authenticated like every sensor endpoint (API key, own tunnel).
+//! signed manifest reference, and blobs (or in-file deltas of them) in batches,
+//! compressed, in one answer per request. Authenticated like every sensor endpoint (API key, own tunnel).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -234,6 +234,13 @@ pub async fn deltas(
             match crate::feeds::deltas::delta(&store, &p.base, &p.target) {
                 Ok(Some(d)) => out.push((p.target.as_str(), d)),
                 Ok(None) => {}
+                // Collected since the check above: as for a missing target.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ApiError::not_found(format!(
+                        "the portal holds no blob {} (the release may have been collected: fetch the current release again)",
+                        p.target
+                    )))
+                }
                 Err(e) => return Err(internal(format!("delta {} -> {}: {e}", p.base, p.target))),
             }
         }
