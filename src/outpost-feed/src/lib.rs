@@ -22,6 +22,7 @@
 pub mod batch;
 mod checksum;
 mod decide;
+pub mod delta;
 mod error;
 mod nasl;
 mod notus;

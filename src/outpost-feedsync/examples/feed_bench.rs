@@ -8,125 +8,33 @@
 //!
 //! Prints `metric=value` lines:
 //! - `feed_full_wire_bytes`, `feed_full_sync_s`: day 0 from nothing;
-//! - `feed_delta_wire_bytes`: day 0 to day 1;
+//! - `feed_delta_wire_bytes`, `feed_delta_sync_s`: day 0 to day 1 (in-file deltas for the
+//!   changed files and the manifest, computed by the portal on this first ask: its delta
+//!   cache is cold);
 //! - `rsync_delta_wire_bytes`: rsync's total bytes sent and received for the same change;
 //! - `feed_apply_s`: in the day-1 sync, from the last batch fetched (every blob on disk) to
 //!   `current` switched (the sync's return): tree assembly (hard links, new files) and the
 //!   switch;
 //! - `feed_delta_vs_rsync_ratio`: the goal is at most 0.5.
 //!
-//! The wire bytes are those of the compressed batch bodies the sensor reads (what
+//! The wire bytes are those of the compressed batch and delta bodies the sensor reads (what
 //! `SyncReport::wire_bytes` counts), without HTTP headers and TLS framing; rsync's figure
 //! includes its protocol (file list, checksums) over plain TCP.
 
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost_bundle::{SecretKey, TrustedKeys};
 use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::{advance, generate, FeedSpec};
-use outpost_feedsync::{sync, FeedSource, Progress, SourceError, SyncConfig, SyncOutcome};
-use outpost_portal::feeds::{import, ImportOptions, ImportReport};
-use outpost_portal::{Portal, Settings};
-use outpost_wire::feed::{FeedBlobsRequest, FeedReleaseInfo, BLOBS_PATH, RELEASE_PATH};
+use outpost_feedsync::{sync, Progress, SyncOutcome};
+use outpost_feedsync_testkit::TestPortal;
+use outpost_portal::feeds::ImportReport;
 
 const SEED: u64 = 5;
 const FULL: u32 = 136_302;
 const UID: &str = "Outpost Bench Feed Integrity Key <feed@bench.invalid>";
-
-/// The sensor API over HTTPS, as `outpostd` speaks it (without the tunnel).
-struct Http {
-    agent: ureq::Agent,
-    url: String,
-    key: String,
-}
-
-impl FeedSource for Http {
-    fn release(&self) -> Result<Option<FeedReleaseInfo>, SourceError> {
-        let mut r = self
-            .agent
-            .get(format!("{}{RELEASE_PATH}", self.url))
-            .header("authorization", format!("Bearer {}", self.key))
-            .call()
-            .map_err(|e| SourceError(e.to_string()))?;
-        match r.status().as_u16() {
-            204 => Ok(None),
-            200 => r
-                .body_mut()
-                .read_json()
-                .map(Some)
-                .map_err(|e| SourceError(e.to_string())),
-            s => Err(SourceError(format!("status {s}"))),
-        }
-    }
-
-    fn blobs(&self, sha256: &[String]) -> Result<Box<dyn Read + Send>, SourceError> {
-        let mut r = self
-            .agent
-            .post(format!("{}{BLOBS_PATH}", self.url))
-            .header("authorization", format!("Bearer {}", self.key))
-            .send_json(FeedBlobsRequest {
-                sha256: sha256.to_vec(),
-            })
-            .map_err(|e| SourceError(e.to_string()))?;
-        if r.status() != 200 {
-            let body = r.body_mut().read_to_string().unwrap_or_default();
-            return Err(SourceError(format!("status {}: {body}", r.status())));
-        }
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .map_err(|e| SourceError(e.to_string()))?;
-        Ok(Box::new(std::io::Cursor::new(body)))
-    }
-}
-
-fn agent(ca_pem: &[u8]) -> ureq::Agent {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let cert = Certificate::from_pem(ca_pem).unwrap();
-    let tls = TlsConfig::builder()
-        .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .build();
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .new_agent()
-}
-
-fn register(agent: &ureq::Agent, url: &str, admin: &str) -> String {
-    let tok: serde_json::Value = agent
-        .post(format!("{url}/api/admin/tokens"))
-        .header("authorization", format!("Bearer {admin}"))
-        .send_json(serde_json::json!({"site": "bench", "uses": 1, "ttl_s": 3600}))
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    let tok = tok["token"].as_str().unwrap().to_owned();
-    let reg: serde_json::Value = agent
-        .post(format!("{url}/api/sensor/register"))
-        .header("authorization", format!("Bearer {tok}"))
-        .send_json(serde_json::json!({
-            "name": "bench", "site": "bench", "hostname": "bench", "os": "test",
-            "board": "qemu-arm64", "hardware_serial": "0", "agent_version": "0.1.0",
-            "capabilities": ["scan"],
-            "wg_public_key": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
-        }))
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    reg["api_key"].as_str().expect("api key").to_owned()
-}
 
 fn run(cmd: &mut Command) {
     let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -289,46 +197,20 @@ fn main() {
     let t = trees(&cache, &spec);
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("portal");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut s = Settings::new(data.clone(), "127.0.0.1:0".parse().unwrap());
-    s.database = Some(data.join("portal.sqlite").to_str().unwrap().to_owned());
-    let portal = rt.block_on(Portal::start(s)).expect("portal starts");
-    let opts = ImportOptions::in_data_dir(&data);
-    std::fs::write(&opts.keyring, t.signer.export_public().unwrap()).unwrap();
-    let feed_pub = SecretKey::generate()
-        .unwrap()
-        .write_new(&opts.signing_key, "feed bench")
-        .unwrap();
-    let ca_pem = std::fs::read(data.join("ca.pem")).unwrap();
-    let admin = std::fs::read_to_string(data.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let agent = agent(&ca_pem);
-    let src = Http {
-        key: register(&agent, &portal.url, &admin),
-        agent,
-        url: portal.url.clone(),
-    };
+    let tp = TestPortal::start(
+        &dir.path().join("portal"),
+        &t.signer.export_public().unwrap(),
+        "bench",
+        Duration::from_secs(600),
+    );
+    let src = tp.source();
     let publish = |tree: &Path, day: u32| -> ImportReport {
         let t0 = Instant::now();
-        let r = rt
-            .block_on(import(
-                &portal.state.store,
-                &data,
-                tree,
-                &opts,
-                1_757_930_000 + i64::from(day),
-            ))
-            .expect("import");
+        let r = tp.import(tree, 1_757_930_000 + i64::from(day));
         eprintln!("imported day {day} in {:.1} s", t0.elapsed().as_secs_f64());
         r
     };
-    let cfg = SyncConfig::new(
-        dir.path().join("sensor-feeds"),
-        TrustedKeys::load(&feed_pub).unwrap(),
-    );
+    let cfg = tp.config(&dir.path().join("sensor-feeds"));
 
     // Day 0 from nothing.
     publish(&t.day0, 0);
@@ -358,15 +240,18 @@ fn main() {
     let done = Instant::now();
     let apply_s = (done - fetched.unwrap_or(t1)).as_secs_f64();
     eprintln!(
-        "day 1: {} blobs ({} bytes, the manifest included) fetched in {} batches, \
-         {} files linked, {:.2} s in all",
+        "day 1: {} blobs ({} bytes) fetched whole and {} ({} bytes) rebuilt from deltas \
+         (the manifest included) in {} requests, {} files linked, {:.2} s in all",
         delta.fetched_blobs,
         delta.fetched_bytes,
+        delta.delta_blobs,
+        delta.delta_bytes,
         delta.batches,
         delta.linked_files,
         (done - t1).as_secs_f64()
     );
     println!("feed_delta_wire_bytes={}", delta.wire_bytes);
+    println!("feed_delta_sync_s={:.2}", (done - t1).as_secs_f64());
 
     // The anchor: rsync from the day-1 tree onto a copy of the day-0 tree.
     let dest = dir.path().join("rsync-day0");
@@ -387,5 +272,5 @@ fn main() {
         "feed_delta_vs_rsync_ratio={:.3}",
         delta.wire_bytes as f64 / rsync as f64
     );
-    drop(portal);
+    drop(tp);
 }

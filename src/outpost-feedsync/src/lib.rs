@@ -18,8 +18,13 @@
 //! keep their mtimes and openvas does not re-parse them), and made durable before the
 //! switch. A failure anywhere leaves `current` as it was.
 //!
-//! With a bandwidth cap ([`SyncConfig::max_kbit_per_s`]) the blob answers are read
-//! through a token bucket ([`throttle`]) shared by every request of the sync.
+//! A changed file whose path the live release holds (verified) and the manifest itself
+//! come as in-file deltas against the live versions (`outpost_feed::delta`, docs/feeds.md
+//! "Deltas"), rebuilt into staging and checked exactly like a fetched blob; whatever the
+//! portal declines comes whole.
+//!
+//! With a bandwidth cap ([`SyncConfig::max_kbit_per_s`]) the blob and delta answers are
+//! read through a token bucket ([`throttle`]) shared by every request of the sync.
 
 pub mod throttle;
 
@@ -33,8 +38,12 @@ use std::time::Duration;
 
 use outpost_bundle::TrustedKeys;
 use outpost_feed::batch::{BatchError, BatchReader};
+use outpost_feed::delta::{self, DeltaError, FileBase};
 use outpost_feed::{verify_manifest, FeedManifest, FeedPaths, ManifestSignature, ReleaseError};
-use outpost_wire::feed::{FeedReleaseInfo, MAX_BATCH_BLOBS, MAX_BATCH_BYTES, MAX_MANIFEST_BYTES};
+use outpost_wire::feed::{
+    FeedDeltaPair, FeedReleaseInfo, MAX_BATCH_BLOBS, MAX_BATCH_BYTES, MAX_DELTA_BATCH_BYTES,
+    MAX_DELTA_FILE_BYTES, MAX_MANIFEST_BYTES,
+};
 use sha2::{Digest, Sha256};
 use throttle::{Clock, Limiter, SystemClock, TokenBucket};
 
@@ -55,6 +64,13 @@ pub trait FeedSource {
     fn release(&self) -> Result<Option<FeedReleaseInfo>, SourceError>;
     /// Fetches a batch of blobs (within the wire limits); the answer's body, compressed.
     fn blobs(&self, sha256: &[String]) -> Result<Box<dyn Read + Send>, SourceError>;
+    /// Fetches in-file deltas (`outpost_feed::delta`) in one blob batch named by target;
+    /// `None` when the portal serves no deltas (an older portal): every file then comes
+    /// whole.
+    fn deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Box<dyn Read + Send>>, SourceError> {
+        let _ = pairs;
+        Ok(None)
+    }
 }
 
 /// The portal could not be asked or refused the request.
@@ -190,12 +206,17 @@ pub struct SyncReport {
     /// Blobs (the manifest included) found already fetched and verified in staging: an
     /// earlier sync was cut.
     pub resumed_blobs: u64,
-    /// What this run fetched: blobs (the manifest included), their content bytes, the
-    /// compressed bytes on the wire and the requests made.
+    /// What this run fetched whole: blobs (the manifest included) and their content
+    /// bytes; then the compressed bytes on the wire and the requests made, deltas
+    /// included.
     pub fetched_blobs: u64,
     pub fetched_bytes: u64,
     pub wire_bytes: u64,
     pub batches: u64,
+    /// Of the blobs not fetched whole: those rebuilt from an in-file delta against the
+    /// live release's version (the manifest included), and their content bytes.
+    pub delta_blobs: u64,
+    pub delta_bytes: u64,
     /// Time spent waiting to keep to the bandwidth cap.
     pub throttled: Duration,
     /// The release kept for rollback.
@@ -384,6 +405,8 @@ pub fn sync(
         fetched_bytes: 0,
         wire_bytes: 0,
         batches: 0,
+        delta_blobs: 0,
+        delta_bytes: 0,
         throttled: Duration::ZERO,
         previous: None,
     };
@@ -403,6 +426,26 @@ pub fn sync(
     let manifest_path = staging.blob(&info.manifest_sha256);
     if manifest_path.exists() {
         report.resumed_blobs += 1;
+    } else if let Some((base, base_sha, base_len)) =
+        live_manifest_file(root).filter(|(_, sha, n)| {
+            *sha != info.manifest_sha256
+                && *n <= MAX_DELTA_FILE_BYTES
+                && info.manifest_size <= MAX_DELTA_FILE_BYTES
+        })
+    {
+        // Against the live release's manifest; checked below exactly as a whole one.
+        let want = [DeltaWant {
+            base_sha,
+            base,
+            base_len,
+            target: info.manifest_sha256.clone(),
+            size: info.manifest_size,
+        }];
+        let got = fetch_deltas(source, &staging, &want, &mut report, &mut limiter)?;
+        if !got.is_some_and(|g| g.contains(&info.manifest_sha256)) {
+            let want = BTreeMap::from([(info.manifest_sha256.clone(), info.manifest_size)]);
+            fetch_batch(source, &staging, &want, &mut report, &mut limiter)?;
+        }
     } else {
         let want = BTreeMap::from([(info.manifest_sha256.clone(), info.manifest_size)]);
         fetch_batch(source, &staging, &want, &mut report, &mut limiter)?;
@@ -496,7 +539,6 @@ pub fn sync(
         "feed sync: fetching what is missing"
     );
 
-    // Fetch in batches within the bounds; an oversized blob goes alone.
     let total = Progress {
         blobs_done: 0,
         blobs_total: missing.len() as u64,
@@ -504,9 +546,88 @@ pub fn sync(
         bytes_total: missing.values().sum(),
     };
     let mut done = total;
+
+    // Deltas first, for every missing file whose path the live release holds in another
+    // version that still matches its manifest (so the base really is what it claims).
+    let mut live_by_path: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    if let Some((_, m)) = &live {
+        for f in &m.files {
+            live_by_path.insert(f.path.as_str(), (f.sha256.as_str(), f.size));
+        }
+    }
+    let live_dir = live.as_ref().map(|(n, _)| root.join(RELEASES).join(n));
+    let mut wants: Vec<DeltaWant> = Vec::new();
+    let mut planned = BTreeSet::new();
+    if let Some(dir) = &live_dir {
+        for f in &manifest.files {
+            let Some(&size) = missing.get(&f.sha256) else {
+                continue;
+            };
+            let Some(&(base_sha, base_len)) = live_by_path.get(f.path.as_str()) else {
+                continue;
+            };
+            if size > MAX_DELTA_FILE_BYTES
+                || base_len > MAX_DELTA_FILE_BYTES
+                || !planned.insert(f.sha256.as_str())
+            {
+                continue;
+            }
+            let base = dir.join(tree_path(&f.path));
+            match hash_file(&base) {
+                Ok((h, n)) if h == base_sha && n == base_len => wants.push(DeltaWant {
+                    base_sha: base_sha.to_owned(),
+                    base,
+                    base_len,
+                    target: f.sha256.clone(),
+                    size,
+                }),
+                _ => tracing::warn!(
+                    file = %base.display(),
+                    "a file of the live feed does not match its manifest; not used for a delta"
+                ),
+            }
+        }
+    }
+    let mut start = 0;
+    while start < wants.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < wants.len()
+            && (end == start
+                || (end - start < batch_blobs_bound(cfg)
+                    && bytes + wants[end].size <= MAX_DELTA_BATCH_BYTES))
+        {
+            bytes += wants[end].size;
+            end += 1;
+        }
+        let Some(got) = fetch_deltas(
+            source,
+            &staging,
+            &wants[start..end],
+            &mut report,
+            &mut limiter,
+        )?
+        else {
+            // A portal without deltas: everything comes whole.
+            break;
+        };
+        for w in &wants[start..end] {
+            if got.contains(&w.target) {
+                if let Some(size) = missing.remove(&w.target) {
+                    done.blobs_done += 1;
+                    done.bytes_done += size;
+                }
+                verified.insert(w.target.clone(), staging.blob(&w.target));
+            }
+        }
+        progress(&done);
+        start = end;
+    }
+
+    // The rest whole, in batches within the bounds; an oversized blob goes alone.
     let mut batch: BTreeMap<String, u64> = BTreeMap::new();
     let mut batch_bytes = 0u64;
-    let batch_blobs = cfg.batch_blobs.clamp(1, MAX_BATCH_BLOBS);
+    let batch_blobs = batch_blobs_bound(cfg);
     let batch_limit = cfg.batch_bytes.clamp(1, MAX_BATCH_BYTES);
     let entries: Vec<(String, u64)> = missing.into_iter().collect();
     for (i, (sha, size)) in entries.iter().enumerate() {
@@ -537,7 +658,6 @@ pub fn sync(
     if staging.tree.exists() {
         fs::remove_dir_all(&staging.tree).map_err(io_err("removing", &staging.tree))?;
     }
-    let live_dir = live.as_ref().map(|(n, _)| root.join(RELEASES).join(n));
     for f in &manifest.files {
         let dest = staging.tree.join(tree_path(&f.path));
         if let Some(parent) = dest.parent() {
@@ -598,6 +718,164 @@ pub fn sync(
     }
     remove_other_releases(root, &[Some(name), report.previous.clone()]);
     Ok(SyncOutcome::Applied(report))
+}
+
+fn batch_blobs_bound(cfg: &SyncConfig) -> usize {
+    cfg.batch_blobs.clamp(1, MAX_BATCH_BLOBS)
+}
+
+/// The live release's manifest file, its SHA-256 and length: the base for the next
+/// manifest's delta.
+fn live_manifest_file(root: &Path) -> Option<(PathBuf, String, u64)> {
+    let name = link_target(root, CURRENT)?;
+    let p = root
+        .join(RELEASES)
+        .join(name)
+        .join(META)
+        .join("manifest.json");
+    let (sha, n) = hash_file(&p).ok()?;
+    Some((p, sha, n))
+}
+
+/// A delta to ask for: from `base` (verified: `base_sha`, `base_len`) to blob `target`.
+struct DeltaWant {
+    base_sha: String,
+    base: PathBuf,
+    base_len: u64,
+    target: String,
+    size: u64,
+}
+
+/// Fetches deltas and rebuilds their targets into staging, each checked like a fetched
+/// blob (size and SHA-256 against the signed manifest). Returns the targets rebuilt (the
+/// ones the portal left out are for the caller to fetch whole), or `None` when the portal
+/// serves no deltas.
+fn fetch_deltas(
+    source: &dyn FeedSource,
+    staging: &Staging,
+    wants: &[DeltaWant],
+    report: &mut SyncReport,
+    limiter: &mut Limiter,
+) -> Result<Option<BTreeSet<String>>, SyncError> {
+    let pairs: Vec<FeedDeltaPair> = wants
+        .iter()
+        .map(|w| FeedDeltaPair {
+            base: w.base_sha.clone(),
+            target: w.target.clone(),
+        })
+        .collect();
+    let Some(body) = source.deltas(&pairs)? else {
+        return Ok(None);
+    };
+    let by_target: BTreeMap<&str, &DeltaWant> =
+        wants.iter().map(|w| (w.target.as_str(), w)).collect();
+    let mut counted = Counting {
+        inner: limiter.reader(body),
+        n: 0,
+    };
+    let mut got = BTreeSet::new();
+    let result = (|| {
+        let mut r = BatchReader::new(&mut counted)?;
+        while let Some(e) = r.next_entry()? {
+            let Some(w) = by_target.get(e.sha256.as_str()) else {
+                return Err(SyncError::Tampered(format!(
+                    "the portal sent a delta for {}, which was not asked for",
+                    e.sha256
+                )));
+            };
+            if !got.insert(e.sha256.clone()) {
+                return Err(SyncError::Tampered(format!(
+                    "the portal sent the delta for {} twice",
+                    e.sha256
+                )));
+            }
+            store_delta(staging, w, &mut r.content())?;
+            report.delta_blobs += 1;
+            report.delta_bytes += w.size;
+        }
+        Ok(())
+    })();
+    report.wire_bytes += counted.n;
+    report.batches += 1;
+    result?;
+    Ok(Some(got))
+}
+
+/// Writes `Write` through to a file while hashing and counting.
+struct HashingFile {
+    f: File,
+    h: Sha256,
+    n: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.f.write(buf)?;
+        self.h.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.f.flush()
+    }
+}
+
+/// Rebuilds one delta's target next to the staged blobs and names it by its digest only
+/// once it matched, as [`store_blob`] does.
+fn store_delta(staging: &Staging, w: &DeltaWant, content: &mut dyn Read) -> Result<(), SyncError> {
+    let sha = &w.target;
+    let head = delta::read_header(content).map_err(|e| delta_err(sha, e))?;
+    if head.base_sha256 != w.base_sha {
+        return Err(SyncError::Tampered(format!(
+            "the delta for {sha} is against {}, not the sensor's {} as asked",
+            head.base_sha256, w.base_sha
+        )));
+    }
+    if head.target_len != w.size {
+        return Err(SyncError::Tampered(format!(
+            "the delta for {sha} makes {} bytes, {} in the signed manifest",
+            head.target_len, w.size
+        )));
+    }
+    let base = FileBase::open(&w.base).map_err(io_err("opening", &w.base))?;
+    if delta::Base::len(&base) != w.base_len {
+        return Err(SyncError::Tampered(format!(
+            "{} changed during the sync",
+            w.base.display()
+        )));
+    }
+    let tmp = staging.blobs.join(format!(".part-{sha}"));
+    let f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    let mut out = HashingFile {
+        f,
+        h: Sha256::new(),
+        n: 0,
+    };
+    if let Err(e) = delta::apply_ops(content, &base, w.size, &mut out) {
+        let _ = fs::remove_file(&tmp);
+        return Err(delta_err(sha, e));
+    }
+    let HashingFile { f, h, n } = out;
+    drop(f);
+    if n != w.size || hex(&h.finalize()) != *sha {
+        let _ = fs::remove_file(&tmp);
+        return Err(SyncError::Tampered(format!(
+            "blob {sha} rebuilt from the portal's delta does not match its SHA-256 (altered in transit)"
+        )));
+    }
+    let dest = staging.blob(sha);
+    fs::rename(&tmp, &dest).map_err(io_err("storing", &dest))
+}
+
+fn delta_err(sha: &str, e: DeltaError) -> SyncError {
+    match e {
+        DeltaError::Invalid(why) => {
+            SyncError::Tampered(format!("the portal's delta for {sha} is not valid: {why}"))
+        }
+        // Most likely the connection (worth a retry, what arrived whole is kept), as for
+        // blobs; a full card was ruled out by the free-space check.
+        DeltaError::Io(e) => SyncError::Source(SourceError(format!("the batch was cut: {e}"))),
+    }
 }
 
 /// Removes staged blobs the target release does not name.

@@ -1,6 +1,7 @@
 //! Feed sync against a real portal on loopback: a synthetic feed (outpost-feedgen, signed
 //! with a throwaway GnuPG key) is imported and published, and the sensor side fetches it
-//! through the sensor API (`/api/sensor/feed/*`) over HTTPS with a registered sensor's key.
+//! through the sensor API (`/api/sensor/feed/*`) over HTTPS with a registered sensor's key
+//! (the portal and the source are `outpost-feedsync-testkit`'s, shared with the benchmark).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -11,113 +12,157 @@ use std::time::Duration;
 
 use outpost_bundle::{SecretKey, TrustedKeys};
 use outpost_feed::batch::{encode, BatchReader};
-use outpost_feed::{inspect, FeedManifest};
+use outpost_feed::{delta, inspect, FeedManifest};
 use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::{advance, generate, FeedSpec};
 use outpost_feedsync::{
     rollback, sync, FeedSource, Progress, SourceError, SyncConfig, SyncError, SyncOutcome,
     SyncReport,
 };
-use outpost_portal::feeds::{import, ImportOptions, ImportReport};
-use outpost_portal::{Portal, Settings};
-use outpost_wire::feed::{FeedBlobsRequest, FeedReleaseInfo, BLOBS_PATH, RELEASE_PATH};
+use outpost_feedsync_testkit::{Http, TestPortal};
+use outpost_portal::feeds::ImportReport;
+use outpost_wire::feed::{FeedDeltaPair, FeedReleaseInfo, BLOBS_PATH, DELTAS_PATH, RELEASE_PATH};
 
 const SCRIPTS: u32 = 200;
 
-/// What a source may do to a batch on its way.
+/// What a source may do to an answer on its way.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
     None,
-    /// Cut the body of the batch after this many successful batches, halfway through.
+    /// Cut the body after this many successful requests (blobs or deltas), halfway.
     CutAfter(usize),
-    /// Alter the first blob of every batch (re-framed, so only the hash can tell).
+    /// Alter the first blob of every blob batch (re-framed, so only the hash can tell).
     Tamper,
+    /// Replace the first delta of every deltas answer by a valid delta from the same base
+    /// to other bytes of the same length: only the rebuilt file's hash can tell.
+    TamperDelta,
+    /// Rewrite the first delta's base digest: a delta against a file the sensor lacks.
+    WrongBase,
+    /// A portal without the deltas endpoint.
+    NoDeltas,
 }
 
-/// The sensor API over HTTPS, as `outpostd` speaks it (without the tunnel).
-struct Http {
-    agent: ureq::Agent,
-    url: String,
-    key: String,
+/// The testkit's source with faults.
+struct Src {
+    inner: Http,
     fault: Fault,
     batches: Mutex<usize>,
-    /// Every digest asked for, in order.
-    asked: Mutex<Vec<String>>,
+    /// Calls of [`FeedSource::deltas`].
+    delta_calls: Mutex<usize>,
+    /// The portal's blobs, to rebuild a delta's target for [`Fault::TamperDelta`].
+    blobs: PathBuf,
 }
 
-impl Http {
+impl Src {
     fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap().clone()
-    }
-}
-
-impl FeedSource for Http {
-    fn release(&self) -> Result<Option<FeedReleaseInfo>, SourceError> {
-        let mut r = self
-            .agent
-            .get(format!("{}{RELEASE_PATH}", self.url))
-            .header("authorization", format!("Bearer {}", self.key))
-            .call()
-            .map_err(|e| SourceError(e.to_string()))?;
-        match r.status().as_u16() {
-            204 => Ok(None),
-            200 => r
-                .body_mut()
-                .read_json()
-                .map(Some)
-                .map_err(|e| SourceError(e.to_string())),
-            s => Err(SourceError(format!("status {s}"))),
-        }
+        self.inner.asked()
     }
 
-    fn blobs(&self, sha256: &[String]) -> Result<Box<dyn Read + Send>, SourceError> {
-        self.asked.lock().unwrap().extend(sha256.iter().cloned());
-        let mut r = self
-            .agent
-            .post(format!("{}{BLOBS_PATH}", self.url))
-            .header("authorization", format!("Bearer {}", self.key))
-            .send_json(FeedBlobsRequest {
-                sha256: sha256.to_vec(),
-            })
-            .map_err(|e| SourceError(e.to_string()))?;
-        if r.status() != 200 {
-            let body = r.body_mut().read_to_string().unwrap_or_default();
-            return Err(SourceError(format!("status {}: {body}", r.status())));
+    fn asked_deltas(&self) -> Vec<FeedDeltaPair> {
+        self.inner.asked_deltas()
+    }
+
+    /// Every target asked for, whole or as a delta.
+    fn asked_targets(&self) -> BTreeSet<String> {
+        let mut all: BTreeSet<String> = self.asked().into_iter().collect();
+        all.extend(self.asked_deltas().into_iter().map(|p| p.target));
+        all
+    }
+
+    fn read_entries(body: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut r = BatchReader::new(body).unwrap();
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut b = Vec::new();
+            r.content().read_to_end(&mut b).unwrap();
+            out.push((e.sha256, b));
         }
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .map_err(|e| SourceError(e.to_string()))?;
+        out
+    }
+
+    fn answer(&self, body: Vec<u8>, deltas: bool) -> Box<dyn Read + Send> {
         let mut n = self.batches.lock().unwrap();
         *n += 1;
+        let reframe = |entries: Vec<(String, Vec<u8>)>| -> Box<dyn Read + Send> {
+            let wire = encode(entries.iter().map(|(s, b)| (s.as_str(), b.as_slice()))).unwrap();
+            Box::new(std::io::Cursor::new(wire))
+        };
         match self.fault {
             Fault::CutAfter(k) if *n > k => {
                 let half = body.len() / 2;
-                Ok(Box::new(
-                    std::io::Cursor::new(body[..half].to_vec()).chain(Broken),
-                ))
+                Box::new(std::io::Cursor::new(body[..half].to_vec()).chain(Broken))
             }
-            Fault::Tamper => {
-                let mut r = BatchReader::new(&body[..]).unwrap();
-                let mut blobs = Vec::new();
-                while let Some(e) = r.next_entry().unwrap() {
-                    let mut b = Vec::new();
-                    r.content().read_to_end(&mut b).unwrap();
-                    blobs.push((e.sha256, b));
-                }
+            Fault::Tamper if !deltas => {
+                let mut blobs = Self::read_entries(&body);
                 // Same length, other bytes: only the SHA-256 can tell.
-                if let Some(first) = blobs.first_mut() {
-                    if let Some(x) = first.1.first_mut() {
-                        *x ^= 0x20;
-                    }
+                if let Some(x) = blobs.first_mut().and_then(|b| b.1.first_mut()) {
+                    *x ^= 0x20;
                 }
-                let wire = encode(blobs.iter().map(|(s, b)| (s.as_str(), b.as_slice()))).unwrap();
-                Ok(Box::new(std::io::Cursor::new(wire)))
+                reframe(blobs)
             }
-            _ => Ok(Box::new(std::io::Cursor::new(body))),
+            Fault::TamperDelta if deltas => {
+                let mut entries = Self::read_entries(&body);
+                if let Some((_, d)) = entries.first_mut() {
+                    let mut r = &d[..];
+                    let h = delta::read_header(&mut r).unwrap();
+                    let base =
+                        std::fs::read(self.blobs.join(&h.base_sha256[..2]).join(&h.base_sha256))
+                            .unwrap();
+                    let mut target = Vec::new();
+                    delta::apply_ops(&mut r, &&base[..], h.target_len, &mut target).unwrap();
+                    let mid = target.len() / 2;
+                    target[mid] ^= 0x20;
+                    *d = delta::encode(&unhex(&h.base_sha256), &base, &target);
+                }
+                reframe(entries)
+            }
+            Fault::WrongBase if deltas => {
+                let mut entries = Self::read_entries(&body);
+                if let Some((_, d)) = entries.first_mut() {
+                    d[4..36].copy_from_slice(&[0x11; 32]);
+                }
+                reframe(entries)
+            }
+            _ => Box::new(std::io::Cursor::new(body)),
         }
+    }
+}
+
+fn unhex(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+fn read_all(mut r: Box<dyn Read + Send>) -> Result<Vec<u8>, SourceError> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)
+        .map_err(|e| SourceError(e.to_string()))?;
+    Ok(v)
+}
+
+impl FeedSource for Src {
+    fn release(&self) -> Result<Option<FeedReleaseInfo>, SourceError> {
+        self.inner.release()
+    }
+
+    fn blobs(&self, sha256: &[String]) -> Result<Box<dyn Read + Send>, SourceError> {
+        let body = read_all(self.inner.blobs(sha256)?)?;
+        Ok(self.answer(body, false))
+    }
+
+    fn deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Box<dyn Read + Send>>, SourceError> {
+        *self.delta_calls.lock().unwrap() += 1;
+        if self.fault == Fault::NoDeltas {
+            return Ok(None);
+        }
+        let Some(body) = self.inner.deltas(pairs)? else {
+            return Ok(None);
+        };
+        let body = read_all(body)?;
+        Ok(Some(self.answer(body, true)))
     }
 }
 
@@ -135,114 +180,42 @@ impl Read for Broken {
 
 struct Fixture {
     dir: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    portal: Portal,
-    data: PathBuf,
+    tp: TestPortal,
     signer: GpgSigner,
     spec: FeedSpec,
-    opts: ImportOptions,
-    feed_pub: PathBuf,
-    ca_pem: Vec<u8>,
-    api_key: String,
     tree: PathBuf,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("portal");
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut s = Settings::new(data.clone(), "127.0.0.1:0".parse().unwrap());
-        s.database = Some(
-            data.join("portal.sqlite")
-                .to_str()
-                .expect("utf-8 path")
-                .to_owned(),
-        );
-        let portal = rt.block_on(Portal::start(s)).expect("portal starts");
         let signer = GpgSigner::create(
             &dir.path().join("gnupg"),
             "Outpost Test Feed Integrity Key <feed@test.invalid>",
         )
         .unwrap();
-        let opts = ImportOptions::in_data_dir(&data);
-        std::fs::write(&opts.keyring, signer.export_public().unwrap()).unwrap();
-        let feed_pub = SecretKey::generate()
-            .unwrap()
-            .write_new(&opts.signing_key, "feed test")
-            .unwrap();
-        let ca_pem = std::fs::read(data.join("ca.pem")).unwrap();
-        let admin = std::fs::read_to_string(data.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        let mut f = Fixture {
+        let tp = TestPortal::start(
+            &dir.path().join("portal"),
+            &signer.export_public().unwrap(),
+            "berlin",
+            Duration::from_secs(60),
+        );
+        Fixture {
             tree: dir.path().join("feed"),
             dir,
-            rt,
-            portal,
-            data,
+            tp,
             signer,
             spec: FeedSpec::new(5, SCRIPTS).unwrap(),
-            opts,
-            feed_pub,
-            ca_pem,
-            api_key: String::new(),
-        };
-        f.api_key = f.register(&admin);
-        f
+        }
     }
 
-    fn agent(&self) -> ureq::Agent {
-        use ureq::tls::{Certificate, RootCerts, TlsConfig};
-        let cert = Certificate::from_pem(&self.ca_pem).unwrap();
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .new_agent()
-    }
-
-    fn register(&self, admin: &str) -> String {
-        let agent = self.agent();
-        let tok: serde_json::Value = agent
-            .post(format!("{}/api/admin/tokens", self.portal.url))
-            .header("authorization", format!("Bearer {admin}"))
-            .send_json(serde_json::json!({"site": "berlin", "uses": 1, "ttl_s": 3600}))
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let tok = tok["token"].as_str().unwrap().to_owned();
-        let reg: serde_json::Value = agent
-            .post(format!("{}/api/sensor/register", self.portal.url))
-            .header("authorization", format!("Bearer {tok}"))
-            .send_json(serde_json::json!({
-                "name": "s1", "site": "berlin", "hostname": "s1", "os": "test",
-                "board": "qemu-arm64", "hardware_serial": "0", "agent_version": "0.1.0",
-                "capabilities": ["scan"],
-                "wg_public_key": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
-            }))
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        reg["api_key"].as_str().expect("api key").to_owned()
-    }
-
-    fn source(&self, fault: Fault) -> Http {
-        Http {
-            agent: self.agent(),
-            url: self.portal.url.clone(),
-            key: self.api_key.clone(),
+    fn source(&self, fault: Fault) -> Src {
+        Src {
+            inner: self.tp.source(),
             fault,
             batches: Mutex::new(0),
-            asked: Mutex::new(Vec::new()),
+            delta_calls: Mutex::new(0),
+            blobs: self.tp.data.join("feeds/blobs"),
         }
     }
 
@@ -253,15 +226,7 @@ impl Fixture {
         } else {
             advance(&self.tree, &self.spec, day - 1, Some(&self.signer)).unwrap();
         }
-        self.rt
-            .block_on(import(
-                &self.portal.state.store,
-                &self.data,
-                &self.tree,
-                &self.opts,
-                1_757_930_000 + i64::from(day),
-            ))
-            .expect("import")
+        self.tp.import(&self.tree, 1_757_930_000 + i64::from(day))
     }
 
     fn sensor_root(&self) -> PathBuf {
@@ -270,13 +235,14 @@ impl Fixture {
 
     /// Small batches, so a few hundred files take many requests.
     fn config(&self) -> SyncConfig {
-        let mut c = SyncConfig::new(
-            self.sensor_root(),
-            TrustedKeys::load(&self.feed_pub).unwrap(),
-        );
+        let mut c = self.tp.config(&self.sensor_root());
         c.batch_blobs = 40;
         c.batch_bytes = 64 * 1024;
         c
+    }
+
+    fn blob(&self, sha: &str) -> Vec<u8> {
+        std::fs::read(self.tp.blob_path(sha)).unwrap()
     }
 }
 
@@ -385,19 +351,48 @@ fn day_one_from_nothing_then_day_two_moves_only_changed_content() {
         .map(|x| (x.sha256.as_str(), x.size))
         .collect();
     let manifest_size = std::fs::metadata(
-        outpost_portal::feeds::blobs::BlobStore::open(&f.data.join("feeds"))
+        outpost_portal::feeds::blobs::BlobStore::open(&f.tp.data.join("feeds"))
             .unwrap()
             .path(&day1.release.manifest_sha256),
     )
     .unwrap()
     .len();
-    // Exactly the changed content and the manifest, nothing else.
-    let asked: BTreeSet<String> = src2.asked().into_iter().collect();
+    // Exactly the changed content and the manifest, nothing else, whole or as deltas
+    // (each delta against the live release's version of the same path).
     let mut expect: BTreeSet<String> = new.keys().map(|s| s.to_string()).collect();
     expect.insert(day1.release.manifest_sha256.clone());
-    assert_eq!(asked, expect);
-    assert_eq!(r2.fetched_blobs, new.len() as u64 + 1);
-    assert_eq!(r2.fetched_bytes, new.values().sum::<u64>() + manifest_size);
+    assert_eq!(src2.asked_targets(), expect);
+    let deltas = src2.asked_deltas();
+    assert!(
+        deltas
+            .iter()
+            .any(|p| p.target == day1.release.manifest_sha256
+                && p.base == day0.release.manifest_sha256),
+        "the manifest comes as a delta against the live one"
+    );
+    let old_by_path: BTreeMap<&str, &str> = day0
+        .manifest
+        .files
+        .iter()
+        .map(|x| (x.path.as_str(), x.sha256.as_str()))
+        .collect();
+    for p in deltas
+        .iter()
+        .filter(|p| p.target != day1.release.manifest_sha256)
+    {
+        let file = day1
+            .manifest
+            .files
+            .iter()
+            .find(|x| x.sha256 == p.target)
+            .unwrap();
+        assert_eq!(old_by_path.get(file.path.as_str()), Some(&p.base.as_str()));
+    }
+    assert_eq!(r2.fetched_blobs + r2.delta_blobs, new.len() as u64 + 1);
+    assert_eq!(
+        r2.fetched_bytes + r2.delta_bytes,
+        new.values().sum::<u64>() + manifest_size
+    );
     assert!(new.len() < blobs0.len() / 4, "a day changes little");
     let unchanged_files = day1
         .manifest
@@ -464,6 +459,23 @@ fn the_bandwidth_cap_paces_the_whole_sync() {
         "{} bytes on the wire took {took:?}, expected {expect:?}",
         r.wire_bytes
     );
+
+    // The next day's deltas are paced the same way (64 kbit/s: 8,000 bytes a second).
+    f.publish(1);
+    let clock = Arc::new(FakeClock::default());
+    let mut cfg = f.config().with_max_kbit_per_s(64);
+    cfg.clock = clock.clone();
+    let r = applied(sync(&cfg, &f.source(Fault::None), &mut no_progress));
+    assert!(r.delta_blobs > 0, "{r:?}");
+    let rate = 8_000u64;
+    assert!(r.wire_bytes > rate / 4, "{r:?}");
+    let expect = Duration::from_nanos((r.wire_bytes - rate / 4) * 1_000_000_000 / rate);
+    let took = *clock.0.lock().unwrap();
+    assert!(
+        took >= expect && took - expect < Duration::from_millis(1),
+        "{} bytes on the wire took {took:?}, expected {expect:?}",
+        r.wire_bytes
+    );
 }
 
 #[test]
@@ -522,7 +534,7 @@ fn tampered_files_on_disk_are_never_taken() {
     applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
     let day1 = f.publish(1);
     // A cut leaves verified blobs in staging; one of them is then altered on disk.
-    // Tiny batches: the manifest, then two blobs a time; cut in the third request.
+    // Tiny batches: the manifest's delta, then two deltas a time; cut in the third request.
     let mut tiny = f.config();
     tiny.batch_blobs = 2;
     let err = sync(&tiny, &f.source(Fault::CutAfter(2)), &mut no_progress).unwrap_err();
@@ -551,7 +563,7 @@ fn tampered_files_on_disk_are_never_taken() {
 
     let src = f.source(Fault::None);
     let r = applied(sync(&f.config(), &src, &mut no_progress));
-    let asked = src.asked();
+    let asked = src.asked_targets();
     let victim_sha = victim.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         asked.contains(&victim_sha),
@@ -611,10 +623,10 @@ fn a_manifest_signed_by_another_key_is_refused() {
 fn the_portal_refuses_bad_batch_requests() {
     let f = Fixture::new();
     let day0 = f.publish(0);
-    let agent = f.agent();
+    let agent = f.tp.agent();
     let post = |key: &str, body: serde_json::Value| {
         let mut r = agent
-            .post(format!("{}{BLOBS_PATH}", f.portal.url))
+            .post(format!("{}{BLOBS_PATH}", f.tp.url()))
             .header("authorization", format!("Bearer {key}"))
             .send_json(body)
             .unwrap();
@@ -629,26 +641,390 @@ fn the_portal_refuses_bad_batch_requests() {
         401
     );
     let r = agent
-        .get(format!("{}{RELEASE_PATH}", f.portal.url))
+        .get(format!("{}{RELEASE_PATH}", f.tp.url()))
         .call()
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(post(&f.api_key, serde_json::json!({"sha256": []})).0, 400);
     assert_eq!(
-        post(&f.api_key, serde_json::json!({"sha256": [some, some]})).0,
+        post(&f.tp.api_key, serde_json::json!({"sha256": []})).0,
+        400
+    );
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"sha256": [some, some]})).0,
         400
     );
     assert_eq!(
         post(
-            &f.api_key,
+            &f.tp.api_key,
             serde_json::json!({"sha256": ["../../etc/passwd"]})
         )
         .0,
         400
     );
-    let (s, body) = post(&f.api_key, serde_json::json!({"sha256": ["0".repeat(64)]}));
+    let (s, body) = post(
+        &f.tp.api_key,
+        serde_json::json!({"sha256": ["0".repeat(64)]}),
+    );
     assert_eq!(s, 404);
     assert!(body.contains(&"0".repeat(64)), "{body}");
     let many: Vec<String> = (0..3000).map(|i| format!("{i:064x}")).collect();
-    assert_eq!(post(&f.api_key, serde_json::json!({"sha256": many})).0, 413);
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"sha256": many})).0,
+        413
+    );
+}
+
+/// What fetching `shas` whole costs on the wire, in batches as the portal compresses them
+/// (one per blob: an upper bound close to what the sync without deltas read).
+fn whole_wire(f: &Fixture, shas: &BTreeSet<String>) -> u64 {
+    shas.iter()
+        .map(|s| {
+            let b = f.blob(s);
+            encode([(s.as_str(), &b[..])].into_iter()).unwrap().len() as u64
+        })
+        .sum()
+}
+
+/// Issue #11: a one-day change moves the changed bytes, not the changed files: the
+/// rewritten Notus files, `sha256sums` lists and the manifest come as deltas against the
+/// live release, and only files without an old version come whole.
+#[test]
+fn a_one_day_delta_moves_little_more_than_what_changed() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    let src = f.source(Fault::None);
+    let r = applied(sync(&f.config(), &src, &mut no_progress));
+    assert_live_is(&root, &day1.manifest);
+
+    let old: BTreeSet<&str> = day0
+        .manifest
+        .files
+        .iter()
+        .map(|x| x.sha256.as_str())
+        .collect();
+    let old_paths: BTreeSet<&str> = day0
+        .manifest
+        .files
+        .iter()
+        .map(|x| x.path.as_str())
+        .collect();
+    let mut changed: BTreeSet<String> = day1
+        .manifest
+        .files
+        .iter()
+        .filter(|x| !old.contains(x.sha256.as_str()))
+        .map(|x| x.sha256.clone())
+        .collect();
+    changed.insert(day1.release.manifest_sha256.clone());
+    // Files new by path (no old version to patch) are the only ones fetched whole.
+    let new_paths: BTreeSet<String> = day1
+        .manifest
+        .files
+        .iter()
+        .filter(|x| !old_paths.contains(x.path.as_str()))
+        .map(|x| x.sha256.clone())
+        .collect();
+    let whole: BTreeSet<String> = src.asked().into_iter().collect();
+    assert!(
+        whole.is_superset(&new_paths),
+        "files without an old version whole"
+    );
+    // Beyond those, only files whose delta the portal declined (not smaller: the
+    // signatures, a tiny `plugin_feed_info.inc`) come whole, after asking.
+    let asked_deltas: BTreeSet<String> = src.asked_deltas().into_iter().map(|p| p.target).collect();
+    for sha in whole.difference(&new_paths) {
+        assert!(asked_deltas.contains(sha), "{sha} not tried as a delta");
+        assert!(f.blob(sha).len() < 4096, "{sha} is small");
+    }
+    let via_delta: BTreeSet<String> = changed.difference(&whole).cloned().collect();
+    assert_eq!(r.delta_blobs, via_delta.len() as u64);
+    for big in ["nvt/sha256sums", "notus/advisories/debian.notus"] {
+        let sha = &day1
+            .manifest
+            .files
+            .iter()
+            .find(|x| x.path == big)
+            .unwrap()
+            .sha256;
+        assert!(via_delta.contains(sha), "{big} comes as a delta");
+    }
+
+    // On the wire: the whole changed files compressed, against what the sync read.
+    let before = whole_wire(&f, &changed);
+    let deltas_whole = whole_wire(&f, &via_delta);
+    let new_whole = whole_wire(&f, &whole);
+    eprintln!(
+        "day 2: {} bytes on the wire; {} whole before ({} for the files now patched, {} for those fetched whole)",
+        r.wire_bytes, before, deltas_whole, new_whole
+    );
+    assert!(
+        r.wire_bytes * 5 < before,
+        "{} bytes on the wire, {before} to fetch the changed files whole",
+        r.wire_bytes
+    );
+    // The deltas cost a small part of their files compressed: per file a day changes a
+    // line or an advisory. What is left beyond the whole files is the deltas.
+    let delta_wire = r.wire_bytes - new_whole.min(r.wire_bytes);
+    assert!(
+        delta_wire * 5 < deltas_whole,
+        "{delta_wire} bytes of deltas for {deltas_whole} bytes of whole files"
+    );
+}
+
+#[test]
+fn a_tampered_delta_is_refused_and_the_old_release_stays_live() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    let r1 = applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    f.publish(1);
+    let src = f.source(Fault::TamperDelta);
+    let err = sync(&f.config(), &src, &mut no_progress).unwrap_err();
+    assert!(matches!(err, SyncError::Tampered(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rebuilt from the portal's delta does not match its SHA-256"),
+        "{err}"
+    );
+    // The first delta is the manifest's: nothing else was asked for.
+    assert_eq!(src.asked_deltas().len(), 1);
+    assert!(src.asked().is_empty());
+    assert_eq!(current_name(&root).as_deref(), Some(r1.release.as_str()));
+    assert_live_is(&root, &day0.manifest);
+    let staged: Vec<String> = std::fs::read_dir(root.join("staging/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(staged.is_empty(), "nothing of it kept: {staged:?}");
+    // A clean portal afterwards brings the release.
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+}
+
+#[test]
+fn a_delta_against_a_base_the_sensor_does_not_hold_is_refused() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    let r1 = applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    f.publish(1);
+    let err = sync(&f.config(), &f.source(Fault::WrongBase), &mut no_progress).unwrap_err();
+    assert!(matches!(err, SyncError::Tampered(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("is against {}", "11".repeat(32))),
+        "{err}"
+    );
+    assert_eq!(current_name(&root).as_deref(), Some(r1.release.as_str()));
+    assert_live_is(&root, &day0.manifest);
+}
+
+/// A live file that no longer matches its manifest is no base: the sensor fetches its
+/// next version whole instead of patching what it cannot vouch for.
+#[test]
+fn a_damaged_base_falls_back_to_the_whole_file() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    let path = "notus/advisories/debian.notus";
+    std::fs::write(root.join("current").join(path), b"damaged on the card").unwrap();
+    let target = &day1
+        .manifest
+        .files
+        .iter()
+        .find(|x| x.path == path)
+        .unwrap()
+        .sha256;
+    let src = f.source(Fault::None);
+    let r = applied(sync(&f.config(), &src, &mut no_progress));
+    assert!(src.asked().contains(target), "fetched whole");
+    assert!(
+        !src.asked_deltas().iter().any(|p| &p.target == target),
+        "not patched"
+    );
+    assert!(r.delta_blobs > 0, "the other files still come as deltas");
+    assert_live_is(&root, &day1.manifest);
+}
+
+/// A portal that declines a delta (here: it no longer holds the base) is answered by
+/// fetching the file whole.
+#[test]
+fn a_delta_the_portal_declines_is_fetched_whole() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    let path = "nvt/sha256sums";
+    let old = &day0
+        .manifest
+        .files
+        .iter()
+        .find(|x| x.path == path)
+        .unwrap()
+        .sha256;
+    let new = &day1
+        .manifest
+        .files
+        .iter()
+        .find(|x| x.path == path)
+        .unwrap()
+        .sha256;
+    std::fs::remove_file(f.tp.blob_path(old)).unwrap();
+    let src = f.source(Fault::None);
+    applied(sync(&f.config(), &src, &mut no_progress));
+    assert!(src.asked_deltas().iter().any(|p| &p.target == new));
+    assert!(src.asked().contains(new), "then fetched whole");
+    assert_live_is(&root, &day1.manifest);
+}
+
+#[test]
+fn a_cut_delta_sync_resumes_without_fetching_again() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    // Two deltas a request: the manifest's, then two more whole requests, then a cut.
+    let mut tiny = f.config();
+    tiny.batch_blobs = 2;
+    let cut = f.source(Fault::CutAfter(3));
+    let err = sync(&tiny, &cut, &mut no_progress).unwrap_err();
+    assert!(matches!(err, SyncError::Source(_)), "{err}");
+    assert!(cut.asked().is_empty(), "cut among the deltas");
+    let staged: BTreeSet<String> = std::fs::read_dir(root.join("staging/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(
+        staged.len() >= 5,
+        "the manifest and four rebuilt: {staged:?}"
+    );
+    assert!(staged.contains(&day1.release.manifest_sha256));
+
+    let resume = f.source(Fault::None);
+    let mut seen = Vec::new();
+    let r = applied(sync(&tiny, &resume, &mut |p: &Progress| seen.push(*p)));
+    let asked = resume.asked_targets();
+    assert!(
+        asked.is_disjoint(&staged),
+        "refetched: {:?}",
+        asked.intersection(&staged).collect::<Vec<_>>()
+    );
+    assert_eq!(r.resumed_blobs, staged.len() as u64);
+    assert!(r.delta_blobs > 0);
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.blobs_done, last.bytes_done),
+        (last.blobs_total, last.bytes_total)
+    );
+    assert_live_is(&root, &day1.manifest);
+}
+
+#[test]
+fn the_portal_refuses_bad_delta_requests() {
+    let f = Fixture::new();
+    let day0 = f.publish(0);
+    let agent = f.tp.agent();
+    let post = |key: &str, body: serde_json::Value| {
+        let mut r = agent
+            .post(format!("{}{DELTAS_PATH}", f.tp.url()))
+            .header("authorization", format!("Bearer {key}"))
+            .send_json(body)
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().with_config().read_to_vec().unwrap_or_default(),
+        )
+    };
+    let a = &day0.manifest.files[0].sha256;
+    let b = &day0.manifest.files[1].sha256;
+    let pair = |base: &str, target: &str| serde_json::json!({"base": base, "target": target});
+    assert_eq!(
+        post("osk_wrong", serde_json::json!({"deltas": [pair(a, b)]})).0,
+        401
+    );
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"deltas": []})).0,
+        400
+    );
+    assert_eq!(
+        post(
+            &f.tp.api_key,
+            serde_json::json!({"deltas": [pair(a, b), pair(b, b)]})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            &f.tp.api_key,
+            serde_json::json!({"deltas": [pair("../x", b)]})
+        )
+        .0,
+        400
+    );
+    let (s, body) = post(
+        &f.tp.api_key,
+        serde_json::json!({"deltas": [pair(a, &"0".repeat(64))]}),
+    );
+    assert_eq!(s, 404);
+    assert!(String::from_utf8_lossy(&body).contains(&"0".repeat(64)));
+    // An unknown base is declined: an empty batch, the sensor fetches whole.
+    let (s, body) = post(
+        &f.tp.api_key,
+        serde_json::json!({"deltas": [pair(&"0".repeat(64), b)]}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(BatchReader::new(&body[..]).unwrap().remaining(), 0);
+    // A known base: a delta that rebuilds the target.
+    let (s, body) = post(&f.tp.api_key, serde_json::json!({"deltas": [pair(a, b)]}));
+    assert_eq!(s, 200);
+    let n = BatchReader::new(&body[..]).unwrap().remaining();
+    assert!(n <= 1, "{n}");
+    let many: Vec<serde_json::Value> = (0..3000).map(|i| pair(a, &format!("{i:064x}"))).collect();
+    assert_eq!(
+        post(&f.tp.api_key, serde_json::json!({"deltas": many})).0,
+        413
+    );
+}
+
+/// A portal that predates deltas: the manifest and every changed file come whole, and
+/// after the manifest's refusal and one more try the sensor stops asking.
+#[test]
+fn a_portal_without_deltas_serves_every_file_whole() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    applied(sync(&f.config(), &f.source(Fault::None), &mut no_progress));
+    let day1 = f.publish(1);
+    let src = f.source(Fault::NoDeltas);
+    let r = applied(sync(&f.config(), &src, &mut no_progress));
+    assert_eq!(r.delta_blobs, 0);
+    let old: BTreeSet<&str> = day0
+        .manifest
+        .files
+        .iter()
+        .map(|x| x.sha256.as_str())
+        .collect();
+    let mut changed: BTreeSet<String> = day1
+        .manifest
+        .files
+        .iter()
+        .filter(|x| !old.contains(x.sha256.as_str()))
+        .map(|x| x.sha256.clone())
+        .collect();
+    changed.insert(day1.release.manifest_sha256.clone());
+    assert_eq!(src.asked().into_iter().collect::<BTreeSet<_>>(), changed);
+    assert_eq!(
+        *src.delta_calls.lock().unwrap(),
+        2,
+        "the manifest's, then one batch"
+    );
+    assert_live_is(&root, &day1.manifest);
 }

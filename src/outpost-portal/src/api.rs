@@ -72,7 +72,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             outpost_wire::feed::RELEASE_PATH,
             get(crate::feed_api::release),
         )
-        .route(outpost_wire::feed::BLOBS_PATH, post(crate::feed_api::blobs));
+        .route(outpost_wire::feed::BLOBS_PATH, post(crate::feed_api::blobs))
+        .route(
+            outpost_wire::feed::DELTAS_PATH,
+            post(crate::feed_api::deltas),
+        );
     let admin = Router::new()
         .route("/api/admin/tokens", post(create_token))
         .route("/api/admin/jobs", post(create_job).get(list_jobs))

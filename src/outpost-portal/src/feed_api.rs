@@ -1,6 +1,6 @@
 //! Feed releases for sensors (docs/feeds.md, "Serving releases"): the current release's
-//! signed manifest reference, and blobs in batches, compressed, in one answer per
-//! request. Authenticated like every sensor endpoint (API key, own tunnel).
+//! signed manifest reference, and blobs (or in-file deltas of them) in batches,
+//! compressed, in one answer per request. Authenticated like every sensor endpoint (API key, own tunnel).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use outpost_feed::batch;
 use outpost_wire::feed::{
-    FeedBlobsRequest, FeedReleaseInfo, BATCH_CONTENT_TYPE, MAX_BATCH_BLOBS, MAX_BATCH_BYTES,
+    FeedBlobsRequest, FeedDeltasRequest, FeedReleaseInfo, BATCH_CONTENT_TYPE, MAX_BATCH_BLOBS,
+    MAX_BATCH_BYTES, MAX_DELTA_BATCH_BYTES,
 };
 use outpost_wire::ErrorCode;
 
@@ -159,6 +160,99 @@ pub async fn blobs(
     .await
     .map_err(|e| internal(format!("batch worker: {e}")))??;
     tracing::debug!(sensor = %sensor.id, blobs = req.sha256.len(), wire_bytes = built.len(), "feed blobs served");
+    let mut resp = Response::new(Body::from(built));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(BATCH_CONTENT_TYPE),
+    );
+    Ok(resp)
+}
+
+/// `POST /api/sensor/feed/deltas`: in-file deltas from blobs the sensor holds to blobs it
+/// lacks, in one blob batch named by target (docs/feeds.md, "Deltas"). A pair the portal
+/// declines (base collected, too large, delta not smaller) is left out; the sensor then
+/// fetches that file whole. Each delta is checked on the sensor like a blob: the rebuilt
+/// file must match the signed manifest's SHA-256.
+pub async fn deltas(
+    State(st): St,
+    headers: HeaderMap,
+    via: Via,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let sensor = sensor_auth(&st, &headers, &via).await?;
+    let req: FeedDeltasRequest = read_json(&headers, body, 2 * MAX_REQUEST).await?;
+    if req.deltas.is_empty() {
+        return Err(ApiError::bad_request("`deltas` is empty"));
+    }
+    if req.deltas.len() > MAX_BATCH_BLOBS {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("at most {MAX_BATCH_BLOBS} deltas per request"),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for p in &req.deltas {
+        for s in [&p.base, &p.target] {
+            if !is_digest(s) {
+                return Err(ApiError::bad_request(format!(
+                    "{s:?} is not a lowercase hex sha256"
+                )));
+            }
+        }
+        if !seen.insert(p.target.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "{} is asked for twice",
+                p.target
+            )));
+        }
+    }
+    let store = BlobStore::open(&st.settings.data_dir.join(DIR))
+        .map_err(|e| internal(format!("opening the feed store: {e}")))?;
+    let pairs = req.deltas.clone();
+    let built = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, usize), ApiError> {
+        let mut total = 0u64;
+        for p in &pairs {
+            match std::fs::metadata(store.path(&p.target)) {
+                Ok(m) => total += m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ApiError::not_found(format!(
+                        "the portal holds no blob {} (the release may have been collected: fetch the current release again)",
+                        p.target
+                    )))
+                }
+                Err(e) => return Err(internal(format!("{}: {e}", p.target))),
+            }
+        }
+        if pairs.len() > 1 && total > MAX_DELTA_BATCH_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{total} target bytes asked for; at most {MAX_DELTA_BATCH_BYTES} per request of several deltas"),
+            ));
+        }
+        let mut out = Vec::new();
+        for p in &pairs {
+            match crate::feeds::deltas::delta(&store, &p.base, &p.target) {
+                Ok(Some(d)) => out.push((p.target.as_str(), d)),
+                Ok(None) => {}
+                // Collected since the check above: as for a missing target.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ApiError::not_found(format!(
+                        "the portal holds no blob {} (the release may have been collected: fetch the current release again)",
+                        p.target
+                    )))
+                }
+                Err(e) => return Err(internal(format!("delta {} -> {}: {e}", p.base, p.target))),
+            }
+        }
+        let sent = out.len();
+        batch::encode(out.iter().map(|(t, d)| (*t, d.as_slice())))
+            .map(|b| (b, sent))
+            .map_err(|e| internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| internal(format!("delta worker: {e}")))??;
+    let (built, sent) = built;
+    tracing::debug!(sensor = %sensor.id, asked = req.deltas.len(), sent, wire_bytes = built.len(), "feed deltas served");
     let mut resp = Response::new(Body::from(built));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

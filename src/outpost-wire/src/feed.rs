@@ -9,6 +9,10 @@ pub const RELEASE_PATH: &str = "/api/sensor/feed/release";
 /// `POST` a [`FeedBlobsRequest`]: the blobs back in one zstd-compressed batch
 /// (`outpost_feed::batch`).
 pub const BLOBS_PATH: &str = "/api/sensor/feed/blobs";
+/// `POST` a [`FeedDeltasRequest`]: in-file deltas (`outpost_feed::delta`) in one blob
+/// batch, each entry named by its target's digest; pairs the portal declines are left out
+/// (the sensor then fetches those files whole).
+pub const DELTAS_PATH: &str = "/api/sensor/feed/deltas";
 /// Content type of a blob batch.
 pub const BATCH_CONTENT_TYPE: &str = "application/x-outpost-feed-batch+zstd";
 
@@ -17,6 +21,11 @@ pub const MAX_BATCH_BLOBS: usize = 2048;
 /// Most content bytes in one batch. A single blob larger than this (the `sha256sums`
 /// lists, the Notus advisory files) is asked for alone.
 pub const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest base or target of an in-file delta: the portal indexes the base and holds both
+/// in memory while computing one (the sensor reads the base from disk, whatever its size).
+pub const MAX_DELTA_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Most target bytes (what the deltas rebuild) asked for in one deltas request.
+pub const MAX_DELTA_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest manifest a sensor reads (the full feed's is about 18 MB).
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -39,6 +48,19 @@ pub struct FeedReleaseInfo {
 pub struct FeedBlobsRequest {
     /// Lowercase hex digests, each at most once.
     pub sha256: Vec<String>,
+}
+
+/// One delta asked for: from a file the sensor holds to one it lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDeltaPair {
+    pub base: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDeltasRequest {
+    /// Each target at most once; at most [`MAX_BATCH_BLOBS`] pairs.
+    pub deltas: Vec<FeedDeltaPair>,
 }
 
 /// The name a sensor's feed root gives a release (`releases/<name>`, the `current`

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use std::io::Read as _;
 
-use outpost_wire::feed::{self, FeedBlobsRequest, FeedReleaseInfo};
+use outpost_wire::feed::{
+    self, FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo,
+};
 use outpost_wire::sensor::{
     ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobStatusResponse, JobStatusUpdate,
     RegisterRequest, RegisterResponse, ReportAck, ReportUpload, RotateKeyRequest, TunnelConfig,
@@ -210,6 +212,42 @@ impl PortalClient {
         })
     }
 
+    /// `POST /api/sensor/feed/deltas`: in-file deltas in one batch, its body unread;
+    /// `None` when the portal predates deltas (404 for the path).
+    pub fn feed_deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Download>, ApiError> {
+        let body = serde_json::to_vec(&FeedDeltasRequest {
+            deltas: pairs.to_vec(),
+        })
+        .map_err(|e| ApiError::Decode(e.to_string()))?;
+        let d = self.transport.post_stream(&Request {
+            path: feed::DELTAS_PATH,
+            bearer: Some(&self.api_key),
+            content_type: JSON,
+            body,
+            idempotency_key: None,
+        })?;
+        if (200..300).contains(&d.status) {
+            return Ok(Some(d));
+        }
+        let mut body = Vec::new();
+        // The reason is a nicety; a body that cannot be read leaves it out.
+        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
+        let body: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+        // An older portal has no such endpoint (its fallback's 404); a 404 naming a blob is
+        // the release collected meanwhile, an error like for blobs.
+        if d.status == 404
+            && body
+                .as_ref()
+                .is_none_or(|b| b.message == "no such endpoint")
+        {
+            return Ok(None);
+        }
+        Err(ApiError::Status {
+            status: d.status,
+            body,
+        })
+    }
+
     /// Sends one NDJSON batch of log events.
     pub fn send_log(&self, ndjson: String) -> Result<(), ApiError> {
         let resp = self.transport.post(&Request {
@@ -251,6 +289,15 @@ impl outpost_feedsync::FeedSource for PortalClient {
     ) -> Result<Box<dyn std::io::Read + Send>, outpost_feedsync::SourceError> {
         self.feed_blobs(sha256)
             .map(|d| d.body)
+            .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
+    }
+
+    fn deltas(
+        &self,
+        pairs: &[FeedDeltaPair],
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, outpost_feedsync::SourceError> {
+        self.feed_deltas(pairs)
+            .map(|d| d.map(|d| d.body))
             .map_err(|e| outpost_feedsync::SourceError(e.to_string()))
     }
 }
@@ -598,6 +645,40 @@ mod tests {
         );
         let err = c.feed_blobs(&["00".repeat(32)]).unwrap_err();
         assert_eq!(err.portal_message(), Some("no blob 00"));
+
+        // Deltas: a portal without the endpoint (its fallback's 404) serves none, and the
+        // sync fetches whole; a 404 naming a blob is a refusal like for blobs.
+        let pair = [FeedDeltaPair {
+            base: "aa".repeat(32),
+            target: "bb".repeat(32),
+        }];
+        t.push(
+            feed::DELTAS_PATH,
+            Ok(status(
+                404,
+                Some(ErrorBody::new(ErrorCode::NotFound, "no such endpoint")),
+            )),
+        );
+        assert!(c.feed_deltas(&pair).unwrap().is_none());
+        t.push(
+            feed::DELTAS_PATH,
+            Ok(status(
+                404,
+                Some(ErrorBody::new(
+                    ErrorCode::NotFound,
+                    "the portal holds no blob bb",
+                )),
+            )),
+        );
+        assert!(c.feed_deltas(&pair).is_err());
+        assert_eq!(
+            t.seen_on(feed::DELTAS_PATH)[0].body,
+            format!(
+                r#"{{"deltas":[{{"base":"{}","target":"{}"}}]}}"#,
+                "aa".repeat(32),
+                "bb".repeat(32)
+            )
+        );
     }
 
     #[test]

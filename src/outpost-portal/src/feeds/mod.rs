@@ -17,6 +17,7 @@
 
 pub mod blobs;
 pub mod channels;
+pub mod deltas;
 pub mod openpgp;
 pub mod tree;
 pub mod upstream;

@@ -235,8 +235,8 @@ impl Shell {
                 Synced::Live(format!("feed release {release} is current"))
             }
             Ok(SyncOutcome::Applied(r)) => Synced::Live(format!(
-                "feed release {} is live: {} files, {} blobs fetched in {} requests ({} bytes, {} on the wire), {} unchanged files kept",
-                r.release, r.files, r.fetched_blobs, r.batches, r.fetched_bytes, r.wire_bytes, r.linked_files
+                "feed release {} is live: {} files, {} blobs fetched in {} requests ({} bytes, {} on the wire), {} rebuilt from deltas ({} bytes), {} unchanged files kept",
+                r.release, r.files, r.fetched_blobs, r.batches, r.fetched_bytes, r.wire_bytes, r.delta_blobs, r.delta_bytes, r.linked_files
             )),
             Err(e) => Synced::Failed(format!("feed sync failed: {e}")),
         };
