@@ -55,22 +55,35 @@ cmd = 'awk \'/^Package: /{p=$2} /^Version: /{v=$2} /^Status: install ok installe
 packages = ssh_request_exec(sess, cmd:cmd, stdout:1, stderr:0);
 ssh_disconnect(sess);
 
-# Only the lines asked for: a login may print more (a notice, a motd).
-release = chomp(egrep(pattern:"^[a-z]+ [0-9.]+$", string:release));
+# Only the lines asked for: a login may print more (a notice, a failed chdir).
+found = "";
+foreach line(split(release, keep:FALSE)) {
+  if(line =~ "^[a-z]+ [0-9.]+$")
+    found = line;
+}
+release = found;
 if(!release || release !~ "^debian [0-9]+$") {
   log_message(port:port, data:"Logged in over SSH as " + login + ", but the system is not a Debian release this feed knows: " + release);
   exit(0);
 }
 os_release = "Debian " + ereg_replace(string:release, pattern:"^debian ", replace:"");
-packages = chomp(egrep(pattern:"^[a-z0-9][a-z0-9+.-]+-[0-9][0-9A-Za-z.+~:-]*$", string:packages));
-if(!packages) {
+list = "";
+n = 0;
+foreach line(split(packages, keep:FALSE)) {
+  if(line =~ "^[a-z0-9][a-z0-9+.-]+-[0-9][0-9A-Za-z.+~:-]*$") {
+    if(n > 0)
+      list += '\n';
+    list += line;
+    n++;
+  }
+}
+if(n == 0) {
   log_message(port:port, data:"Logged in over SSH as " + login + ", but no installed package was found.");
   exit(0);
 }
 
-n = max_index(split(packages, keep:FALSE));
 # openvas hands the list (one name-version per line) to notus-scanner and publishes
 # what it finds as results of the advisories' OIDs.
-update_table_driven_lsc_data(pkg_list:packages, os_release:os_release);
+update_table_driven_lsc_data(pkg_list:list, os_release:os_release);
 log_message(port:port, data:"Logged in over SSH as " + login + ": " + os_release + ", " + n + " installed packages handed to Notus.");
 exit(0);

@@ -453,7 +453,9 @@ mod tests {
         // A save point would write running scans' knowledge bases (credentials
         // included) to the card.
         assert!(
-            !conf.lines().any(|l| l.starts_with("save ") && l != "save \"\""),
+            !conf
+                .lines()
+                .any(|l| l.starts_with("save ") && l != "save \"\""),
             "no save points: {conf}"
         );
         assert!(!conf.contains("bind "), "no TCP bind wanted");

@@ -290,9 +290,8 @@ fn real_stack_starts_in_order_restarts_dependents_and_stops_in_reverse() {
     outpost_scanner::redis_save(&s.redis_socket, Duration::from_secs(10)).unwrap();
     let dump = s.redis_data_dir.join("openvas-dump.rdb");
     let deadline = Instant::now() + WAIT;
-    let saved = |p: &Path| {
-        std::fs::read(p).is_ok_and(|b| b.windows(16).any(|w| w == b"nvticache-marker"))
-    };
+    let saved =
+        |p: &Path| std::fs::read(p).is_ok_and(|b| b.windows(16).any(|w| w == b"nvticache-marker"));
     while !saved(&dump) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }

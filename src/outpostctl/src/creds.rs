@@ -46,10 +46,7 @@ pub fn ssh_credentials(a: SshArgs<'_>) -> Result<Vec<Credential>> {
         (None, Some(f)) => {
             let k = read_secret(f, "--ssh-key-file")?;
             if !k.contains("PRIVATE KEY-----") {
-                bail!(
-                    "{} does not hold a PEM or OpenSSH private key",
-                    f.display()
-                );
+                bail!("{} does not hold a PEM or OpenSSH private key", f.display());
             }
             (None, Some(Secret::new(k)))
         }
@@ -119,11 +116,17 @@ mod tests {
         std::fs::write(&not_key, "hello").unwrap();
         let missing = d.path().join("missing");
         for (a, want) in [
-            (args(Some("scan"), None, None), "needs --ssh-password-file or --ssh-key-file"),
+            (
+                args(Some("scan"), None, None),
+                "needs --ssh-password-file or --ssh-key-file",
+            ),
             (args(Some("scan"), Some(&empty), Some(&not_key)), "not both"),
             (args(Some("scan"), Some(&empty), None), "is empty"),
             (args(Some("scan"), None, Some(&not_key)), "private key"),
-            (args(Some("scan"), Some(&missing), None), "reading --ssh-password-file"),
+            (
+                args(Some("scan"), Some(&missing), None),
+                "reading --ssh-password-file",
+            ),
             (args(Some(" "), Some(&empty), None), "not a user name"),
         ] {
             let e = format!("{:#}", ssh_credentials(a).unwrap_err());

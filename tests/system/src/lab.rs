@@ -223,9 +223,7 @@ impl Lab {
     pub fn queue_scan(&self, args: &[&str]) -> i64 {
         let mut all = vec!["job", "scan", "--site", "berlin", "--deadline", "1800"];
         all.extend_from_slice(args);
-        self.portal.ctl_json(&all)["id"]
-            .as_i64()
-            .expect("a job id")
+        self.portal.ctl_json(&all)["id"].as_i64().expect("a job id")
     }
 
     /// Packets the sensor has sent into the demo lab (the veth's tx counter).

@@ -325,7 +325,10 @@ fn the_scanner_reaches_ready_scans_in_scope_only_keeps_its_vt_cache_and_recovers
     ]);
     let done = lab.wait_job_final(job, SCAN);
     if done["state"] != "completed" {
-        panic!("the authenticated scan did not complete: {done}\n{}", lab.scanner_logs());
+        panic!(
+            "the authenticated scan did not complete: {done}\n{}",
+            lab.scanner_logs()
+        );
     }
     let report = lab.report(job);
     let xml = report["content"].as_str().unwrap_or_default();
@@ -335,8 +338,14 @@ fn the_scanner_reaches_ready_scans_in_scope_only_keeps_its_vt_cache_and_recovers
         xml,
         lab.scanner_logs()
     );
-    for oid in ["1.3.6.1.4.1.25623.1.1.990.2024.1", "1.3.6.1.4.1.25623.1.1.990.2024.3"] {
-        assert!(xml.contains(oid), "the Notus finding {oid} for outpost-demo-daemon: {xml}");
+    for oid in [
+        "1.3.6.1.4.1.25623.1.1.990.2024.1",
+        "1.3.6.1.4.1.25623.1.1.990.2024.3",
+    ] {
+        assert!(
+            xml.contains(oid),
+            "the Notus finding {oid} for outpost-demo-daemon: {xml}"
+        );
     }
     assert!(
         !xml.contains("1.3.6.1.4.1.25623.1.1.990.2024.2"),
@@ -359,22 +368,36 @@ fn the_scanner_reaches_ready_scans_in_scope_only_keeps_its_vt_cache_and_recovers
         ))
         .unwrap()
         .stdout;
-    assert_eq!(found.trim(), "searched", "files holding the SSH password: {found}");
+    assert_eq!(
+        found.trim(),
+        "searched",
+        "files holding the SSH password: {found}"
+    );
     assert_eq!(
         lab.vm.run(dump).unwrap().stdout,
         dump_before,
         "redis did not write its dump (scan knowledge bases hold credentials) during scans"
     );
-    assert!(!lab.vm.console().contains(&password), "the console shows the password");
+    assert!(
+        !lab.vm.console().contains(&password),
+        "the console shows the password"
+    );
     for f in walk(lab.portal.dir.path()) {
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(
-            !bytes.windows(password.len()).any(|w| w == password.as_bytes()),
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
             "{} holds the SSH password in clear",
             f.display()
         );
     }
-    let portal_log = lab.portal.proc.as_ref().map(|p| p.out.all()).unwrap_or_default();
+    let portal_log = lab
+        .portal
+        .proc
+        .as_ref()
+        .map(|p| p.out.all())
+        .unwrap_or_default();
     assert!(!portal_log.is_empty());
     assert!(
         !portal_log.iter().any(|l| l.contains(&password)),
