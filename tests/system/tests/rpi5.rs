@@ -131,6 +131,11 @@ fn rpi5_image_has_autoboot_fat_slot_boot_partitions_and_both_roots() {
         outpost_imagetool::read_boot_file(&built.image, "autoboot.txt").unwrap(),
         autoboot.as_bytes()
     );
+    assert!(
+        autoboot.len() <= 512,
+        "the firmware reads 512 bytes of autoboot.txt: {} here",
+        autoboot.len()
+    );
     let ab = Autoboot::parse(&autoboot).unwrap_or_else(|e| panic!("autoboot.txt: {e}"));
     let slots = SlotPartitions::default();
     assert_eq!(ab.default_partition().unwrap(), Some(slots.a));
