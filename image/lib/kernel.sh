@@ -3,26 +3,46 @@
 
 KVER=""
 KERNEL_DIR=""
+KERNEL_DTB_DIR=""
 
-# Unpacks the kernel package to $WORK/kernel and sets KVER / KERNEL_DIR.
+# Unpacks the kernel packages to $WORK/kernel and sets KVER / KERNEL_DIR /
+# KERNEL_DTB_DIR. Two packagings (KERNEL_LAYOUT in board.conf):
+#   (default)        linux-image-<v>: /boot/vmlinuz-<v>, DTBs in /usr/lib/linux-image-<v>/
+#   usr-lib-modules  linux-image-<v> is a metapackage; linux-binary-<v> has
+#                    /usr/lib/modules/<v>/vmlinuz, linux-base-<v> the DTBs in
+#                    /usr/lib/modules/<v>/dtb/, linux-modules-<v> the modules (7.x)
 kernel_unpack() {
 	local list="$1" name ver arch
 	KERNEL_DIR="$WORK/kernel"
 	rm -rf "$KERNEL_DIR"
 	mkdir -p "$KERNEL_DIR"
 	while read -r name ver arch; do
-		case "$name" in linux-image-[0-9]*) ;; *) continue ;; esac
+		case "$name" in linux-image-[0-9]* | linux-base-[0-9]* | linux-binary-[0-9]* | linux-modules-[0-9]*) ;; *) continue ;; esac
 		dpkg-deb -x "$(deb_path "$name" "$ver" "$arch")" "$KERNEL_DIR"
 	done <"$list"
 	KVER=$(ls "$KERNEL_DIR/usr/lib/modules" | head -n1)
 	[ -n "$KVER" ] || die "kernel package has no modules directory"
+	local vmlinuz
+	case "${KERNEL_LAYOUT:-}" in
+	"")
+		vmlinuz="$KERNEL_DIR/boot/vmlinuz-$KVER"
+		KERNEL_DTB_DIR="$KERNEL_DIR/usr/lib/linux-image-$KVER"
+		;;
+	usr-lib-modules)
+		vmlinuz="$KERNEL_DIR/usr/lib/modules/$KVER/vmlinuz"
+		KERNEL_DTB_DIR="$KERNEL_DIR/usr/lib/modules/$KVER/dtb"
+		;;
+	*) die "unknown KERNEL_LAYOUT ${KERNEL_LAYOUT} in board/$BOARD/board.conf" ;;
+	esac
+	[ -f "$KERNEL_DIR/usr/lib/modules/$KVER/modules.order" ] || die "kernel $KVER: no modules in the kernel packages"
 	# U-Boot's booti needs the plain Image: Debian ships it either uncompressed
 	# or gzip-compressed (EFI zboot wraps gzip inside a PE file).
-	local vmlinuz="$KERNEL_DIR/boot/vmlinuz-$KVER"
 	[ -f "$vmlinuz" ] || die "no $vmlinuz in the kernel package"
 	if gzip -t "$vmlinuz" 2>/dev/null; then
 		zcat "$vmlinuz" >"$KERNEL_DIR/Image"
-	elif [ "$(head -c 2 "$vmlinuz" | od -An -tx1 | tr -d ' ')" = 4d5a ] && grep -qa zimg "$vmlinuz"; then
+	elif [ "$(head -c 8 "$vmlinuz" | tail -c 4)" = zimg ]; then
+		# (an uncompressed Image with an EFI stub starts with "MZ" too: the zboot
+		# header names itself at bytes 4..7)
 		# EFI zboot: payload offset/size at bytes 8..15 of the header
 		local off size
 		off=$(od -An -tu4 -j 8 -N 4 "$vmlinuz" | tr -d ' ')
@@ -36,7 +56,8 @@ kernel_unpack() {
 	[ "$(dd if="$KERNEL_DIR/Image" bs=1 skip=56 count=4 2>/dev/null)" = ARMd ] ||
 		die "kernel $vmlinuz is not an arm64 Image after decompression"
 	# The slot carries the Image gzip-compressed (booti inflates it, see
-	# board/common/boot.cmd): about a third of the bytes on the card and in every
+	# board/common/boot.cmd; the Pi 5 firmware recognises a gzip kernel by its magic
+	# and inflates it too): about a third of the bytes on the card and in every
 	# update bundle. -n keeps the output byte-identical across builds.
 	gzip -9 -n -c "$KERNEL_DIR/Image" >"$KERNEL_DIR/Image.gz" || die "cannot compress the kernel"
 	log "kernel $KVER: Image $(($(fsize "$KERNEL_DIR/Image") / 1048576)) MiB, $(($(fsize "$KERNEL_DIR/Image.gz") / 1048576)) MiB gzip-compressed"
@@ -50,6 +71,9 @@ kernel_modules_install() {
 	rm -rf "$dst"
 	mkdir -p "$(dirname "$dst")"
 	cp -a "$src" "$dst"
+	# usr-lib-modules: the kernel image, DTBs and build files are not modules (the
+	# slot's boot files carry the kernel and the DTB)
+	rm -rf "${dst:?}/vmlinuz" "$dst/dtb" "$dst/System.map" "$dst/config"
 	while read -r sub; do
 		rm -rf "${dst:?}/kernel/$sub"
 	done < <(list_file "$ROOT/image/modules-trim.txt")
@@ -73,7 +97,7 @@ initramfs_driver_check() {
 	local node_args=() n
 	for n in $DRIVER_CHECK_NODES; do node_args+=(--node "$n"); done
 	for dtb in ${DTBS:-}; do
-		python3 "$ROOT/image/lib/modules.py" check-dtb --dtb "$KERNEL_DIR/usr/lib/linux-image-$KVER/$dtb" \
+		python3 "$ROOT/image/lib/modules.py" check-dtb --dtb "$KERNEL_DTB_DIR/$dtb" \
 			--moddir "$moddir" --kernel "$KERNEL_DIR/Image" "${node_args[@]}" "$@" >&2 ||
 			die "driver check of $dtb failed: add the missing modules to INITRAMFS_MODULES in board/$BOARD/board.conf"
 	done
@@ -169,6 +193,10 @@ initramfs_build() {
 	# shellcheck disable=SC2086
 	initramfs_driver_check "$moddir" $names
 
+	# the card's partition numbers for /init (DISK_LAYOUT, image/lib/disk.sh)
+	disk_partitions
+	printf 'PART_ROOT_A=%s\nPART_ROOT_B=%s\nPART_DATA=%s\nPART_EXT=%s\n' \
+		"$PART_ROOT_A" "$PART_ROOT_B" "$PART_DATA" "$PART_EXT" >"$ir/etc/outpost-disk.conf"
 	install -m 0755 "$ROOT/image/initramfs/init" "$ir/init"
 	(cd "$ir" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --quiet) |
 		zstd -q -19 -T0 >"$out" || die "initramfs archive failed"

@@ -3,7 +3,8 @@
 
   modules.py closure MODDIR NAME...
       Module file paths (relative to MODDIR) for the names given, dependencies first,
-      each once; built-in modules are skipped. Exit 1 naming a module that is neither.
+      each once; built-in modules are skipped. Exit 1 naming a module that is neither,
+      unless its name ends in `?` (optional: skipped when this kernel does not have it).
 
   modules.py check-dtb --dtb FILE --moddir MODDIR --kernel IMAGE --node N [--node N]
                        NAME...
@@ -79,10 +80,13 @@ class ModuleIndex:
             order.append(path)
 
         for name in wanted:
-            n = norm(name)
+            # "name?": only where this kernel has it (a module one kernel series needs
+            # and the next folded into the core, e.g. crc32c_generic in 6.x)
+            optional = name.endswith("?")
+            n = norm(name.rstrip("?"))
             if n in self.byname:
                 visit(self.byname[n])
-            elif n not in self.builtin:
+            elif n not in self.builtin and not optional:
                 raise KeyError(name)
         return order
 

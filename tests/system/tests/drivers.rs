@@ -1,10 +1,13 @@
-//! Drivers by hardware, checked on the real Debian kernel and the real Pi 4 device tree
+//! Drivers by hardware, checked on the real Debian kernels and the real Pi device trees
 //! (no QEMU): the build-time supplier-chain check (image/lib/modules.py check-dtb)
-//! accepts the rpi4 initramfs module set and rejects it when a supplier's driver is
-//! taken out, and the initramfs' own modprobe resolves the Pi 4's devices by modalias.
+//! accepts the rpi4 and rpi5 initramfs module sets (each on its board's kernel: trixie's
+//! 6.12 for the Pi 4, sid's 7.x for the Pi 5) and rejects them when a supplier's driver
+//! is taken out, and the initramfs' own modprobe resolves the Pi 4's devices by modalias.
 //!
 //! The kernel comes from the build's package cache (`OUTPOST_CACHE`, else build/cache):
-//! the `linux-image-arm64` metapackage there names the image package the build uses.
+//! the board's kernel metapackage (`KERNEL_PACKAGE`, else image/boot-packages.txt),
+//! resolved with the build's own apt configuration there, names the packages the build
+//! uses.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,7 +15,8 @@ use std::process::{Command, Output};
 use outpost_system_tests::repo_root;
 
 struct Kernel {
-    /// Unpacked package root (usr/lib/modules/<kver>, usr/lib/linux-image-<kver>, boot/).
+    /// Unpacked package root: usr/lib/modules/<kver>, and either usr/lib/linux-image-<kver>
+    /// and boot/ (6.x) or the DTBs and vmlinuz inside usr/lib/modules/<kver> (7.x).
     root: PathBuf,
     kver: String,
 }
@@ -21,13 +25,24 @@ impl Kernel {
     fn moddir(&self) -> PathBuf {
         self.root.join("usr/lib/modules").join(&self.kver)
     }
+    fn usr_lib_modules(&self) -> bool {
+        self.moddir().join("vmlinuz").is_file()
+    }
     fn dtb(&self, name: &str) -> PathBuf {
-        self.root
-            .join(format!("usr/lib/linux-image-{}", self.kver))
-            .join(name)
+        if self.usr_lib_modules() {
+            self.moddir().join("dtb").join(name)
+        } else {
+            self.root
+                .join(format!("usr/lib/linux-image-{}", self.kver))
+                .join(name)
+        }
     }
     fn vmlinuz(&self) -> PathBuf {
-        self.root.join(format!("boot/vmlinuz-{}", self.kver))
+        if self.usr_lib_modules() {
+            self.moddir().join("vmlinuz")
+        } else {
+            self.root.join(format!("boot/vmlinuz-{}", self.kver))
+        }
     }
 }
 
@@ -47,62 +62,113 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn cache_debs() -> PathBuf {
+fn cache() -> PathBuf {
     std::env::var_os("OUTPOST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("build/cache"))
-        .join("debs")
 }
 
-/// The trixie kernel the rpi4 build uses, unpacked and depmod'ed once under
-/// build/test-kernels (shared by the tests of this file; a rename makes it atomic).
-fn kernel() -> Kernel {
-    let debs = cache_debs();
-    if std::fs::read_dir(&debs).map_or(true, |mut d| d.next().is_none()) {
-        // A fresh machine: the image build fills the package cache (the other system
-        // tests build this image anyway, so it costs nothing extra).
-        outpost_system_tests::build_image("qemu-arm64", "test")
-            .expect("the test image builds (and fills the package cache)");
+fn cache_debs() -> PathBuf {
+    cache().join("debs")
+}
+
+/// The cached .deb of `name` `version` (arm64 or all).
+fn deb(name: &str, version: &str) -> PathBuf {
+    let v = version.replace(':', "%3a");
+    let arm64 = cache_debs().join(format!("{name}_{v}_arm64.deb"));
+    if arm64.is_file() {
+        arm64
+    } else {
+        cache_debs().join(format!("{name}_{v}_all.deb"))
     }
-    let mut metas: Vec<PathBuf> = std::fs::read_dir(&debs)
-        .unwrap_or_else(|e| {
-            panic!(
-                "no package cache at {}: {e} (set OUTPOST_CACHE or build an image once)",
-                debs.display()
-            )
-        })
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("linux-image-arm64_") && n.ends_with(".deb"))
-        })
-        .collect();
-    metas.sort();
-    let meta = metas
-        .last()
-        .unwrap_or_else(|| panic!("no linux-image-arm64 package in {}", debs.display()));
-    // "linux-image-6.12.117+deb13-arm64 (= 6.12.117-1)"
-    let depends = ok(Command::new("dpkg-deb")
-        .args(["-f"])
-        .arg(meta)
-        .arg("Depends"));
-    let (pkg, ver) = depends
+}
+
+/// "pkg (= ver)" dependencies of a .deb whose names start with one of `prefixes`.
+fn exact_depends(deb: &Path, prefixes: &[&str]) -> Vec<(String, String)> {
+    let depends = ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"));
+    depends
         .split(',')
         .map(str::trim)
-        .find(|d| d.starts_with("linux-image-"))
-        .and_then(|d| d.split_once(" (= "))
+        .filter(|d| prefixes.iter().any(|p| d.starts_with(p)))
+        .filter_map(|d| d.split_once(" (= "))
         .map(|(p, v)| (p.to_string(), v.trim_end_matches(')').to_string()))
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no linux-image dependency in {depends:?}",
-                meta.display()
-            )
-        });
+        .collect()
+}
+
+/// The board's kernel package spec, as scripts/build-image picks it.
+fn kernel_spec(board: &str) -> String {
+    let spec = board_var(board, "KERNEL_PACKAGE");
+    if !spec.is_empty() {
+        return spec;
+    }
+    std::fs::read_to_string(repo_root().join("image/boot-packages.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with("linux-image-"))
+        .expect("a kernel in image/boot-packages.txt")
+        .to_string()
+}
+
+/// `spec` (name/suite) to "name version", with the build's apt configuration.
+fn apt_resolve(spec: &str) -> Option<(String, String)> {
+    let conf = cache().join("apt/apt.conf");
+    if !conf.is_file() {
+        return None;
+    }
+    let root = repo_root();
+    let out = run(Command::new("bash").arg("-c").arg(format!(
+        "set -euo pipefail; ROOT={}; source $ROOT/image/lib/common.sh; source $ROOT/image/lib/apt.sh; \
+         export APT_CONFIG={}; apt_resolve_one {spec}",
+        root.display(),
+        conf.display()
+    )));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let mut f = line.split_whitespace();
+    match (out.status.success(), f.next(), f.next()) {
+        (true, Some(n), Some(v)) => Some((n.to_string(), v.to_string())),
+        _ => None,
+    }
+}
+
+/// The kernel `board`'s build uses, unpacked and depmod'ed once under build/test-kernels
+/// (shared by the tests of this file; a rename makes it atomic).
+fn kernel(board: &str) -> Kernel {
+    let spec = kernel_spec(board);
+    let resolved = apt_resolve(&spec).filter(|(n, v)| deb(n, v).is_file());
+    let (meta_name, meta_ver) = match resolved {
+        Some(r) => r,
+        None => {
+            // A fresh machine: the image build sets up apt and fills the package cache
+            // (the other system tests build these images anyway).
+            let (b, v) = if board == "rpi5" {
+                ("rpi5", "production")
+            } else {
+                ("qemu-arm64", "test")
+            };
+            outpost_system_tests::build_image(b, v)
+                .expect("the image builds (and fills the package cache)");
+            apt_resolve(&spec)
+                .unwrap_or_else(|| panic!("{spec} does not resolve with {}", cache().display()))
+        }
+    };
+    let meta = deb(&meta_name, &meta_ver);
+    assert!(meta.is_file(), "{} is missing", meta.display());
+    // "linux-image-6.12.117+deb13-arm64 (= 6.12.117-1)"
+    let (pkg, ver) = exact_depends(&meta, &["linux-image-"])
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{}: no linux-image dependency", meta.display()));
     let kver = pkg.trim_start_matches("linux-image-").to_string();
-    let deb = debs.join(format!("{pkg}_{}_arm64.deb", ver.replace(':', "%3a")));
-    assert!(deb.is_file(), "{} is missing", deb.display());
+    let image = deb(&pkg, &ver);
+    assert!(image.is_file(), "{} is missing", image.display());
+    // 7.x: linux-image-<v> is a metapackage for these
+    let mut debs = vec![image.clone()];
+    for (p, v) in exact_depends(&image, &["linux-base-", "linux-binary-", "linux-modules-"]) {
+        let d = deb(&p, &v);
+        assert!(d.is_file(), "{} is missing", d.display());
+        debs.push(d);
+    }
 
     let base = repo_root().join("build/test-kernels");
     let root = base.join(format!("{pkg}_{ver}"));
@@ -114,7 +180,9 @@ fn kernel() -> Kernel {
     {
         std::fs::create_dir_all(&base).unwrap();
         let tmp = tempfile::tempdir_in(&base).unwrap();
-        ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.path()));
+        for d in &debs {
+            ok(Command::new("dpkg-deb").arg("-x").arg(d).arg(tmp.path()));
+        }
         // depmod -b looks in <base>/lib/modules, Debian's modules are in usr/lib
         std::os::unix::fs::symlink("usr/lib", tmp.path().join("lib")).unwrap();
         ok(Command::new("depmod").arg("-b").arg(tmp.path()).arg(&kver));
@@ -136,9 +204,9 @@ fn board_var(board: &str, var: &str) -> String {
     )))
 }
 
-/// The module names the rpi4 initramfs ships: image/initramfs/modules.txt plus the
+/// The module names `board`'s initramfs ships: image/initramfs/modules.txt plus the
 /// board's INITRAMFS_MODULES, as scripts/build-image puts them together.
-fn rpi4_initramfs_modules() -> Vec<String> {
+fn initramfs_modules(board: &str) -> Vec<String> {
     let list = std::fs::read_to_string(repo_root().join("image/initramfs/modules.txt")).unwrap();
     let mut names: Vec<String> = list
         .lines()
@@ -147,29 +215,33 @@ fn rpi4_initramfs_modules() -> Vec<String> {
         .map(str::to_string)
         .collect();
     names.extend(
-        board_var("rpi4", "INITRAMFS_MODULES")
+        board_var(board, "INITRAMFS_MODULES")
             .split_whitespace()
             .map(str::to_string),
     );
     names
 }
 
-fn check_dtb(k: &Kernel, modules: &[String]) -> Output {
-    let dtbs = board_var("rpi4", "DTBS");
-    assert_eq!(dtbs.trim(), "broadcom/bcm2711-rpi-4-b.dtb");
+fn rpi4_initramfs_modules() -> Vec<String> {
+    initramfs_modules("rpi4")
+}
+
+fn check_dtb(k: &Kernel, board: &str, dtb: &str, modules: &[String]) -> Output {
+    let dtbs = board_var(board, "DTBS");
+    assert_eq!(dtbs.trim(), dtb);
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("image/lib/modules.py"))
         .arg("check-dtb")
         .arg("--dtb")
-        .arg(k.dtb(dtbs.trim()))
+        .arg(k.dtb(dtb))
         .arg("--moddir")
         .arg(k.moddir())
         .arg("--kernel")
         .arg(k.vmlinuz());
-    let nodes = board_var("rpi4", "DRIVER_CHECK_NODES");
+    let nodes = board_var(board, "DRIVER_CHECK_NODES");
     assert!(
         !nodes.trim().is_empty(),
-        "rpi4 board.conf names no DRIVER_CHECK_NODES"
+        "{board} board.conf names no DRIVER_CHECK_NODES"
     );
     for n in nodes.split_whitespace() {
         cmd.arg("--node").arg(n);
@@ -178,37 +250,26 @@ fn check_dtb(k: &Kernel, modules: &[String]) -> Output {
     run(&mut cmd)
 }
 
-#[test]
-fn rpi4_driver_check_passes_on_the_image_module_set() {
-    let k = kernel();
-    let out = check_dtb(&k, &rpi4_initramfs_modules());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    // it really walked the chains: the SD host, its two regulators, the firmware GPIO
-    // expander behind them, GENET
-    let nodes: usize = stdout
+const RPI4_DTB: &str = "broadcom/bcm2711-rpi-4-b.dtb";
+const RPI5_DTB: &str = "broadcom/bcm2712-rpi-5-b.dtb";
+
+/// The number of device nodes the check says it walked.
+fn nodes_walked(stdout: &str) -> usize {
+    stdout
         .split_whitespace()
         .nth(2)
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(nodes >= 10, "too few nodes walked: {stdout}");
+        .unwrap_or(0)
 }
 
-#[test]
-fn rpi4_driver_check_fails_naming_a_removed_supplier_module() {
-    let k = kernel();
-    let all = rpi4_initramfs_modules();
-    // (module taken out, node whose driver it is)
-    for (gone, node) in [
-        ("fixed", "/regulator-sd-vcc"),
-        ("gpio-regulator", "/regulator-sd-io-1v8"),
-        ("sdhci-iproc", "/emmc2bus/mmc@7e340000"),
-        ("mdio-bcm-unimac", "/scb/ethernet@7d580000/mdio@e14"),
-    ] {
-        let fewer: Vec<String> = all.iter().filter(|m| *m != gone).cloned().collect();
-        assert_eq!(fewer.len() + 1, all.len(), "{gone} not in the rpi4 list");
-        let out = check_dtb(&k, &fewer);
+/// Takes each module out of `board`'s set in turn: the check must fail naming the
+/// node whose driver it is.
+fn check_fails_without(k: &Kernel, board: &str, dtb: &str, cases: &[(&str, &str)]) {
+    let all = initramfs_modules(board);
+    for (gone, node) in cases {
+        let fewer: Vec<String> = all.iter().filter(|m| m != gone).cloned().collect();
+        assert_eq!(fewer.len() + 1, all.len(), "{gone} not in the {board} list");
+        let out = check_dtb(k, board, dtb, &fewer);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "check passed without {gone}");
         let want_mod = gone.replace('-', "_");
@@ -221,12 +282,83 @@ fn rpi4_driver_check_fails_naming_a_removed_supplier_module() {
     }
 }
 
+#[test]
+fn rpi4_driver_check_passes_on_the_image_module_set() {
+    let k = kernel("rpi4");
+    let out = check_dtb(&k, "rpi4", RPI4_DTB, &rpi4_initramfs_modules());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // it really walked the chains: the SD host, its two regulators, the firmware GPIO
+    // expander behind them, GENET
+    assert!(
+        nodes_walked(&stdout) >= 10,
+        "too few nodes walked: {stdout}"
+    );
+}
+
+#[test]
+fn rpi4_driver_check_fails_naming_a_removed_supplier_module() {
+    let k = kernel("rpi4");
+    // (module taken out, node whose driver it is)
+    check_fails_without(
+        &k,
+        "rpi4",
+        RPI4_DTB,
+        &[
+            ("fixed", "/regulator-sd-vcc"),
+            ("gpio-regulator", "/regulator-sd-io-1v8"),
+            ("sdhci-iproc", "/emmc2bus/mmc@7e340000"),
+            ("mdio-bcm-unimac", "/scb/ethernet@7d580000/mdio@e14"),
+        ],
+    );
+}
+
+/// The Pi 5 on sid's 7.x kernel: its own packaging (DTBs and the Image under
+/// /usr/lib/modules/<v>/), the SD host and RP1's Ethernet with their suppliers.
+#[test]
+fn rpi5_driver_check_passes_on_the_7x_kernel_and_fails_without_a_supplier() {
+    let k = kernel("rpi5");
+    assert!(
+        k.kver.starts_with("7."),
+        "the rpi5 kernel is {}, not 7.x",
+        k.kver
+    );
+    assert!(
+        k.usr_lib_modules(),
+        "7.x keeps the Image in /usr/lib/modules"
+    );
+    let out = check_dtb(&k, "rpi5", RPI5_DTB, &initramfs_modules("rpi5"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        nodes_walked(&stdout) >= 15,
+        "too few nodes walked: {stdout}"
+    );
+    check_fails_without(
+        &k,
+        "rpi5",
+        RPI5_DTB,
+        &[
+            ("sdhci-brcmstb", "/soc@107c000000/mmc@fff000"),
+            ("gpio-regulator", "/sd-io-1v8-reg"),
+            (
+                "pinctrl-brcmstb-bcm2712",
+                "/soc@107c000000/pinctrl@7d504100",
+            ),
+            ("clk-rp1", "/clocks@40018000"),
+            ("macb", "/ethernet@40100000"),
+        ],
+    );
+}
+
 /// Builds the initramfs module tree with the pipeline's own function, then asks the
 /// initramfs' busybox modprobe (arm64, under qemu-user in a chroot) what it would
 /// load for the Pi 4's device modaliases.
 #[test]
 fn rpi4_initramfs_modprobe_resolves_devices_by_modalias() {
-    let k = kernel();
+    let k = kernel("rpi4");
     let root = repo_root();
     let ir = tempfile::tempdir().unwrap();
     let ir = ir.path();

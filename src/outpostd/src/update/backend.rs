@@ -83,11 +83,12 @@ pub fn device_boot(
                 trial: firmware.map(|fw| fw.tryboot),
                 control: Arc::new(tryboot),
                 // The bundle installer writes the U-Boot layout (root partitions 2 and 3,
-                // kernels in slot-x/ on the one FAT); the Pi 5 card (a FAT boot partition
-                // per slot) is not built yet, so nothing is installed rather than written
-                // to the wrong partitions. Committing a trial boot works regardless.
+                // kernels in slot-x/ on the one FAT); the Pi 5 card has a FAT boot
+                // partition per slot and the roots at 5 and 6 (docs/disk-layout.md), so
+                // nothing is installed rather than written to the wrong partitions.
+                // Committing a trial boot works regardless.
                 slots: Err(
-                    "the Raspberry Pi 5 card layout (a boot partition per slot) is not built yet: updates are not installed on this board"
+                    "the bundle installer does not write the Raspberry Pi 5 card layout (a boot partition per slot) yet: updates are not installed on this board"
                         .into(),
                 ),
             }
@@ -160,7 +161,7 @@ mod tests {
         assert_eq!(d.control.status().unwrap().backend, "rpi-tryboot");
         assert_eq!(d.control.booted().unwrap(), Slot::A);
         let why = d.slots.err().unwrap();
-        assert!(why.contains("not built yet"), "{why}");
+        assert!(why.contains("does not write"), "{why}");
 
         // Activating slot B arms a trial; the restart must carry "0 tryboot".
         assert_eq!(d.control.reboot_action().unwrap(), RebootAction::Plain);
