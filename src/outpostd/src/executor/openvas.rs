@@ -254,6 +254,10 @@ fn start_scan(spec: &ScanSpec, scan_id: &str) -> Result<StartScan, ExecError> {
         .collect::<Result<_, _>>()?;
     Ok(StartScan::new(target)
         .with_scan_id(scan_id)
+        // ospd-openvas passes on only the parameters a scan names (its defaults stay
+        // in its own table): without this openvas never hands a logged-in host's
+        // package list to notus-scanner, and the local security checks report nothing.
+        .with_param("table_driven_lsc", "1")
         .with_vts(vt_selection(spec)?))
 }
 
@@ -998,6 +1002,11 @@ mod tests {
         let xml = String::from_utf8(Request::from(cmd).to_xml().unwrap()).unwrap();
         assert!(xml.contains("<tcp_syn>1</tcp_syn>"), "{xml}");
         assert!(xml.contains("<icmp>0</icmp>"), "{xml}");
+        // Notus runs on what a login reveals: ospd-openvas sets no default for it.
+        assert!(
+            xml.contains("<scanner_params><table_driven_lsc>1</table_driven_lsc></scanner_params>"),
+            "{xml}"
+        );
     }
 
     #[test]
