@@ -98,22 +98,10 @@ pub async fn blobs(
 ) -> Result<Response, ApiError> {
     let sensor = sensor_auth(&st, &headers, &via).await?;
     let req: FeedBlobsRequest = read_json(&headers, body, MAX_REQUEST).await?;
-    if req.sha256.is_empty() {
-        return Err(ApiError::bad_request("`sha256` is empty"));
-    }
-    if req.sha256.len() > MAX_BATCH_BLOBS {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("at most {MAX_BATCH_BLOBS} blobs per batch"),
-        ));
-    }
+    check_batch(req.sha256.len(), "`sha256`", "blobs per batch")?;
     let mut seen = BTreeSet::new();
     for s in &req.sha256 {
-        if !is_digest(s) {
-            return Err(ApiError::bad_request(format!(
-                "{s:?} is not a lowercase hex sha256"
-            )));
-        }
+        check_digest(s)?;
         if !seen.insert(s.as_str()) {
             return Err(ApiError::bad_request(format!("{s} is asked for twice")));
         }
@@ -181,24 +169,11 @@ pub async fn deltas(
 ) -> Result<Response, ApiError> {
     let sensor = sensor_auth(&st, &headers, &via).await?;
     let req: FeedDeltasRequest = read_json(&headers, body, 2 * MAX_REQUEST).await?;
-    if req.deltas.is_empty() {
-        return Err(ApiError::bad_request("`deltas` is empty"));
-    }
-    if req.deltas.len() > MAX_BATCH_BLOBS {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("at most {MAX_BATCH_BLOBS} deltas per request"),
-        ));
-    }
+    check_batch(req.deltas.len(), "`deltas`", "deltas per request")?;
     let mut seen = BTreeSet::new();
     for p in &req.deltas {
-        for s in [&p.base, &p.target] {
-            if !is_digest(s) {
-                return Err(ApiError::bad_request(format!(
-                    "{s:?} is not a lowercase hex sha256"
-                )));
-            }
-        }
+        check_digest(&p.base)?;
+        check_digest(&p.target)?;
         if !seen.insert(p.target.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "{} is asked for twice",
@@ -338,4 +313,28 @@ pub async fn set_channel(
     }
     let rows = st.store.feed_channels().await?;
     Ok(Json(channels::infos(&rows)).into_response())
+}
+
+/// A batch request names at least one and at most [`MAX_BATCH_BLOBS`] items.
+fn check_batch(len: usize, field: &str, per: &str) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::bad_request(format!("{field} is empty")));
+    }
+    if len > MAX_BATCH_BLOBS {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("at most {MAX_BATCH_BLOBS} {per}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_digest(s: &str) -> Result<(), ApiError> {
+    if is_digest(s) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{s:?} is not a lowercase hex sha256"
+        )))
+    }
 }

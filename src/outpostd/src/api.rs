@@ -193,23 +193,8 @@ impl PortalClient {
             sha256: sha256.to_vec(),
         })
         .map_err(|e| ApiError::Decode(e.to_string()))?;
-        let d = self.transport.post_stream(&Request {
-            path: feed::BLOBS_PATH,
-            bearer: Some(&self.api_key),
-            content_type: JSON,
-            body,
-            idempotency_key: None,
-        })?;
-        if (200..300).contains(&d.status) {
-            return Ok(d);
-        }
-        let mut body = Vec::new();
-        // The reason is a nicety; a body that cannot be read leaves it out.
-        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
-        Err(ApiError::Status {
-            status: d.status,
-            body: serde_json::from_slice(&body).ok(),
-        })
+        self.feed_post(feed::BLOBS_PATH, body)?
+            .map_err(|(status, body)| ApiError::Status { status, body })
     }
 
     /// `POST /api/sensor/feed/deltas`: in-file deltas in one batch, its body unread;
@@ -219,33 +204,42 @@ impl PortalClient {
             deltas: pairs.to_vec(),
         })
         .map_err(|e| ApiError::Decode(e.to_string()))?;
+        match self.feed_post(feed::DELTAS_PATH, body)? {
+            Ok(d) => Ok(Some(d)),
+            // An older portal has no such endpoint (its fallback's 404); a 404 naming a
+            // blob is the release collected meanwhile, an error like for blobs.
+            Err((404, body))
+                if body
+                    .as_ref()
+                    .is_none_or(|b| b.message == "no such endpoint") =>
+            {
+                Ok(None)
+            }
+            Err((status, body)) => Err(ApiError::Status { status, body }),
+        }
+    }
+
+    /// POSTs a JSON request to a feed download endpoint: the unread stream, or the
+    /// status with the portal's error body.
+    fn feed_post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Result<Download, (u16, Option<ErrorBody>)>, ApiError> {
         let d = self.transport.post_stream(&Request {
-            path: feed::DELTAS_PATH,
+            path,
             bearer: Some(&self.api_key),
             content_type: JSON,
             body,
             idempotency_key: None,
         })?;
         if (200..300).contains(&d.status) {
-            return Ok(Some(d));
+            return Ok(Ok(d));
         }
-        let mut body = Vec::new();
+        let mut raw = Vec::new();
         // The reason is a nicety; a body that cannot be read leaves it out.
-        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut body);
-        let body: Option<ErrorBody> = serde_json::from_slice(&body).ok();
-        // An older portal has no such endpoint (its fallback's 404); a 404 naming a blob is
-        // the release collected meanwhile, an error like for blobs.
-        if d.status == 404
-            && body
-                .as_ref()
-                .is_none_or(|b| b.message == "no such endpoint")
-        {
-            return Ok(None);
-        }
-        Err(ApiError::Status {
-            status: d.status,
-            body,
-        })
+        let _ = d.body.take(MAX_ERROR_BODY).read_to_end(&mut raw);
+        Ok(Err((d.status, serde_json::from_slice(&raw).ok())))
     }
 
     /// Sends one NDJSON batch of log events.

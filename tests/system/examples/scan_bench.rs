@@ -71,22 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let live = lab.vm.run("/usr/libexec/outpost/demo-lab hosts")?.stdout;
     let live = live.lines().filter(|l| !l.trim().is_empty()).count();
     let t0 = Instant::now();
-    let job = lab.queue_scan(&[
-        "--target",
-        "10.9.0.0/24",
-        "--exclude",
-        "10.9.0.1",
-        "--ports",
-        outpost_system_tests::lab::DEMO_PORTS,
-        "--family",
-        "Port scanners",
-        "--family",
-        "Service detection",
-        "--family",
-        "General",
-        "--alive-test",
-        "icmp+arp",
-    ]);
+    let job = lab.queue_lan_scan();
     let state = wait_end(&mut lab, job, |_, _| {})?;
     let lan = t0.elapsed().as_secs_f64();
     if state != "completed" {

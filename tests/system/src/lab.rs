@@ -226,7 +226,7 @@ impl Lab {
         self.portal.ctl_json(&all)["id"].as_i64().expect("a job id")
     }
 
-    /// Packets the sensor has sent into the demo lab (the veth's tx counter).
+    /// Packets the sensor has sent into the demo lab (the lab bridge's tx counter).
     pub fn lab_packets(&mut self) -> u64 {
         let out = self
             .vm
@@ -246,13 +246,25 @@ impl Lab {
     /// Like [`Lab::queue_demo_scan`], with the alive detection the portal asks for
     /// (`outpostctl job scan --alive-test`, e.g. `icmp+arp`).
     pub fn queue_demo_scan_alive(&self, target: &str, alive: &str) -> i64 {
-        let job = self.portal.ctl_json(&[
-            "job",
-            "scan",
-            "--site",
-            "berlin",
+        self.queue_demo_families(&["--target", target, "--alive-test", alive])
+    }
+
+    /// Queues a scan of the demo lab's whole LAN, 10.9.0.0/24 but the sensor's own
+    /// address, with the demo feed's families and ports and ICMP and ARP alive detection.
+    pub fn queue_lan_scan(&self) -> i64 {
+        self.queue_demo_families(&[
             "--target",
-            target,
+            "10.9.0.0/24",
+            "--exclude",
+            "10.9.0.1",
+            "--alive-test",
+            "icmp+arp",
+        ])
+    }
+
+    /// A scan with the demo feed's ports and remote families, and `args`.
+    fn queue_demo_families(&self, args: &[&str]) -> i64 {
+        let mut all = vec![
             "--ports",
             DEMO_PORTS,
             "--family",
@@ -261,12 +273,9 @@ impl Lab {
             "Service detection",
             "--family",
             "General",
-            "--alive-test",
-            alive,
-            "--deadline",
-            "1800",
-        ]);
-        job["id"].as_i64().expect("a job id")
+        ];
+        all.extend_from_slice(args);
+        self.queue_scan(&all)
     }
 
     pub fn job(&self, id: i64) -> serde_json::Value {

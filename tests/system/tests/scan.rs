@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_e2e_tests::eventually;
-use outpost_system_tests::lab::{Lab, DEMO_PORTS};
+use outpost_system_tests::lab::Lab;
 
 const SCAN: Duration = Duration::from_secs(900);
 const IN_SCOPE: &str = "10.9.0.10";
@@ -199,22 +199,7 @@ fn the_scanner_reaches_ready_scans_in_scope_only_keeps_its_vt_cache_and_recovers
     // The branch LAN: the whole /24 but the sensor's own address, hosts found by ICMP
     // and ARP, which needs raw sockets: openvas holds CAP_NET_RAW and CAP_NET_ADMIN
     // (file capabilities), ospd-openvas none.
-    let job = lab.queue_scan(&[
-        "--target",
-        "10.9.0.0/24",
-        "--exclude",
-        "10.9.0.1",
-        "--ports",
-        DEMO_PORTS,
-        "--family",
-        "Port scanners",
-        "--family",
-        "Service detection",
-        "--family",
-        "General",
-        "--alive-test",
-        "icmp+arp",
-    ]);
+    let job = lab.queue_lan_scan();
     eventually("the scan to run", SCAN, || {
         (lab.job(job)["state"] == "running").then_some(())
     });
