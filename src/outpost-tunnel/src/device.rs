@@ -389,7 +389,7 @@ enum Driver {
 
 /// A running device tunnel. Dropping it stops the driver.
 pub struct DeviceTunnel {
-    shared: Arc<Shared<DeviceLink>>,
+    shared: Arc<Shared<Core<DeviceLink>>>,
     driver: Option<Driver>,
     peer: PublicKey,
     local_udp: SocketAddr,
@@ -433,7 +433,7 @@ impl DeviceTunnel {
 
     fn started(
         config: DeviceConfig,
-        shared: Arc<Shared<DeviceLink>>,
+        shared: Arc<Shared<Core<DeviceLink>>>,
         local_udp: SocketAddr,
         driver: Driver,
     ) -> Self {
@@ -448,7 +448,7 @@ impl DeviceTunnel {
     }
 
     /// Socket, Noise state and stack, with the first initiation sent.
-    fn prepare(config: &DeviceConfig) -> Result<(Arc<Shared<DeviceLink>>, SocketAddr), TunnelError> {
+    fn prepare(config: &DeviceConfig) -> Result<(Arc<Shared<Core<DeviceLink>>>, SocketAddr), TunnelError> {
         let endpoint = config.peer_endpoint;
         let bind_err = |source| TunnelError::Bind { endpoint, source };
         let (udp, no_route) = first_socket(endpoint).map_err(bind_err)?;
@@ -698,7 +698,7 @@ fn free_port(stack: &Stack) -> Result<u16, TunnelError> {
 }
 
 /// The driver: receive datagrams, run smoltcp and WireGuard timers.
-fn drive(shared: Arc<Shared<DeviceLink>>) {
+fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     while !shared.is_closed() {
@@ -728,7 +728,7 @@ fn drive(shared: Arc<Shared<DeviceLink>>) {
 
 /// How long the driver may wait for a datagram, the current socket and the peer's IP.
 fn next_wait(
-    shared: &Shared<DeviceLink>,
+    shared: &Shared<Core<DeviceLink>>,
     last_tick: Instant,
 ) -> (Duration, Arc<UdpSocket>, IpAddr) {
     let mut core = shared.lock();
@@ -743,7 +743,7 @@ fn next_wait(
 
 /// One driver round after waiting: the datagram (if any), timers, smoltcp.
 fn after_receive(
-    shared: &Shared<DeviceLink>,
+    shared: &Shared<Core<DeviceLink>>,
     datagram: Option<&[u8]>,
     peer_ip: IpAddr,
     last_tick: &mut Instant,
@@ -769,7 +769,7 @@ fn after_receive(
 /// The driver as a tokio task: the same rounds as [`drive`], waiting on the socket's
 /// readiness instead of a blocking receive.
 #[cfg(feature = "tokio")]
-async fn drive_async(shared: Arc<Shared<DeviceLink>>) {
+async fn drive_async(shared: Arc<Shared<Core<DeviceLink>>>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     // The tunnel's socket (sends keep using it) and a duplicate of it registered
@@ -815,7 +815,7 @@ async fn drive_async(shared: Arc<Shared<DeviceLink>>) {
 /// A TCP connection through the tunnel: blocking `Read`/`Write` with
 /// optional timeouts, usable under TLS.
 pub struct TunnelTcpStream {
-    inner: StreamCore<DeviceLink>,
+    inner: StreamCore<Core<DeviceLink>>,
     addr: SocketAddrV4,
 }
 
@@ -906,7 +906,7 @@ mod async_io {
         ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
             let mut core = this.inner.shared.lock();
-            match try_recv(&mut core, this.inner.handle, buf.initialize_unfilled()) {
+            match try_recv(&mut *core, this.inner.handle, buf.initialize_unfilled()) {
                 P::Ready(Ok(n)) => {
                     buf.advance(n);
                     Poll::Ready(Ok(()))
@@ -935,7 +935,7 @@ mod async_io {
                 return Poll::Ready(Ok(0));
             }
             let mut core = this.inner.shared.lock();
-            match try_send(&mut core, this.inner.handle, buf) {
+            match try_send(&mut *core, this.inner.handle, buf) {
                 P::Ready(r) => Poll::Ready(r),
                 P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
                 P::Pending => {
