@@ -722,8 +722,26 @@ impl Store {
             Store::Sqlite(s) => s.tunnel_peers().await?,
             Store::Postgres(s) => s.tunnel_peers().await?,
         };
+        Ok(Self::peer_rows(rows))
+    }
+
+    /// [`Store::tunnel_peers`] of these sensors only (those without an address are left out).
+    pub async fn tunnel_peers_of(&self, ids: &[String]) -> Result<Vec<TunnelPeerRow>, StoreError> {
+        let rows = match self {
+            // One process, a few hundred sensors: the whole table is cheap enough.
+            Store::Sqlite(s) => {
+                let mut rows = s.tunnel_peers().await?;
+                rows.retain(|r| ids.contains(&r.0));
+                rows
+            }
+            Store::Postgres(s) => s.tunnel_peers_of(ids).await?,
+        };
+        Ok(Self::peer_rows(rows))
+    }
+
+    fn peer_rows(rows: Vec<PeerRow>) -> Vec<TunnelPeerRow> {
         // One damaged row must not take every other sensor's tunnel down with it.
-        Ok(rows
+        rows
             .into_iter()
             .filter_map(|(sensor_id, wg_public_key, addr, pending_key)| match addr.parse() {
                 Ok(tunnel_address) => Some(TunnelPeerRow {
@@ -737,7 +755,7 @@ impl Store {
                     None
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// First phase of a key rotation: stores `new_key` as the sensor's pending key,

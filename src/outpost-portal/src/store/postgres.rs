@@ -468,6 +468,22 @@ impl PgStore {
             .collect())
     }
 
+    /// [`PgStore::tunnel_peers`] of these sensors only.
+    pub async fn tunnel_peers_of(&self, ids: &[String]) -> Result<Vec<PeerRow>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT id, wg_public_key, tunnel_address, wg_pending_key FROM sensors \
+                 WHERE tunnel_address IS NOT NULL AND id = ANY($1) ORDER BY id",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
     pub async fn begin_rotation(
         &self,
         sensor: &str,
