@@ -702,7 +702,7 @@ fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     while !shared.is_closed() {
-        let (wait, udp, peer_ip) = next_wait(&shared, last_tick);
+        let (wait, udp, peer_ip) = next_wait(&shared, last_tick, TIMER_TICK);
         // Only fails for a zero duration, which `max` rules out.
         let _ = udp.set_read_timeout(Some(wait));
         let received = match udp.recv(&mut buf) {
@@ -722,7 +722,7 @@ fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
                 None
             }
         };
-        after_receive(&shared, received.map(|n| &buf[..n]), peer_ip, &mut last_tick);
+        after_receive(&shared, received.map(|n| &buf[..n]), peer_ip, &mut last_tick, TIMER_TICK);
     }
 }
 
@@ -730,10 +730,11 @@ fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
 fn next_wait(
     shared: &Shared<Core<DeviceLink>>,
     last_tick: Instant,
+    tick: Duration,
 ) -> (Duration, Arc<UdpSocket>, IpAddr) {
     let mut core = shared.lock();
-    let delay = core.stack.poll_delay().unwrap_or(TIMER_TICK);
-    let tick_left = TIMER_TICK.saturating_sub(last_tick.elapsed());
+    let delay = core.stack.poll_delay().unwrap_or(tick);
+    let tick_left = tick.saturating_sub(last_tick.elapsed());
     (
         delay.min(tick_left).max(Duration::from_millis(1)),
         core.link.udp.clone(),
@@ -747,6 +748,7 @@ fn after_receive(
     datagram: Option<&[u8]>,
     peer_ip: IpAddr,
     last_tick: &mut Instant,
+    tick: Duration,
 ) {
     let mut core = shared.lock();
     let core = &mut *core;
@@ -754,7 +756,7 @@ fn after_receive(
     if let Some(d) = datagram {
         notify |= core.link.receive(d, &mut core.stack, peer_ip);
     }
-    if last_tick.elapsed() >= TIMER_TICK {
+    if last_tick.elapsed() >= tick {
         *last_tick = Instant::now();
         core.link.on_timer();
         core.stack.reap_orphans();
@@ -766,6 +768,12 @@ fn after_receive(
     }
 }
 
+/// WireGuard timer interval of task-driven tunnels: boringtun's own device runs its
+/// timers every 250 ms. Thousands of tunnels in one process (the fleet simulator)
+/// spend most of their time waking up for timers at the thread driver's 100 ms.
+#[cfg(feature = "tokio")]
+const ASYNC_TIMER_TICK: Duration = Duration::from_millis(250);
+
 /// The driver as a tokio task: the same rounds as [`drive`], waiting on the socket's
 /// readiness instead of a blocking receive.
 #[cfg(feature = "tokio")]
@@ -776,7 +784,7 @@ async fn drive_async(shared: Arc<Shared<Core<DeviceLink>>>) {
     // with tokio for receiving; renewed when a rebind replaces the socket.
     let mut watched: Option<(Arc<UdpSocket>, tokio::net::UdpSocket)> = None;
     while !shared.is_closed() {
-        let (wait, udp, peer_ip) = next_wait(&shared, last_tick);
+        let (wait, udp, peer_ip) = next_wait(&shared, last_tick, ASYNC_TIMER_TICK);
         if !watched.as_ref().is_some_and(|(u, _)| Arc::ptr_eq(u, &udp)) {
             watched = None;
             let dup = udp
@@ -808,7 +816,13 @@ async fn drive_async(shared: Arc<Shared<Core<DeviceLink>>>) {
                 None
             }
         };
-        after_receive(&shared, received.map(|n| &buf[..n]), peer_ip, &mut last_tick);
+        after_receive(
+            &shared,
+            received.map(|n| &buf[..n]),
+            peer_ip,
+            &mut last_tick,
+            ASYNC_TIMER_TICK,
+        );
     }
 }
 
