@@ -27,7 +27,8 @@ fn tunnel_agent(tunnel: Arc<DeviceTunnel>, ca_pem: &[u8]) -> ureq::Agent {
 }
 
 fn start_device(key: PrivateKey, t: &TunnelConfig) -> Arc<DeviceTunnel> {
-    device::start_device(&key, t, None, Duration::from_secs(10)).expect("handshake with the gateway")
+    device::start_device(&key, t, None, Duration::from_secs(10))
+        .expect("handshake with the gateway")
 }
 
 fn post<T: serde::Serialize>(agent: &ureq::Agent, url: &str, key: &str, body: &T) -> (u16, String) {

@@ -417,7 +417,12 @@ impl DeviceTunnel {
                 .spawn(move || drive(shared))
                 .map_err(TunnelError::Thread)?
         };
-        Ok(Self::started(config, shared, local_udp, Driver::Thread(driver)))
+        Ok(Self::started(
+            config,
+            shared,
+            local_udp,
+            Driver::Thread(driver),
+        ))
     }
 
     /// Like [`DeviceTunnel::start`], but driven by a task on the current tokio
@@ -428,7 +433,12 @@ impl DeviceTunnel {
     pub fn start_async(config: DeviceConfig) -> Result<Self, TunnelError> {
         let (shared, local_udp) = Self::prepare(&config)?;
         let driver = tokio::spawn(drive_async(shared.clone()));
-        Ok(Self::started(config, shared, local_udp, Driver::Task(driver)))
+        Ok(Self::started(
+            config,
+            shared,
+            local_udp,
+            Driver::Task(driver),
+        ))
     }
 
     fn started(
@@ -448,7 +458,9 @@ impl DeviceTunnel {
     }
 
     /// Socket, Noise state and stack, with the first initiation sent.
-    fn prepare(config: &DeviceConfig) -> Result<(Arc<Shared<Core<DeviceLink>>>, SocketAddr), TunnelError> {
+    fn prepare(
+        config: &DeviceConfig,
+    ) -> Result<(Arc<Shared<Core<DeviceLink>>>, SocketAddr), TunnelError> {
         let endpoint = config.peer_endpoint;
         let bind_err = |source| TunnelError::Bind { endpoint, source };
         let (udp, no_route) = first_socket(endpoint).map_err(bind_err)?;
@@ -722,7 +734,13 @@ fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
                 None
             }
         };
-        after_receive(&shared, received.map(|n| &buf[..n]), peer_ip, &mut last_tick, TIMER_TICK);
+        after_receive(
+            &shared,
+            received.map(|n| &buf[..n]),
+            peer_ip,
+            &mut last_tick,
+            TIMER_TICK,
+        );
     }
 }
 
@@ -778,34 +796,49 @@ const ASYNC_TIMER_TICK: Duration = Duration::from_millis(250);
 /// readiness instead of a blocking receive.
 #[cfg(feature = "tokio")]
 async fn drive_async(shared: Arc<Shared<Core<DeviceLink>>>) {
+    use tokio::io::unix::AsyncFd;
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
-    // The tunnel's socket (sends keep using it) and a duplicate of it registered
-    // with tokio for receiving; renewed when a rebind replaces the socket.
-    let mut watched: Option<(Arc<UdpSocket>, tokio::net::UdpSocket)> = None;
+    // The tunnel's socket, registered with tokio's reactor; renewed when a rebind
+    // replaces the socket. Not a duplicate descriptor: ten thousand tunnels in one
+    // process must fit a 20,000 descriptor limit.
+    let mut watched: Option<AsyncFd<Arc<UdpSocket>>> = None;
     while !shared.is_closed() {
         let (wait, udp, peer_ip) = next_wait(&shared, last_tick, ASYNC_TIMER_TICK);
-        if !watched.as_ref().is_some_and(|(u, _)| Arc::ptr_eq(u, &udp)) {
+        if !watched
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f.get_ref(), &udp))
+        {
             watched = None;
-            let dup = udp
-                .set_nonblocking(true)
-                .and_then(|_| udp.try_clone())
-                .and_then(tokio::net::UdpSocket::from_std);
-            match dup {
-                Ok(t) => watched = Some((udp, t)),
+            let registered = udp.set_nonblocking(true).and_then(|_| {
+                // SAFETY: the AsyncFd holds a clone of the Arc, so the descriptor stays
+                // open, and is the same one, for as long as the AsyncFd lives.
+                unsafe { AsyncFd::register(udp.clone()) }.map_err(|e| e.into_parts().1)
+            });
+            match registered {
+                Ok(f) => watched = Some(f),
                 Err(e) => tracing::warn!(error = %e, "cannot watch the tunnel socket"),
             }
         }
         let received = match &watched {
-            Some((_, t)) => tokio::select! {
-                r = t.recv(&mut buf) => match r {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        // ICMP port unreachable while the portal restarts.
-                        if e.kind() != io::ErrorKind::ConnectionRefused {
-                            tracing::debug!(error = %e, "tunnel UDP receive failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some(f) => tokio::select! {
+                r = f.readable() => match r {
+                    Ok(mut ready) => match ready.try_io(|s| s.get_ref().recv(&mut buf)) {
+                        Ok(Ok(n)) => Some(n),
+                        Ok(Err(e)) => {
+                            // ICMP port unreachable while the portal restarts.
+                            if e.kind() != io::ErrorKind::ConnectionRefused {
+                                tracing::debug!(error = %e, "tunnel UDP receive failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            None
                         }
+                        // Nothing there after all: readiness is cleared, wait again.
+                        Err(_) => None,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tunnel socket readiness failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         None
                     }
                 },

@@ -194,6 +194,21 @@ pub struct TunnelPool {
 }
 
 impl TunnelPool {
+    /// The host addresses after `addr`, in order, the portal's left out (none when
+    /// `addr` is outside the network).
+    pub fn after(&self, addr: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> {
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let base = u32::from(self.network)
+            & (u64::from(u32::MAX) << (32 - u32::from(self.prefix.min(32)))) as u32;
+        let start = u64::from(u32::from(addr).wrapping_sub(base)) + 1;
+        let portal = u32::from(self.portal);
+        // Up to the broadcast address, which is left out.
+        (start..size.saturating_sub(1))
+            .map(move |off| base.wrapping_add(off as u32))
+            .filter(move |a| *a != portal)
+            .map(Ipv4Addr::from)
+    }
+
     /// The lowest free host address, or None when the network is full.
     pub fn allocate(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
@@ -1413,6 +1428,14 @@ mod tests {
         };
         let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(pool.allocate(&[]), Some(a("100.96.0.2")));
+        let next: Vec<_> = pool.after(a("100.96.0.0")).take(2).collect();
+        assert_eq!(next, [a("100.96.0.2"), a("100.96.0.3")]);
+        assert_eq!(
+            pool.after(a("100.96.255.253")).collect::<Vec<_>>(),
+            [a("100.96.255.254")]
+        );
+        assert_eq!(pool.after(a("100.97.0.1")).next(), None);
+        assert_eq!(pool.after(a("100.95.0.1")).next(), None);
         assert_eq!(
             pool.allocate(&[a("100.96.0.2"), a("100.96.0.4")]),
             Some(a("100.96.0.3"))

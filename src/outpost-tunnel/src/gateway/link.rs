@@ -111,7 +111,8 @@ impl GatewayCore {
                 stack: Stack::new(gw, prefix, mtu),
                 next_poll: None,
             });
-            self.link.prepare_listener(&mut net.stack, &packet, identity);
+            self.link
+                .prepare_listener(&mut net.stack, &packet, identity);
             net.stack.device.rx.push_back(packet);
             notify |= self.pump_addr(addr);
         }
@@ -120,10 +121,13 @@ impl GatewayCore {
 
     /// Free closed connections; drop the stacks left without any.
     pub(super) fn reap(&mut self) {
+        let link = &mut self.link;
         let mut flush = Vec::new();
         self.stacks.retain(|addr, net| {
             if net.stack.has_orphans() {
                 net.stack.reap_orphans();
+                // The resets go out now: the stack itself may be dropped here.
+                link.transmit(&mut net.stack);
                 flush.push(*addr);
             }
             !net.stack.is_empty()

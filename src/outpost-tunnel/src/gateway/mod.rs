@@ -1,7 +1,7 @@
 //! Gateway side (portal): one UDP socket terminating many sensors' tunnels,
-//! one in-process TCP/IP stack holding the portal's tunnel address, and
-//! accepted TCP connections handed to the application with the identity of
-//! the peer that opened them.
+//! an in-process TCP/IP stack per sensor's tunnel address (each answering as
+//! the portal's tunnel address), and accepted TCP connections handed to the
+//! application with the identity of the peer that opened them.
 //!
 //! Peers can only reach the gateway's own address (no forwarding between
 //! peers), and only from their own tunnel address.

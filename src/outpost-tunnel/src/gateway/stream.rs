@@ -93,8 +93,7 @@ mod async_io {
                 P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
                 P::Pending => {
                     // Registered under the lock, so no wake-up can slip by.
-                    core.tcp(this.inner.handle)
-                        .register_recv_waker(cx.waker());
+                    core.tcp(this.inner.handle).register_recv_waker(cx.waker());
                     Poll::Pending
                 }
             }
@@ -116,8 +115,7 @@ mod async_io {
                 P::Ready(r) => Poll::Ready(r),
                 P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
                 P::Pending => {
-                    core.tcp(this.inner.handle)
-                        .register_send_waker(cx.waker());
+                    core.tcp(this.inner.handle).register_send_waker(cx.waker());
                     Poll::Pending
                 }
             }
