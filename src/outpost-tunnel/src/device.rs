@@ -380,6 +380,9 @@ impl Link for DeviceLink {
     }
 }
 
+/// The device's stack and link behind their mutex.
+type DeviceShared = Shared<Core<DeviceLink>>;
+
 /// What runs the tunnel: its own thread, or (feature `tokio`) a task.
 enum Driver {
     Thread(JoinHandle<()>),
@@ -389,7 +392,7 @@ enum Driver {
 
 /// A running device tunnel. Dropping it stops the driver.
 pub struct DeviceTunnel {
-    shared: Arc<Shared<Core<DeviceLink>>>,
+    shared: Arc<DeviceShared>,
     driver: Option<Driver>,
     peer: PublicKey,
     local_udp: SocketAddr,
@@ -443,7 +446,7 @@ impl DeviceTunnel {
 
     fn started(
         config: DeviceConfig,
-        shared: Arc<Shared<Core<DeviceLink>>>,
+        shared: Arc<DeviceShared>,
         local_udp: SocketAddr,
         driver: Driver,
     ) -> Self {
@@ -458,9 +461,7 @@ impl DeviceTunnel {
     }
 
     /// Socket, Noise state and stack, with the first initiation sent.
-    fn prepare(
-        config: &DeviceConfig,
-    ) -> Result<(Arc<Shared<Core<DeviceLink>>>, SocketAddr), TunnelError> {
+    fn prepare(config: &DeviceConfig) -> Result<(Arc<DeviceShared>, SocketAddr), TunnelError> {
         let endpoint = config.peer_endpoint;
         let bind_err = |source| TunnelError::Bind { endpoint, source };
         let (udp, no_route) = first_socket(endpoint).map_err(bind_err)?;
@@ -710,7 +711,7 @@ fn free_port(stack: &Stack) -> Result<u16, TunnelError> {
 }
 
 /// The driver: receive datagrams, run smoltcp and WireGuard timers.
-fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
+fn drive(shared: Arc<DeviceShared>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     while !shared.is_closed() {
@@ -746,7 +747,7 @@ fn drive(shared: Arc<Shared<Core<DeviceLink>>>) {
 
 /// How long the driver may wait for a datagram, the current socket and the peer's IP.
 fn next_wait(
-    shared: &Shared<Core<DeviceLink>>,
+    shared: &DeviceShared,
     last_tick: Instant,
     tick: Duration,
 ) -> (Duration, Arc<UdpSocket>, IpAddr) {
@@ -762,7 +763,7 @@ fn next_wait(
 
 /// One driver round after waiting: the datagram (if any), timers, smoltcp.
 fn after_receive(
-    shared: &Shared<Core<DeviceLink>>,
+    shared: &DeviceShared,
     datagram: Option<&[u8]>,
     peer_ip: IpAddr,
     last_tick: &mut Instant,
@@ -795,7 +796,7 @@ const ASYNC_TIMER_TICK: Duration = Duration::from_millis(250);
 /// The driver as a tokio task: the same rounds as [`drive`], waiting on the socket's
 /// readiness instead of a blocking receive.
 #[cfg(feature = "tokio")]
-async fn drive_async(shared: Arc<Shared<Core<DeviceLink>>>) {
+async fn drive_async(shared: Arc<DeviceShared>) {
     use tokio::io::unix::AsyncFd;
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
