@@ -1430,11 +1430,13 @@ mod tests {
         assert_eq!(pool.allocate(&[]), Some(a("100.96.0.2")));
         let next: Vec<_> = pool.after(a("100.96.0.0")).take(2).collect();
         assert_eq!(next, [a("100.96.0.2"), a("100.96.0.3")]);
+        // /29: .7 is the broadcast address; .9 is outside.
         assert_eq!(
-            pool.after(a("100.96.255.253")).collect::<Vec<_>>(),
-            [a("100.96.255.254")]
+            pool.after(a("100.96.0.5")).collect::<Vec<_>>(),
+            [a("100.96.0.6")]
         );
-        assert_eq!(pool.after(a("100.97.0.1")).next(), None);
+        assert_eq!(pool.after(a("100.96.0.6")).next(), None);
+        assert_eq!(pool.after(a("100.96.0.9")).next(), None);
         assert_eq!(pool.after(a("100.95.0.1")).next(), None);
         assert_eq!(
             pool.allocate(&[a("100.96.0.2"), a("100.96.0.4")]),
