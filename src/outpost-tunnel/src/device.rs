@@ -783,7 +783,7 @@ fn after_receive(
     }
     notify |= core.pump();
     if notify {
-        shared.cond.notify_all();
+        shared.notify();
     }
 }
 

@@ -8,7 +8,7 @@
 //! sockets may have changed.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,11 @@ impl<L: Link> Net for Core<L> {
 
 pub(crate) struct Shared<C> {
     core: Mutex<C>,
-    pub cond: Condvar,
+    cond: Condvar,
+    /// Threads blocked in `wait`. Changed only under the lock, so a notifier holding
+    /// it sees every waiter; with none (async users only: the portal), signalling
+    /// the condvar would be a system call per datagram for nobody.
+    waiters: AtomicUsize,
     pub closed: AtomicBool,
 }
 
@@ -73,6 +77,7 @@ impl<C: Net> Shared<C> {
         Arc::new(Self {
             core: Mutex::new(core),
             cond: Condvar::new(),
+            waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         })
     }
@@ -92,6 +97,13 @@ impl<C: Net> Shared<C> {
         self.cond.notify_all();
     }
 
+    /// Wake the threads blocked in `wait`. Call with the lock held.
+    pub fn notify(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     /// Wait on the condvar until `deadline` (None: at most a slice, the caller loops).
     pub fn wait<'a>(
         &self,
@@ -103,10 +115,13 @@ impl<C: Net> Shared<C> {
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()).min(SLICE))
             .unwrap_or(SLICE);
-        match self.cond.wait_timeout(guard, wait) {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let guard = match self.cond.wait_timeout(guard, wait) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
-        }
+        };
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        guard
     }
 }
 

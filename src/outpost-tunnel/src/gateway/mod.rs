@@ -290,7 +290,7 @@ impl Gateway {
             }
         }
         core.promote();
-        self.shared.cond.notify_all();
+        self.shared.notify();
         tracing::info!(peer = %key, "peer removed");
         true
     }
@@ -477,7 +477,7 @@ fn drive(shared: Arc<Shared<GatewayCore>>, udp: Arc<UdpSocket>) {
         }
         notify |= core.promote();
         if notify {
-            shared.cond.notify_all();
+            shared.notify();
         }
     }
 }
