@@ -9,31 +9,45 @@
 //!
 //! The portal binary comes from OUTPOST_PORTAL_BIN, PostgreSQL from OUTPOST_TEST_PG_URL
 //! (scripts/bench builds the one and starts the other). The simulator runs in this one
-//! process (a thread per sensor and the tunnel's driver thread), on the same cores as
-//! the portal.
+//! process on the same cores as the portal, as tokio tasks on two worker threads: each
+//! sensor is a task, its tunnel (own UDP socket, boringtun, smoltcp) is driven by
+//! another, and it keeps one HTTPS connection (HTTP/1.1, TLS pinned to the portal's
+//! CA) open through the tunnel, as the device's agent does.
 
-use std::net::UdpSocket;
+#[path = "../tests/common/device.rs"]
+mod device;
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use outpost_tunnel::ureq_transport::TunnelConnector;
-use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{CreateJob, CreateToken, TokenCreated};
 use outpost_wire::sensor::{
     Activity, Capability, ClaimRequest, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
     RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
 };
-use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{Connector, RustlsConnector};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 const STEPS: &[usize] = &[100, 1_000, 2_500, 5_000, 10_000];
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// Registrations in flight at once.
-const REGISTER_WORKERS: usize = 16;
+const REGISTER_WORKERS: usize = 32;
+/// Registrations started per second. The gateway answers handshakes past 200 a second
+/// (all peers together) with cookie replies, which cost the device a 5 s retry: a
+/// faster burst registers fewer sensors a second, not more. This leaves room for the
+/// running fleet's rekeys (10,000 sensors: about 85 a second).
+const REGISTER_PER_S: u32 = 100;
+/// A request that takes longer counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SITE: &str = "bench";
 
 fn scan_spec() -> JobSpec {
@@ -48,23 +62,6 @@ fn scan_spec() -> JobSpec {
         credentials: vec![],
         deadline_s: 60,
     })
-}
-
-fn tls_config(ca_pem: &[u8]) -> Result<ureq::config::Config> {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let cert = Certificate::from_pem(ca_pem).context("portal CA")?;
-    Ok(ureq::Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
-                .unversioned_rustls_crypto_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .build(),
-        )
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build())
 }
 
 fn heartbeat() -> HeartbeatRequest {
@@ -92,40 +89,118 @@ struct Measure {
 impl Measure {
     fn record(&self, step: u64, started: Instant, ok: bool) {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.samples.lock().unwrap().push((step, ms, ok));
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((step, ms, ok));
+    }
+}
+
+/// Where a client's connections go: straight over TCP, or through a device tunnel.
+#[derive(Clone)]
+enum Target {
+    Direct(SocketAddr),
+    Tunnel(Arc<DeviceTunnel>, SocketAddrV4),
+}
+
+/// One HTTPS client keeping one HTTP/1.1 connection, reopened after a failure.
+struct Client {
+    tls: Arc<rustls::ClientConfig>,
+    target: Target,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+impl Client {
+    fn new(tls: Arc<rustls::ClientConfig>, target: Target) -> Self {
+        Self {
+            tls,
+            target,
+            conn: None,
+        }
+    }
+
+    fn host(&self) -> SocketAddr {
+        match &self.target {
+            Target::Direct(a) => *a,
+            Target::Tunnel(_, a) => SocketAddr::V4(*a),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let name = rustls::pki_types::ServerName::IpAddress(self.host().ip().into());
+        match &self.target {
+            Target::Direct(a) => {
+                let tcp = tokio::net::TcpStream::connect(a).await?;
+                tcp.set_nodelay(true)?;
+                handshake(tls.connect(name, tcp).await?).await
+            }
+            Target::Tunnel(t, a) => {
+                let stream = t.connect_async(*a).await?;
+                handshake(tls.connect(name, stream).await?).await
+            }
+        }
+    }
+
+    /// POSTs JSON; status and body.
+    async fn post<T: serde::Serialize>(
+        &mut self,
+        path: &str,
+        bearer: &str,
+        body: &T,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Bytes)> {
+        let body = serde_json::to_vec(body)?;
+        let host = self.host().to_string();
+        let mut req = hyper::Request::post(path)
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {bearer}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        let req = req.body(Full::new(Bytes::from(body)))?;
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut conn = match self.conn.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect().await?,
+            };
+            conn.ready().await?;
+            let resp = conn.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((conn, status, body))
+        })
+        .await
+        .context("request timed out")?;
+        let (conn, status, body) = r?;
+        self.conn = Some(conn);
+        Ok((status, body))
     }
 }
 
 struct Sensor {
     key: String,
-    _tunnel: Arc<DeviceTunnel>,
-    agent: ureq::Agent,
+    client: Client,
 }
 
-fn post_json<T: serde::Serialize>(
-    agent: &ureq::Agent,
-    url: &str,
-    bearer: &str,
-    body: &T,
-) -> Result<(u16, String)> {
-    let resp = agent
-        .post(url)
-        .header("authorization", &format!("Bearer {bearer}"))
-        .send_json(body)?;
-    let status = resp.status().as_u16();
-    Ok((
-        status,
-        resp.into_body().read_to_string().unwrap_or_default(),
-    ))
-}
-
-fn register(
-    direct: &ureq::Agent,
-    url: &str,
+async fn register(
+    direct: &mut Client,
     token: &str,
-    ca: &[u8],
+    tls: &Arc<rustls::ClientConfig>,
     i: usize,
-) -> Result<(Sensor, String)> {
+) -> Result<Sensor> {
     let wg = PrivateKey::generate();
     let req = RegisterRequest {
         name: format!("fleet-{i}"),
@@ -139,30 +214,25 @@ fn register(
         capabilities: vec![Capability::Scan],
         wg_public_key: wg.public_key().to_base64(),
     };
-    let (status, body) = post_json(direct, &format!("{url}/api/sensor/register"), token, &req)?;
-    anyhow::ensure!(status == 201, "registration answered {status}: {body}");
-    let reg: RegisterResponse = serde_json::from_str(&body)?;
-    let t = reg.tunnel.context("no tunnel in the registration")?;
-    let cfg = DeviceConfig::new(
-        wg,
-        t.portal_public_key.parse().context("portal key")?,
-        t.endpoint.parse().context("endpoint")?,
-        t.sensor_address.parse().context("sensor address")?,
+    let (status, body) = direct
+        .post("/api/sensor/register", token, &req, None)
+        .await?;
+    anyhow::ensure!(
+        status == 201,
+        "registration answered {status}: {}",
+        String::from_utf8_lossy(&body)
     );
-    let tunnel = Arc::new(DeviceTunnel::start(cfg)?);
-    tunnel.wait_handshake(Duration::from_secs(60))?;
-    let connector =
-        ().chain(TunnelConnector::new(tunnel.clone()))
-            .chain(RustlsConnector::default());
-    let agent = ureq::Agent::with_parts(tls_config(ca)?, connector, DefaultResolver::default());
-    Ok((
-        Sensor {
-            key: reg.api_key.expose().to_owned(),
-            _tunnel: tunnel,
-            agent,
-        },
-        format!("https://{}", t.portal_address),
-    ))
+    let reg: RegisterResponse = serde_json::from_slice(&body)?;
+    let t = reg.tunnel.context("no tunnel in the registration")?;
+    let tunnel = device::start_device_async(&wg, &t, None, Duration::from_secs(60)).await?;
+    let portal: std::net::Ipv4Addr = t.portal_address.parse().context("portal address")?;
+    Ok(Sensor {
+        key: reg.api_key.expose().to_owned(),
+        client: Client::new(
+            tls.clone(),
+            Target::Tunnel(tunnel, SocketAddrV4::new(portal, 443)),
+        ),
+    })
 }
 
 fn report(job: i64, n: u64) -> ReportUpload {
@@ -181,8 +251,8 @@ fn report(job: i64, n: u64) -> ReportUpload {
 }
 
 /// One sensor's life: claim every 5 s, heartbeat every 30 s, report any job it gets.
-fn sensor_loop(s: Sensor, api: String, m: Arc<Measure>, offset: Duration) {
-    std::thread::sleep(offset);
+async fn sensor_loop(mut s: Sensor, m: Arc<Measure>, offset: Duration) {
+    tokio::time::sleep(offset).await;
     let claim_body = ClaimRequest {
         capabilities: vec![Capability::Scan],
     };
@@ -195,38 +265,33 @@ fn sensor_loop(s: Sensor, api: String, m: Arc<Measure>, offset: Duration) {
             next_beat += HEARTBEAT_EVERY;
             let step = m.step.load(Ordering::Relaxed);
             let t = Instant::now();
-            let r = post_json(
-                &s.agent,
-                &format!("{api}/api/sensor/heartbeat"),
-                &s.key,
-                &heartbeat(),
-            );
+            let r = s
+                .client
+                .post("/api/sensor/heartbeat", &s.key, &heartbeat(), None)
+                .await;
             m.record(step, t, matches!(r, Ok((200, _))));
         }
         if now >= next_claim {
             next_claim += CLAIM_EVERY;
             let step = m.step.load(Ordering::Relaxed);
             let t = Instant::now();
-            let r = post_json(
-                &s.agent,
-                &format!("{api}/api/sensor/claim"),
-                &s.key,
-                &claim_body,
-            );
+            let r = s
+                .client
+                .post("/api/sensor/claim", &s.key, &claim_body, None)
+                .await;
             match r {
                 Ok((200, body)) => {
                     m.record(step, t, true);
-                    if let Ok(job) = serde_json::from_str::<Job>(&body) {
+                    if let Ok(job) = serde_json::from_slice::<Job>(&body) {
                         n += 1;
                         let up = report(job.id, n);
                         let t = Instant::now();
-                        let resp = s
-                            .agent
-                            .post(&format!("{api}/api/sensor/jobs/{}/report", job.id))
-                            .header("authorization", &format!("Bearer {}", s.key))
-                            .header("idempotency-key", &up.request_id)
-                            .send_json(&up);
-                        let ok = resp.is_ok_and(|r| r.status().is_success());
+                        let path = format!("/api/sensor/jobs/{}/report", job.id);
+                        let r = s
+                            .client
+                            .post(&path, &s.key, &up, Some(&up.request_id))
+                            .await;
+                        let ok = matches!(r, Ok((200..=299, _)));
                         if ok {
                             m.reports.fetch_add(1, Ordering::Relaxed);
                         }
@@ -237,11 +302,10 @@ fn sensor_loop(s: Sensor, api: String, m: Arc<Measure>, offset: Duration) {
                 _ => m.record(step, t, false),
             }
         }
-        let wake = next_claim.min(next_beat);
-        let now = Instant::now();
-        if wake > now {
-            std::thread::sleep((wake - now).min(Duration::from_millis(500)));
-        }
+        // Sleeping straight to the next request: thousands of tasks waking twice a
+        // second for nothing cost the simulator measurable CPU. `stop` is seen
+        // within a claim interval.
+        tokio::time::sleep_until(next_claim.min(next_beat).into()).await;
     }
 }
 
@@ -335,23 +399,36 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (mut child, url) = start_portal(&bin, dir.path(), &format!("{base}/{name}"))?;
     let pid = child.id();
-    let result = run(max, step_s, dir.path(), &url, pid);
+    // Two workers: the simulated fleet shares the machine's two cores with the portal.
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+        .and_then(|rt| rt.block_on(run(max, step_s, dir.path(), &url)));
     let (rss, cpu) = proc_figures(pid);
+    let (_, sim_cpu) = proc_figures(std::process::id());
     let _ = child.kill();
     let _ = child.wait();
     let _ = psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
     result?;
     println!("portal_rss_kib={rss}");
     println!("portal_cpu_s={cpu:.1}");
+    println!("simulator_cpu_s={sim_cpu:.1}");
     Ok(())
 }
 
-fn run(max: usize, step_s: u64, dir: &std::path::Path, url: &str, _pid: u32) -> Result<()> {
+async fn run(max: usize, step_s: u64, dir: &std::path::Path, url: &str) -> Result<()> {
     let admin = std::fs::read_to_string(dir.join("admin.token"))?
         .trim()
         .to_owned();
-    let ca = Arc::new(std::fs::read(dir.join("ca.pem"))?);
-    let direct = ureq::Agent::new_with_config(tls_config(&ca)?);
+    let ca = std::fs::read(dir.join("ca.pem"))?;
+    let tls = device::rustls_client(&ca)?;
+    let portal: SocketAddr = url
+        .trim_start_matches("https://")
+        .parse()
+        .context("portal URL")?;
+    let mut direct = Client::new(tls.clone(), Target::Direct(portal));
     let measure = Arc::new(Measure {
         step: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -364,92 +441,93 @@ fn run(max: usize, step_s: u64, dir: &std::path::Path, url: &str, _pid: u32) -> 
     let mut register_s = 0.0;
     let mut best: Option<(usize, f64, f64, usize)> = None;
     let mut last: Option<(usize, f64, f64, usize)> = None;
-    let mut workers = Vec::new();
+    let mut sensors = Vec::new();
     for (si, &n) in steps.iter().enumerate() {
         // Registration of the new sensors, concurrently, timed on its own.
-        let (status, body) = post_json(
-            &direct,
-            &format!("{url}/api/admin/tokens"),
-            &admin,
-            &CreateToken {
-                site: SITE.into(),
-                uses: (n - running) as u32,
-                ttl_s: 86_400,
-            },
-        )?;
-        anyhow::ensure!(status == 201, "token: {status} {body}");
-        let token = serde_json::from_str::<TokenCreated>(&body)?.token;
+        let (status, body) = direct
+            .post(
+                "/api/admin/tokens",
+                &admin,
+                &CreateToken {
+                    site: SITE.into(),
+                    uses: (n - running) as u32,
+                    ttl_s: 86_400,
+                },
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "token: {status}");
+        let token = serde_json::from_slice::<TokenCreated>(&body)?.token;
         let t0 = Instant::now();
         let next = Arc::new(AtomicU64::new(running as u64));
-        let (tx, rx) = std::sync::mpsc::channel();
+        let pace = Duration::from_secs(1) / REGISTER_PER_S;
         let regs: Vec<_> = (0..REGISTER_WORKERS)
             .map(|_| {
-                let (next, tx, token, ca, url) = (
-                    next.clone(),
-                    tx.clone(),
-                    token.clone(),
-                    ca.clone(),
-                    url.to_owned(),
-                );
-                let direct = direct.clone();
-                std::thread::spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= n {
-                        return;
-                    }
-                    let r = register(&direct, &url, &token, &ca, i);
-                    if tx.send(r).is_err() {
-                        return;
+                let (next, token, tls) = (next.clone(), token.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let mut direct = Client::new(tls.clone(), Target::Direct(portal));
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= n {
+                            return anyhow::Ok(out);
+                        }
+                        // The i-th registration of this step starts at its slot.
+                        let slot = t0 + pace * (i - running) as u32;
+                        tokio::time::sleep_until(slot.into()).await;
+                        out.push(
+                            register(&mut direct, &token, &tls, i)
+                                .await
+                                .with_context(|| format!("registering sensor {i}"))?,
+                        );
                     }
                 })
             })
             .collect();
-        drop(tx);
         let mut new = Vec::new();
-        for r in rx {
-            new.push(r.context("registering a sensor")?);
-        }
         for r in regs {
-            let _ = r.join();
+            new.extend(r.await??);
         }
-        register_s += t0.elapsed().as_secs_f64();
+        let took = t0.elapsed().as_secs_f64();
+        register_s += took;
+        println!(
+            "fleet_step_register_s={took:.1} fleet_step_register_per_s={:.0}",
+            new.len() as f64 / took.max(0.001)
+        );
         let count = new.len();
-        for (k, (s, api)) in new.into_iter().enumerate() {
-            let m = measure.clone();
+        for (k, s) in new.into_iter().enumerate() {
             let offset = CLAIM_EVERY.mul_f64(k as f64 / count.max(1) as f64);
-            workers.push(
-                std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || sensor_loop(s, api, m, offset))?,
-            );
+            sensors.push(tokio::spawn(sensor_loop(s, measure.clone(), offset)));
         }
         running = n;
         // Jobs for about 2% of the sensors, queued for the site.
         for _ in 0..n.div_ceil(50) {
-            let (status, body) = post_json(
-                &direct,
-                &format!("{url}/api/admin/jobs"),
-                &admin,
-                &CreateJob {
-                    site: SITE.into(),
-                    spec: scan_spec(),
-                    sensor_id: None,
-                },
-            )?;
-            anyhow::ensure!(status == 201 || status == 200, "job: {status} {body}");
+            let (status, _) = direct
+                .post(
+                    "/api/admin/jobs",
+                    &admin,
+                    &CreateJob {
+                        site: SITE.into(),
+                        spec: scan_spec(),
+                        sensor_id: None,
+                    },
+                    None,
+                )
+                .await?;
+            anyhow::ensure!(status == 201 || status == 200, "job: {status}");
         }
         // Let the new sensors settle into their rhythm, then measure the step.
-        std::thread::sleep(CLAIM_EVERY);
+        tokio::time::sleep(CLAIM_EVERY).await;
         let step = si as u64 + 1;
         measure.step.store(step, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_secs(step_s));
+        tokio::time::sleep(Duration::from_secs(step_s)).await;
         measure.step.store(u64::MAX, Ordering::Relaxed);
         // Requests in flight at the step's end are still counted in it.
-        std::thread::sleep(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let mut lat = Vec::new();
         let mut errors = 0usize;
         {
-            let mut samples = measure.samples.lock().unwrap();
+            let mut samples = measure.samples.lock().unwrap_or_else(|e| e.into_inner());
             for (s, ms, ok) in samples.drain(..) {
                 if s == step {
                     lat.push(ms);
@@ -475,8 +553,8 @@ fn run(max: usize, step_s: u64, dir: &std::path::Path, url: &str, _pid: u32) -> 
         }
     }
     measure.stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
+    for s in sensors {
+        let _ = s.await;
     }
     println!("fleet_register_s={register_s:.1}");
     println!("fleet_reports={}", measure.reports.load(Ordering::Relaxed));

@@ -450,7 +450,7 @@ async fn rotate_key(
     };
     let row = st
         .store
-        .tunnel_peers()
+        .tunnel_peers_of(std::slice::from_ref(&sensor.id))
         .await?
         .into_iter()
         .find(|r| r.sensor_id == sensor.id)
@@ -1005,7 +1005,7 @@ async fn delete_sensor(
     // Its current key and, mid-rotation, its pending one.
     let keys: Vec<String> = st
         .store
-        .tunnel_peers()
+        .tunnel_peers_of(std::slice::from_ref(&id))
         .await?
         .into_iter()
         .filter(|r| r.sensor_id == id)

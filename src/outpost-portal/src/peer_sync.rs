@@ -17,7 +17,7 @@ use outpost_tunnel::{Gateway, GatewayPeer, PublicKey};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::store::{Store, StoreError, PEERS_CHANNEL};
+use crate::store::{Store, StoreError, TunnelPeerRow, PEERS_CHANNEL};
 
 /// How often the LISTEN connection is checked: a silently dead one would miss changes.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -35,15 +35,11 @@ pub enum SyncError {
     Timeout,
 }
 
-/// Makes the gateway's peers those of the `sensors` table: keys gone or moved are
-/// removed, missing ones added (a pending rotation key beside its sensor's current one).
-/// A bad row costs that sensor its tunnel, never the others theirs. A registration in
-/// this process adds its peer before committing; a re-read in between drops it for the
-/// moment until the registration's own notification adds it back (the sensor's
-/// handshake retry covers that gap).
-pub async fn sync_peers(gw: &Gateway, store: &Store) -> Result<(), StoreError> {
-    let rows = store.tunnel_peers().await?;
-    let mut wanted: HashMap<PublicKey, (std::net::Ipv4Addr, bool, String)> = HashMap::new();
+/// The keys the gateway should hold: key -> (tunnel address, pending, sensor).
+type Wanted = HashMap<PublicKey, (std::net::Ipv4Addr, bool, String)>;
+
+fn wanted(rows: Vec<TunnelPeerRow>) -> Wanted {
+    let mut wanted = Wanted::new();
     for row in rows {
         let keys =
             std::iter::once((row.wg_public_key, false)).chain(row.pending_key.map(|k| (k, true)));
@@ -58,6 +54,78 @@ pub async fn sync_peers(gw: &Gateway, store: &Store) -> Result<(), StoreError> {
             }
         }
     }
+    wanted
+}
+
+/// Adds the wanted keys the gateway lacks (or holds with another address).
+fn install(gw: &Gateway, wanted: &Wanted) {
+    let mut missing: Vec<_> = wanted
+        .iter()
+        .filter(|(k, (addr, _, _))| match gw.peer_status(k) {
+            Some(p) if p.identity.tunnel_addr == *addr => false,
+            Some(_) => {
+                gw.remove_peer(k);
+                true
+            }
+            None => true,
+        })
+        .collect();
+    // Current keys first: a pending key shares its sensor's address.
+    missing.sort_by_key(|(_, (_, pending, _))| *pending);
+    for (public_key, (allowed_ip, pending, sensor)) in missing {
+        let peer = GatewayPeer {
+            public_key: *public_key,
+            allowed_ip: *allowed_ip,
+            preshared_key: None,
+        };
+        let added = if *pending {
+            gw.add_peer_sharing_address(peer)
+        } else {
+            gw.add_peer(peer)
+        };
+        if let Err(e) = added {
+            tracing::error!(%sensor, pending, error = %e, "skipping a tunnel key that cannot be added");
+        }
+    }
+}
+
+/// Which sensor each key in the gateway came from, so a notification about one
+/// sensor is applied from that sensor's row alone.
+#[derive(Default)]
+struct Installed {
+    by_sensor: HashMap<String, Vec<PublicKey>>,
+    owner: HashMap<PublicKey, String>,
+}
+
+impl Installed {
+    fn record(&mut self, wanted: &Wanted) {
+        for (k, (_, _, sensor)) in wanted {
+            self.by_sensor.entry(sensor.clone()).or_default().push(*k);
+            if let Some(before) = self.owner.insert(*k, sensor.clone()) {
+                if &before != sensor {
+                    // The key moved to another sensor: the old one no longer holds it.
+                    if let Some(keys) = self.by_sensor.get_mut(&before) {
+                        keys.retain(|x| x != k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Makes the gateway's peers those of the `sensors` table: keys gone or moved are
+/// removed, missing ones added (a pending rotation key beside its sensor's current one).
+/// A bad row costs that sensor its tunnel, never the others theirs. A registration in
+/// this process adds its peer before committing; a re-read in between drops it for the
+/// moment until the registration's own notification adds it back (the sensor's
+/// handshake retry covers that gap). Only at start and after a lost LISTEN connection:
+/// notifications are applied per sensor ([`sync_sensors`]).
+pub async fn sync_peers(gw: &Gateway, store: &Store) -> Result<(), StoreError> {
+    full_sync(gw, store).await.map(|_| ())
+}
+
+async fn full_sync(gw: &Gateway, store: &Store) -> Result<Installed, StoreError> {
+    let wanted = wanted(store.tunnel_peers().await?);
     for p in gw.peers() {
         let k = p.identity.public_key;
         if wanted
@@ -67,27 +135,36 @@ pub async fn sync_peers(gw: &Gateway, store: &Store) -> Result<(), StoreError> {
             gw.remove_peer(&k);
         }
     }
-    // Current keys first: a pending key shares its sensor's address.
-    let mut missing: Vec<_> = wanted
-        .into_iter()
-        .filter(|(k, _)| gw.peer_status(k).is_none())
-        .collect();
-    missing.sort_by_key(|(_, (_, pending, _))| *pending);
-    for (public_key, (allowed_ip, pending, sensor)) in missing {
-        let peer = GatewayPeer {
-            public_key,
-            allowed_ip,
-            preshared_key: None,
-        };
-        let added = if pending {
-            gw.add_peer_sharing_address(peer)
-        } else {
-            gw.add_peer(peer)
-        };
-        if let Err(e) = added {
-            tracing::error!(%sensor, pending, error = %e, "skipping a tunnel key that cannot be added");
+    install(gw, &wanted);
+    let mut installed = Installed::default();
+    installed.record(&wanted);
+    Ok(installed)
+}
+
+/// Brings the keys of the notified sensors in step, reading their rows only: a
+/// whole-table re-read per notification made registering N sensors cost N² rows,
+/// and dropped the peers of registrations not yet committed (a 5 s handshake retry
+/// each).
+async fn sync_sensors(
+    gw: &Gateway,
+    store: &Store,
+    ids: &[String],
+    installed: &mut Installed,
+) -> Result<(), StoreError> {
+    let wanted = wanted(store.tunnel_peers_of(ids).await?);
+    for id in ids {
+        for k in installed.by_sensor.remove(id).unwrap_or_default() {
+            if installed.owner.get(&k) != Some(id) {
+                continue;
+            }
+            installed.owner.remove(&k);
+            if !wanted.contains_key(&k) {
+                gw.remove_peer(&k);
+            }
         }
     }
+    install(gw, &wanted);
+    installed.record(&wanted);
     Ok(())
 }
 
@@ -131,13 +208,14 @@ async fn follow(
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
     let (client, mut conn) = config.connect(NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     // The connection delivers notifications only to whoever polls it.
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
-                    if tx.send(()).is_err() {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    // The payload names the sensor whose keys changed.
+                    if tx.send(n.payload().to_owned()).is_err() {
                         return;
                     }
                 }
@@ -155,7 +233,7 @@ async fn follow(
         .batch_execute(&format!("LISTEN {PEERS_CHANNEL}"))
         .await?;
     // Listening before reading: a change between the two is read, or heard, or both.
-    sync_peers(gw, store).await?;
+    let mut installed = full_sync(gw, store).await?;
     syncs.fetch_add(1, Ordering::Relaxed);
     *backoff = Duration::from_millis(500);
     tracing::info!("gateway peers follow the database");
@@ -164,10 +242,14 @@ async fn follow(
     loop {
         tokio::select! {
             n = rx.recv() => {
-                n.ok_or(SyncError::Closed)?;
-                // One re-read covers every change announced meanwhile.
-                while rx.try_recv().is_ok() {}
-                sync_peers(gw, store).await?;
+                let mut ids = vec![n.ok_or(SyncError::Closed)?];
+                // One read covers every change announced meanwhile.
+                while let Ok(id) = rx.try_recv() {
+                    ids.push(id);
+                }
+                ids.sort();
+                ids.dedup();
+                sync_sensors(gw, store, &ids, &mut installed).await?;
             }
             _ = ping.tick() => {
                 tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1"))

@@ -10,16 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fresh_database, https, Backend};
-use outpost_tunnel::ureq_transport::TunnelConnector;
-use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
+use common::{device, fresh_database, https, Backend};
+use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, TokenCreated};
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
     RegisterResponse, RotateKeyRequest, ScanSpec, TunnelConfig,
 };
-use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{Connector, RustlsConnector};
 
 /// Generous: the bounds are for a loaded CI machine, not measurements.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -97,39 +94,18 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn tunnel_agent(tunnel: Arc<DeviceTunnel>, ca_pem: &[u8]) -> ureq::Agent {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let cert = Certificate::from_pem(ca_pem).unwrap();
-    let cfg = ureq::Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
-                .unversioned_rustls_crypto_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .build(),
-        )
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build();
-    let connector = ().chain(TunnelConnector::new(tunnel)).chain(RustlsConnector::default());
-    ureq::Agent::with_parts(cfg, connector, DefaultResolver::default())
+    device::tunnel_agent(tunnel, ca_pem, Duration::from_secs(10)).expect("tunnel agent")
 }
 
 /// A device tunnel with `key` to the gateway on `wg_port`, once its handshake succeeds.
-fn device(
+fn tunnel_to(
     key: &PrivateKey,
     t: &TunnelConfig,
     wg_port: u16,
     wait: Duration,
 ) -> Option<Arc<DeviceTunnel>> {
-    let cfg = DeviceConfig::new(
-        key.clone(),
-        t.portal_public_key.parse().unwrap(),
-        format!("127.0.0.1:{wg_port}").parse().unwrap(),
-        t.sensor_address.parse().unwrap(),
-    );
-    let dev = DeviceTunnel::start(cfg).unwrap();
-    dev.wait_handshake(wait).ok().map(|_| Arc::new(dev))
+    let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], wg_port));
+    device::start_device(key, t, Some(gateway), wait).ok()
 }
 
 /// Status and body; None when the request did not get through at all.
@@ -262,7 +238,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
 
     // The tunnel comes up on B (which learnt the peer from the database) and a job
     // queued through B is claimed through B.
-    let dev_b = wait_for(|| device(&key, &tun, b.wg_port, Duration::from_secs(3)));
+    let dev_b = wait_for(|| tunnel_to(&key, &tun, b.wg_port, Duration::from_secs(3)));
     let via_b = tunnel_agent(dev_b, &ca);
     let (status, body) = post(
         &direct,
@@ -298,7 +274,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
     assert_eq!(serde_json::from_str::<Job>(&body).unwrap().id, job);
 
     // Rotate through A; the new key works on B.
-    let dev_a = device(&key, &tun, a.wg_port, Duration::from_secs(10)).expect("tunnel to A");
+    let dev_a = tunnel_to(&key, &tun, a.wg_port, Duration::from_secs(10)).expect("tunnel to A");
     let via_a = tunnel_agent(dev_a, &ca);
     let new_key = PrivateKey::generate();
     let (status, body) = post(
@@ -312,7 +288,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     drop((via_a, via_b));
-    let dev_b2 = wait_for(|| device(&new_key, &tun, b.wg_port, Duration::from_secs(3)));
+    let dev_b2 = wait_for(|| tunnel_to(&new_key, &tun, b.wg_port, Duration::from_secs(3)));
     let via_b2 = tunnel_agent(dev_b2, &ca);
     let (status, body) = post(
         &via_b2,
@@ -324,7 +300,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
     assert_eq!(status, 200, "{body}");
     // That request finished the rotation on B: A drops the old key too.
     wait_for(|| {
-        device(&key, &tun, a.wg_port, Duration::from_secs(2))
+        tunnel_to(&key, &tun, a.wg_port, Duration::from_secs(2))
             .is_none()
             .then_some(())
     });
@@ -368,7 +344,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
         "{refused:?}"
     );
     wait_for(|| {
-        device(&new_key, &tun, b.wg_port, Duration::from_secs(2))
+        tunnel_to(&new_key, &tun, b.wg_port, Duration::from_secs(2))
             .is_none()
             .then_some(())
     });

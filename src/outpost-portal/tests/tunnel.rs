@@ -7,10 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{build_bundle, https, release_key, start_portal, Api, Backend, TestPortal};
+use common::{build_bundle, device, https, release_key, start_portal, Api, Backend, TestPortal};
 use outpost_portal::settings::TunnelSettings;
-use outpost_tunnel::ureq_transport::TunnelConnector;
-use outpost_tunnel::{DeviceConfig, DeviceTunnel, PrivateKey};
+use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{
     AssignBundle, AssignResult, BundleInfo, CreateToken, JobInfo, JobState, SensorInfo,
     TokenCreated,
@@ -21,43 +20,15 @@ use outpost_wire::sensor::{
     UpdateStateReport,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
-use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{Connector, RustlsConnector};
-
-fn tls_config(ca_pem: &[u8]) -> ureq::config::Config {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let cert = Certificate::from_pem(ca_pem).unwrap();
-    ureq::Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
-                .unversioned_rustls_crypto_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .build(),
-        )
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-}
 
 /// An HTTPS client whose every connection goes through the device tunnel.
 fn tunnel_agent(tunnel: Arc<DeviceTunnel>, ca_pem: &[u8]) -> ureq::Agent {
-    let connector = ().chain(TunnelConnector::new(tunnel)).chain(RustlsConnector::default());
-    ureq::Agent::with_parts(tls_config(ca_pem), connector, DefaultResolver::default())
+    device::tunnel_agent(tunnel, ca_pem, Duration::from_secs(20)).expect("tunnel agent")
 }
 
 fn start_device(key: PrivateKey, t: &TunnelConfig) -> Arc<DeviceTunnel> {
-    let cfg = DeviceConfig::new(
-        key,
-        t.portal_public_key.parse().unwrap(),
-        t.endpoint.parse().unwrap(),
-        t.sensor_address.parse().unwrap(),
-    );
-    let dev = Arc::new(DeviceTunnel::start(cfg).unwrap());
-    dev.wait_handshake(Duration::from_secs(10))
-        .expect("handshake with the gateway");
-    dev
+    device::start_device(&key, t, None, Duration::from_secs(10))
+        .expect("handshake with the gateway")
 }
 
 fn post<T: serde::Serialize>(agent: &ureq::Agent, url: &str, key: &str, body: &T) -> (u16, String) {
@@ -263,15 +234,8 @@ fn run(tp: &TestPortal) {
         !hb.rotate_wg_key,
         "the stored new key cleared the request: {body}"
     );
-    let old = DeviceTunnel::start(DeviceConfig::new(
-        key_a,
-        tun.portal_public_key.parse().unwrap(),
-        tun.endpoint.parse().unwrap(),
-        tun.sensor_address.parse().unwrap(),
-    ))
-    .unwrap();
     assert!(
-        old.wait_handshake(Duration::from_secs(3)).is_err(),
+        device::start_device(&key_a, &tun, None, Duration::from_secs(3)).is_err(),
         "the rotated-away key gets no handshake"
     );
 }
@@ -593,15 +557,8 @@ fn lost_rotation_second(tp: &TestPortal, st: LostRotation) {
         gw.peer_status(&st.old_key.public_key()).is_none(),
         "the old key is dropped once the new one is used"
     );
-    let old = DeviceTunnel::start(DeviceConfig::new(
-        st.old_key.clone(),
-        tun.portal_public_key.parse().unwrap(),
-        tun.endpoint.parse().unwrap(),
-        tun.sensor_address.parse().unwrap(),
-    ))
-    .unwrap();
     assert!(
-        old.wait_handshake(Duration::from_secs(3)).is_err(),
+        device::start_device(&st.old_key, &tun, None, Duration::from_secs(3)).is_err(),
         "the rotated-away key gets no handshake"
     );
 }

@@ -380,10 +380,20 @@ impl Link for DeviceLink {
     }
 }
 
-/// A running device tunnel. Dropping it stops the driver thread.
+/// The device's stack and link behind their mutex.
+type DeviceShared = Shared<Core<DeviceLink>>;
+
+/// What runs the tunnel: its own thread, or (feature `tokio`) a task.
+enum Driver {
+    Thread(JoinHandle<()>),
+    #[cfg(feature = "tokio")]
+    Task(tokio::task::JoinHandle<()>),
+}
+
+/// A running device tunnel. Dropping it stops the driver.
 pub struct DeviceTunnel {
-    shared: Arc<Shared<DeviceLink>>,
-    driver: Option<JoinHandle<()>>,
+    shared: Arc<DeviceShared>,
+    driver: Option<Driver>,
     peer: PublicKey,
     local_udp: SocketAddr,
     connect_timeout: Duration,
@@ -402,6 +412,56 @@ impl DeviceTunnel {
     /// Bind the UDP socket, start the driver thread and send the first
     /// handshake initiation.
     pub fn start(config: DeviceConfig) -> Result<Self, TunnelError> {
+        let (shared, local_udp) = Self::prepare(&config)?;
+        let driver = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("outpost-tunnel".into())
+                .spawn(move || drive(shared))
+                .map_err(TunnelError::Thread)?
+        };
+        Ok(Self::started(
+            config,
+            shared,
+            local_udp,
+            Driver::Thread(driver),
+        ))
+    }
+
+    /// Like [`DeviceTunnel::start`], but driven by a task on the current tokio
+    /// runtime instead of a thread: many tunnels in one process (the fleet
+    /// simulator) then cost a few worker threads, not one thread each. Use
+    /// [`DeviceTunnel::connect_async`] and the stream's `AsyncRead`/`AsyncWrite`.
+    #[cfg(feature = "tokio")]
+    pub fn start_async(config: DeviceConfig) -> Result<Self, TunnelError> {
+        let (shared, local_udp) = Self::prepare(&config)?;
+        let driver = tokio::spawn(drive_async(shared.clone()));
+        Ok(Self::started(
+            config,
+            shared,
+            local_udp,
+            Driver::Task(driver),
+        ))
+    }
+
+    fn started(
+        config: DeviceConfig,
+        shared: Arc<DeviceShared>,
+        local_udp: SocketAddr,
+        driver: Driver,
+    ) -> Self {
+        tracing::info!(peer = %config.peer_public_key, endpoint = %config.peer_endpoint, address = %config.address, "device tunnel started");
+        Self {
+            shared,
+            driver: Some(driver),
+            peer: config.peer_public_key,
+            local_udp,
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// Socket, Noise state and stack, with the first initiation sent.
+    fn prepare(config: &DeviceConfig) -> Result<(Arc<DeviceShared>, SocketAddr), TunnelError> {
         let endpoint = config.peer_endpoint;
         let bind_err = |source| TunnelError::Bind { endpoint, source };
         let (udp, no_route) = first_socket(endpoint).map_err(bind_err)?;
@@ -446,21 +506,7 @@ impl DeviceTunnel {
             let r = link.tunn.format_handshake_initiation(&mut link.buf, false);
             link.rebind_wanted |= emit(&link.udp, &mut link.stats, r).1;
         }
-        let driver = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("outpost-tunnel".into())
-                .spawn(move || drive(shared))
-                .map_err(TunnelError::Thread)?
-        };
-        tracing::info!(peer = %config.peer_public_key, %endpoint, address = %config.address, "device tunnel started");
-        Ok(Self {
-            shared,
-            driver: Some(driver),
-            peer: config.peer_public_key,
-            local_udp,
-            connect_timeout: config.connect_timeout,
-        })
+        Ok((shared, local_udp))
     }
 
     /// The local UDP address the tunnel sends from.
@@ -497,6 +543,85 @@ impl DeviceTunnel {
                 });
             }
             core = self.shared.wait(core, Some(deadline));
+        }
+    }
+
+    /// [`DeviceTunnel::wait_handshake`] for async callers (polls the session state).
+    #[cfg(feature = "tokio")]
+    pub async fn wait_handshake_async(&self, timeout: Duration) -> Result<(), TunnelError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shared.lock().link.session_up() {
+                return Ok(());
+            }
+            if self.shared.is_closed() {
+                return Err(TunnelError::Closed);
+            }
+            if Instant::now() >= deadline {
+                return Err(TunnelError::HandshakeTimeout {
+                    peer: self.peer,
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`DeviceTunnel::connect`] for async callers; the stream implements tokio's
+    /// `AsyncRead`/`AsyncWrite`.
+    #[cfg(feature = "tokio")]
+    pub async fn connect_async(&self, addr: SocketAddrV4) -> Result<TunnelTcpStream, TunnelError> {
+        if self.shared.is_closed() {
+            return Err(TunnelError::Closed);
+        }
+        let timeout = self.connect_timeout;
+        let stream = {
+            let mut core = self.shared.lock();
+            let port = free_port(&core.stack)?;
+            let mut socket = Stack::new_tcp_socket(DEVICE_BUFFERS);
+            let remote = (IpAddress::from(*addr.ip()), addr.port());
+            let cx = core.stack.iface.context();
+            socket
+                .connect(cx, remote, port)
+                .map_err(|e| TunnelError::Config(format!("connect to {addr}: {e}")))?;
+            let handle = core.stack.sockets.add(socket);
+            core.pump();
+            // From here on, dropping the stream (an error, a cancelled future) frees the socket.
+            TunnelTcpStream {
+                inner: StreamCore::new(self.shared.clone(), handle),
+                addr,
+            }
+        };
+        let handle = stream.inner.handle;
+        let established = std::future::poll_fn(|cx| {
+            let mut core = self.shared.lock();
+            let socket = core.stack.tcp(handle);
+            match socket.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    if self.shared.is_closed() {
+                        return std::task::Poll::Ready(Err(TunnelError::Closed));
+                    }
+                    // smoltcp wakes it on every state change.
+                    socket.register_send_waker(cx.waker());
+                    std::task::Poll::Pending
+                }
+                tcp::State::Closed => {
+                    std::task::Poll::Ready(Err(TunnelError::ConnectRefused { addr }))
+                }
+                _ => std::task::Poll::Ready(Ok(())),
+            }
+        });
+        match tokio::time::timeout(timeout, established).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                stream.abort();
+                Err(TunnelError::ConnectTimeout {
+                    addr,
+                    timeout,
+                    session_up: self.shared.lock().link.session_up(),
+                })
+            }
         }
     }
 
@@ -560,9 +685,15 @@ impl DeviceTunnel {
 impl Drop for DeviceTunnel {
     fn drop(&mut self) {
         self.shared.close();
-        if let Some(t) = self.driver.take() {
+        match self.driver.take() {
             // The driver wakes at least every TIMER_TICK and sees the flag.
-            let _ = t.join();
+            Some(Driver::Thread(t)) => {
+                let _ = t.join();
+            }
+            // Never block a runtime thread: the task just stops at its next await.
+            #[cfg(feature = "tokio")]
+            Some(Driver::Task(t)) => t.abort(),
+            None => {}
         }
     }
 }
@@ -580,20 +711,11 @@ fn free_port(stack: &Stack) -> Result<u16, TunnelError> {
 }
 
 /// The driver: receive datagrams, run smoltcp and WireGuard timers.
-fn drive(shared: Arc<Shared<DeviceLink>>) {
+fn drive(shared: Arc<DeviceShared>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     while !shared.is_closed() {
-        let (wait, udp, peer_ip) = {
-            let mut core = shared.lock();
-            let delay = core.stack.poll_delay().unwrap_or(TIMER_TICK);
-            let tick_left = TIMER_TICK.saturating_sub(last_tick.elapsed());
-            (
-                delay.min(tick_left).max(Duration::from_millis(1)),
-                core.link.udp.clone(),
-                core.link.endpoint.ip(),
-            )
-        };
+        let (wait, udp, peer_ip) = next_wait(&shared, last_tick, TIMER_TICK);
         // Only fails for a zero duration, which `max` rules out.
         let _ = udp.set_read_timeout(Some(wait));
         let received = match udp.recv(&mut buf) {
@@ -613,29 +735,135 @@ fn drive(shared: Arc<Shared<DeviceLink>>) {
                 None
             }
         };
-        let mut core = shared.lock();
-        let core = &mut *core;
-        let mut notify = false;
-        if let Some(n) = received {
-            notify |= core.link.receive(&buf[..n], &mut core.stack, peer_ip);
+        after_receive(
+            &shared,
+            received.map(|n| &buf[..n]),
+            peer_ip,
+            &mut last_tick,
+            TIMER_TICK,
+        );
+    }
+}
+
+/// How long the driver may wait for a datagram, the current socket and the peer's IP.
+fn next_wait(
+    shared: &DeviceShared,
+    last_tick: Instant,
+    tick: Duration,
+) -> (Duration, Arc<UdpSocket>, IpAddr) {
+    let mut core = shared.lock();
+    let delay = core.stack.poll_delay().unwrap_or(tick);
+    let tick_left = tick.saturating_sub(last_tick.elapsed());
+    (
+        delay.min(tick_left).max(Duration::from_millis(1)),
+        core.link.udp.clone(),
+        core.link.endpoint.ip(),
+    )
+}
+
+/// One driver round after waiting: the datagram (if any), timers, smoltcp.
+fn after_receive(
+    shared: &DeviceShared,
+    datagram: Option<&[u8]>,
+    peer_ip: IpAddr,
+    last_tick: &mut Instant,
+    tick: Duration,
+) {
+    let mut core = shared.lock();
+    let core = &mut *core;
+    let mut notify = false;
+    if let Some(d) = datagram {
+        notify |= core.link.receive(d, &mut core.stack, peer_ip);
+    }
+    if last_tick.elapsed() >= tick {
+        *last_tick = Instant::now();
+        core.link.on_timer();
+        core.stack.reap_orphans();
+        notify = true;
+    }
+    notify |= core.pump();
+    if notify {
+        shared.notify();
+    }
+}
+
+/// WireGuard timer interval of task-driven tunnels: boringtun's own device runs its
+/// timers every 250 ms. Thousands of tunnels in one process (the fleet simulator)
+/// spend most of their time waking up for timers at the thread driver's 100 ms.
+#[cfg(feature = "tokio")]
+const ASYNC_TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// The driver as a tokio task: the same rounds as [`drive`], waiting on the socket's
+/// readiness instead of a blocking receive.
+#[cfg(feature = "tokio")]
+async fn drive_async(shared: Arc<DeviceShared>) {
+    use tokio::io::unix::AsyncFd;
+    let mut buf = vec![0u8; 65536];
+    let mut last_tick = Instant::now();
+    // The tunnel's socket, registered with tokio's reactor; renewed when a rebind
+    // replaces the socket. Not a duplicate descriptor: ten thousand tunnels in one
+    // process must fit a 20,000 descriptor limit.
+    let mut watched: Option<AsyncFd<Arc<UdpSocket>>> = None;
+    while !shared.is_closed() {
+        let (wait, udp, peer_ip) = next_wait(&shared, last_tick, ASYNC_TIMER_TICK);
+        if !watched
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f.get_ref(), &udp))
+        {
+            watched = None;
+            let registered = udp.set_nonblocking(true).and_then(|_| {
+                // SAFETY: the AsyncFd holds a clone of the Arc, so the descriptor stays
+                // open, and is the same one, for as long as the AsyncFd lives.
+                unsafe { AsyncFd::register(udp.clone()) }.map_err(|e| e.into_parts().1)
+            });
+            match registered {
+                Ok(f) => watched = Some(f),
+                Err(e) => tracing::warn!(error = %e, "cannot watch the tunnel socket"),
+            }
         }
-        if last_tick.elapsed() >= TIMER_TICK {
-            last_tick = Instant::now();
-            core.link.on_timer();
-            core.stack.reap_orphans();
-            notify = true;
-        }
-        notify |= core.pump();
-        if notify {
-            shared.cond.notify_all();
-        }
+        let received = match &watched {
+            Some(f) => tokio::select! {
+                r = f.readable() => match r {
+                    Ok(mut ready) => match ready.try_io(|s| s.get_ref().recv(&mut buf)) {
+                        Ok(Ok(n)) => Some(n),
+                        Ok(Err(e)) => {
+                            // ICMP port unreachable while the portal restarts.
+                            if e.kind() != io::ErrorKind::ConnectionRefused {
+                                tracing::debug!(error = %e, "tunnel UDP receive failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            None
+                        }
+                        // Nothing there after all: readiness is cleared, wait again.
+                        Err(_) => None,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tunnel socket readiness failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        None
+                    }
+                },
+                _ = tokio::time::sleep(wait) => None,
+            },
+            None => {
+                tokio::time::sleep(wait).await;
+                None
+            }
+        };
+        after_receive(
+            &shared,
+            received.map(|n| &buf[..n]),
+            peer_ip,
+            &mut last_tick,
+            ASYNC_TIMER_TICK,
+        );
     }
 }
 
 /// A TCP connection through the tunnel: blocking `Read`/`Write` with
 /// optional timeouts, usable under TLS.
 pub struct TunnelTcpStream {
-    inner: StreamCore<DeviceLink>,
+    inner: StreamCore<Core<DeviceLink>>,
     addr: SocketAddrV4,
 }
 
@@ -700,6 +928,81 @@ impl Write for &TunnelTcpStream {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod async_io {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::TunnelTcpStream;
+    use crate::stream::{try_recv, try_send, Poll as P};
+
+    fn closed() -> io::Error {
+        io::Error::new(io::ErrorKind::NotConnected, "tunnel was shut down")
+    }
+
+    impl AsyncRead for TunnelTcpStream {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let mut core = this.inner.shared.lock();
+            match try_recv(&mut *core, this.inner.handle, buf.initialize_unfilled()) {
+                P::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    Poll::Ready(Ok(()))
+                }
+                P::Ready(Err(e)) => Poll::Ready(Err(e)),
+                P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
+                P::Pending => {
+                    // Registered under the lock, so no wake-up can slip by.
+                    core.stack
+                        .tcp(this.inner.handle)
+                        .register_recv_waker(cx.waker());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    impl AsyncWrite for TunnelTcpStream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if buf.is_empty() {
+                return Poll::Ready(Ok(0));
+            }
+            let mut core = this.inner.shared.lock();
+            match try_send(&mut *core, this.inner.handle, buf) {
+                P::Ready(r) => Poll::Ready(r),
+                P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
+                P::Pending => {
+                    core.stack
+                        .tcp(this.inner.handle)
+                        .register_send_waker(cx.waker());
+                    Poll::Pending
+                }
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.inner.shutdown_write();
+            Poll::Ready(Ok(()))
+        }
     }
 }
 

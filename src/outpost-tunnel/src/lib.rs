@@ -7,7 +7,10 @@
 //! scan traffic cannot leak into it.
 //!
 //! - Device: [`DeviceTunnel::start`] then [`DeviceTunnel::connect`] gives a
-//!   blocking [`TunnelTcpStream`] (`Read + Write`) for TLS/HTTP.
+//!   blocking [`TunnelTcpStream`] (`Read + Write`) for TLS/HTTP. With the
+//!   `tokio` feature, `DeviceTunnel::start_async` runs the tunnel as a task and
+//!   `connect_async` gives the same stream as `AsyncRead + AsyncWrite` (many
+//!   tunnels in one process: the fleet simulator).
 //! - Gateway: [`Gateway::bind`], [`Gateway::add_peer`], then
 //!   [`Gateway::accept`] (or `accept_async`) yields [`GatewayStream`]s that
 //!   carry the peer's identity; with the `tokio` feature they implement

@@ -204,6 +204,15 @@ impl Stack {
         }
     }
 
+    pub fn has_orphans(&self) -> bool {
+        !self.orphans.is_empty()
+    }
+
+    /// No socket at all (nor one closing).
+    pub fn is_empty(&self) -> bool {
+        self.orphans.is_empty() && self.sockets.iter().next().is_none()
+    }
+
     /// Local ports in use, to pick a free ephemeral port.
     pub fn port_in_use(&self, port: u16) -> bool {
         self.sockets.iter().any(|(_, s)| {

@@ -1,13 +1,14 @@
 //! Shared driver state and the blocking TCP stream both sides hand out.
 //!
-//! One mutex guards the whole stack. Whoever holds it may "pump": run
-//! smoltcp and encrypt what it emitted straight onto the UDP socket. So an
-//! application write goes out on the caller's thread without waking the
-//! driver; the driver thread only receives datagrams and runs timers, and
-//! signals the condvar when sockets may have changed.
+//! One mutex guards the whole network state (the device's one stack, the
+//! gateway's stacks). Whoever holds it may "pump": run smoltcp and encrypt
+//! what it emitted straight onto the UDP socket. So an application write goes
+//! out on the caller's thread without waking the driver; the driver thread
+//! only receives datagrams and runs timers, and signals the condvar when
+//! sockets may have changed.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,19 @@ pub(crate) trait Link: Send + 'static {
     fn transmit(&mut self, stack: &mut Stack);
 }
 
+/// What streams need from the state behind the mutex: their socket, and a pump
+/// of the stack that holds it.
+pub(crate) trait Net: Send + 'static {
+    /// Names one TCP socket.
+    type Handle: Copy + Send + Sync + 'static;
+    fn tcp(&mut self, handle: Self::Handle) -> &mut tcp::Socket<'static>;
+    /// Run the stack holding `handle` and send what it emitted.
+    fn pump_for(&mut self, handle: Self::Handle) -> bool;
+    /// The user dropped its handle: close gracefully, free the socket later.
+    fn orphan(&mut self, handle: Self::Handle);
+}
+
+/// One stack and its link (the device side).
 pub(crate) struct Core<L> {
     pub stack: Stack,
     pub link: L,
@@ -35,24 +49,42 @@ impl<L: Link> Core<L> {
     }
 }
 
-pub(crate) struct Shared<L> {
-    core: Mutex<Core<L>>,
-    pub cond: Condvar,
+impl<L: Link> Net for Core<L> {
+    type Handle = SocketHandle;
+    fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.stack.tcp(handle)
+    }
+    fn pump_for(&mut self, _: SocketHandle) -> bool {
+        self.pump()
+    }
+    fn orphan(&mut self, handle: SocketHandle) {
+        self.stack.orphan(handle)
+    }
+}
+
+pub(crate) struct Shared<C> {
+    core: Mutex<C>,
+    cond: Condvar,
+    /// Threads blocked in `wait`. Changed only under the lock, so a notifier holding
+    /// it sees every waiter; with none (async users only: the portal), signalling
+    /// the condvar would be a system call per datagram for nobody.
+    waiters: AtomicUsize,
     pub closed: AtomicBool,
 }
 
-impl<L: Link> Shared<L> {
-    pub fn new(core: Core<L>) -> Arc<Self> {
+impl<C: Net> Shared<C> {
+    pub fn new(core: C) -> Arc<Self> {
         Arc::new(Self {
             core: Mutex::new(core),
             cond: Condvar::new(),
+            waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         })
     }
 
     /// Lock the core. A panic while holding the lock leaves smoltcp state
     /// that is still memory-safe, so recover the guard instead of spreading the panic.
-    pub fn lock(&self) -> MutexGuard<'_, Core<L>> {
+    pub fn lock(&self) -> MutexGuard<'_, C> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -65,21 +97,31 @@ impl<L: Link> Shared<L> {
         self.cond.notify_all();
     }
 
+    /// Wake the threads blocked in `wait`. Call with the lock held.
+    pub fn notify(&self) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     /// Wait on the condvar until `deadline` (None: at most a slice, the caller loops).
     pub fn wait<'a>(
         &self,
-        guard: MutexGuard<'a, Core<L>>,
+        guard: MutexGuard<'a, C>,
         deadline: Option<Instant>,
-    ) -> MutexGuard<'a, Core<L>> {
+    ) -> MutexGuard<'a, C> {
         // Wake up at least this often so a missed notify cannot hang a caller.
         const SLICE: Duration = Duration::from_millis(200);
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()).min(SLICE))
             .unwrap_or(SLICE);
-        match self.cond.wait_timeout(guard, wait) {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let guard = match self.cond.wait_timeout(guard, wait) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
-        }
+        };
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        guard
     }
 }
 
@@ -92,15 +134,15 @@ fn tunnel_closed() -> io::Error {
 }
 
 /// Blocking stream over one smoltcp TCP socket.
-pub(crate) struct StreamCore<L: Link> {
-    pub shared: Arc<Shared<L>>,
-    pub handle: SocketHandle,
+pub(crate) struct StreamCore<C: Net> {
+    pub shared: Arc<Shared<C>>,
+    pub handle: C::Handle,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
 }
 
-impl<L: Link> StreamCore<L> {
-    pub fn new(shared: Arc<Shared<L>>, handle: SocketHandle) -> Self {
+impl<C: Net> StreamCore<C> {
+    pub fn new(shared: Arc<Shared<C>>, handle: C::Handle) -> Self {
         Self {
             shared,
             handle,
@@ -116,7 +158,7 @@ impl<L: Link> StreamCore<L> {
         let deadline = self.read_timeout.map(|t| Instant::now() + t);
         let mut core = self.shared.lock();
         loop {
-            match try_recv(&mut core, self.handle, buf) {
+            match try_recv(&mut *core, self.handle, buf) {
                 Poll::Ready(r) => return r,
                 Poll::Pending => {}
             }
@@ -137,7 +179,7 @@ impl<L: Link> StreamCore<L> {
         let deadline = self.write_timeout.map(|t| Instant::now() + t);
         let mut core = self.shared.lock();
         loop {
-            match try_send(&mut core, self.handle, buf) {
+            match try_send(&mut *core, self.handle, buf) {
                 Poll::Ready(r) => return r,
                 Poll::Pending => {}
             }
@@ -154,33 +196,33 @@ impl<L: Link> StreamCore<L> {
     /// Send FIN: the peer reads EOF, we can still read its reply.
     pub fn shutdown_write(&self) {
         let mut core = self.shared.lock();
-        core.stack.tcp(self.handle).close();
-        core.pump();
+        core.tcp(self.handle).close();
+        core.pump_for(self.handle);
     }
 
     pub fn abort(&self) {
         let mut core = self.shared.lock();
-        core.stack.tcp(self.handle).abort();
-        core.pump();
+        core.tcp(self.handle).abort();
+        core.pump_for(self.handle);
     }
 
     pub fn is_open(&self) -> bool {
         let mut core = self.shared.lock();
-        let s = core.stack.tcp(self.handle);
+        let s = core.tcp(self.handle);
         s.may_send() && s.may_recv() && !s.can_recv()
     }
 
     pub fn peer_addr(&self) -> Option<std::net::SocketAddrV4> {
         let mut core = self.shared.lock();
-        endpoint_v4(core.stack.tcp(self.handle).remote_endpoint())
+        endpoint_v4(core.tcp(self.handle).remote_endpoint())
     }
 }
 
-impl<L: Link> Drop for StreamCore<L> {
+impl<C: Net> Drop for StreamCore<C> {
     fn drop(&mut self) {
         let mut core = self.shared.lock();
-        core.stack.orphan(self.handle);
-        core.pump();
+        core.orphan(self.handle);
+        core.pump_for(self.handle);
     }
 }
 
@@ -200,12 +242,12 @@ pub(crate) enum Poll<T> {
 }
 
 /// One non-blocking receive attempt (shared by the blocking and async paths).
-pub(crate) fn try_recv<L: Link>(
-    core: &mut Core<L>,
-    handle: SocketHandle,
+pub(crate) fn try_recv<C: Net>(
+    core: &mut C,
+    handle: C::Handle,
     buf: &mut [u8],
 ) -> Poll<io::Result<usize>> {
-    let socket = core.stack.tcp(handle);
+    let socket = core.tcp(handle);
     if socket.can_recv() {
         // Only announce the reopened window ourselves when the buffer was
         // more than half full; otherwise the next incoming segment's ACK will.
@@ -213,7 +255,7 @@ pub(crate) fn try_recv<L: Link>(
         return match socket.recv_slice(buf) {
             Ok(n) => {
                 if was_crowded {
-                    core.pump();
+                    core.pump_for(handle);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -237,12 +279,12 @@ pub(crate) fn try_recv<L: Link>(
 }
 
 /// One non-blocking send attempt.
-pub(crate) fn try_send<L: Link>(
-    core: &mut Core<L>,
-    handle: SocketHandle,
+pub(crate) fn try_send<C: Net>(
+    core: &mut C,
+    handle: C::Handle,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
-    let socket = core.stack.tcp(handle);
+    let socket = core.tcp(handle);
     if !socket.may_send() {
         return match socket.state() {
             tcp::State::SynSent | tcp::State::SynReceived => Poll::Pending,
@@ -257,7 +299,7 @@ pub(crate) fn try_send<L: Link>(
     }
     match socket.send_slice(buf) {
         Ok(n) => {
-            core.pump();
+            core.pump_for(handle);
             Poll::Ready(Ok(n))
         }
         Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),

@@ -194,6 +194,21 @@ pub struct TunnelPool {
 }
 
 impl TunnelPool {
+    /// The host addresses after `addr`, in order, the portal's left out (none when
+    /// `addr` is outside the network).
+    pub fn after(&self, addr: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> {
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let base = u32::from(self.network)
+            & (u64::from(u32::MAX) << (32 - u32::from(self.prefix.min(32)))) as u32;
+        let start = u64::from(u32::from(addr).wrapping_sub(base)) + 1;
+        let portal = u32::from(self.portal);
+        // Up to the broadcast address, which is left out.
+        (start..size.saturating_sub(1))
+            .map(move |off| base.wrapping_add(off as u32))
+            .filter(move |a| *a != portal)
+            .map(Ipv4Addr::from)
+    }
+
     /// The lowest free host address, or None when the network is full.
     pub fn allocate(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
@@ -722,8 +737,26 @@ impl Store {
             Store::Sqlite(s) => s.tunnel_peers().await?,
             Store::Postgres(s) => s.tunnel_peers().await?,
         };
+        Ok(Self::peer_rows(rows))
+    }
+
+    /// [`Store::tunnel_peers`] of these sensors only (those without an address are left out).
+    pub async fn tunnel_peers_of(&self, ids: &[String]) -> Result<Vec<TunnelPeerRow>, StoreError> {
+        let rows = match self {
+            // One process, a few hundred sensors: the whole table is cheap enough.
+            Store::Sqlite(s) => {
+                let mut rows = s.tunnel_peers().await?;
+                rows.retain(|r| ids.contains(&r.0));
+                rows
+            }
+            Store::Postgres(s) => s.tunnel_peers_of(ids).await?,
+        };
+        Ok(Self::peer_rows(rows))
+    }
+
+    fn peer_rows(rows: Vec<PeerRow>) -> Vec<TunnelPeerRow> {
         // One damaged row must not take every other sensor's tunnel down with it.
-        Ok(rows
+        rows
             .into_iter()
             .filter_map(|(sensor_id, wg_public_key, addr, pending_key)| match addr.parse() {
                 Ok(tunnel_address) => Some(TunnelPeerRow {
@@ -737,7 +770,7 @@ impl Store {
                     None
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// First phase of a key rotation: stores `new_key` as the sensor's pending key,
@@ -1395,6 +1428,16 @@ mod tests {
         };
         let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(pool.allocate(&[]), Some(a("100.96.0.2")));
+        let next: Vec<_> = pool.after(a("100.96.0.0")).take(2).collect();
+        assert_eq!(next, [a("100.96.0.2"), a("100.96.0.3")]);
+        // /29: .7 is the broadcast address; .9 is outside.
+        assert_eq!(
+            pool.after(a("100.96.0.5")).collect::<Vec<_>>(),
+            [a("100.96.0.6")]
+        );
+        assert_eq!(pool.after(a("100.96.0.6")).next(), None);
+        assert_eq!(pool.after(a("100.96.0.9")).next(), None);
+        assert_eq!(pool.after(a("100.95.0.1")).next(), None);
         assert_eq!(
             pool.allocate(&[a("100.96.0.2"), a("100.96.0.4")]),
             Some(a("100.96.0.3"))

@@ -204,7 +204,14 @@ pub struct PgStore {
     pool: Pool,
     /// For the dedicated LISTEN connection ([`crate::peer_sync`]), outside the pool.
     config: std::sync::Arc<tokio_postgres::Config>,
+    /// The tunnel address this process allocated last (0: none yet). The next
+    /// registration tries the addresses after it, each with one indexed lookup,
+    /// instead of reading every sensor's address inside the registration lock.
+    address_hint: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// Addresses after the hint tried before falling back to a scan of all of them.
+const ADDRESS_PROBES: usize = 16;
 
 type Client = deadpool_postgres::Object;
 
@@ -225,6 +232,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             config: std::sync::Arc::new(cfg),
+            address_hint: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -389,20 +397,23 @@ impl PgStore {
         .await?;
         let caps = super::json(&s.req.capabilities)?;
         let address = match s.tunnel_pool {
-            Some(pool) => {
-                let used: Vec<std::net::Ipv4Addr> = tx
-                    .query(
-                        "SELECT tunnel_address FROM sensors WHERE tunnel_address IS NOT NULL",
-                        &[],
-                    )
-                    .await?
-                    .iter()
-                    .filter_map(|r| r.get::<_, String>(0).parse().ok())
-                    .collect();
-                Some(pool.allocate(&used).ok_or_else(|| {
-                    StoreError::Corrupt("the tunnel network has no free address".into())
-                })?)
-            }
+            Some(pool) => match self.probe_address(&tx, &pool).await? {
+                Some(free) => Some(free),
+                None => {
+                    let used: Vec<std::net::Ipv4Addr> = tx
+                        .query(
+                            "SELECT tunnel_address FROM sensors WHERE tunnel_address IS NOT NULL",
+                            &[],
+                        )
+                        .await?
+                        .iter()
+                        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+                        .collect();
+                    Some(pool.allocate(&used).ok_or_else(|| {
+                        StoreError::Corrupt("the tunnel network has no free address".into())
+                    })?)
+                }
+            },
             None => None,
         };
         let address_text = address.map(|a| a.to_string());
@@ -425,6 +436,10 @@ impl PgStore {
         }
         notify_peers(&tx, &s.id).await?;
         tx.commit().await?;
+        if let Some(a) = address {
+            self.address_hint
+                .store(u32::from(a), std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Ok(Registered {
             sensor_id: s.id,
             site: s.req.site,
@@ -432,6 +447,33 @@ impl PgStore {
             tunnel_address: address,
             created: true,
         }))
+    }
+
+    /// A free tunnel address just after the one this process allocated last, if one
+    /// of the next few is free. Called under the registration lock, so what it sees
+    /// free stays free until the insert.
+    async fn probe_address(
+        &self,
+        tx: &Tx<'_>,
+        pool: &super::TunnelPool,
+    ) -> Result<Option<std::net::Ipv4Addr>, StoreError> {
+        let hint = self.address_hint.load(std::sync::atomic::Ordering::Relaxed);
+        if hint == 0 {
+            return Ok(None);
+        }
+        for candidate in pool.after(hint.into()).take(ADDRESS_PROBES) {
+            let taken = tx
+                .query_opt(
+                    "SELECT 1 FROM sensors WHERE tunnel_address = $1",
+                    &[&candidate.to_string()],
+                )
+                .await?
+                .is_some();
+            if !taken {
+                return Ok(Some(candidate));
+            }
+        }
+        Ok(None)
     }
 
     pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
@@ -461,6 +503,22 @@ impl PgStore {
                 "SELECT id, wg_public_key, tunnel_address, wg_pending_key FROM sensors \
                  WHERE tunnel_address IS NOT NULL ORDER BY id",
                 &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// [`PgStore::tunnel_peers`] of these sensors only.
+    pub async fn tunnel_peers_of(&self, ids: &[String]) -> Result<Vec<PeerRow>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT id, wg_public_key, tunnel_address, wg_pending_key FROM sensors \
+                 WHERE tunnel_address IS NOT NULL AND id = ANY($1) ORDER BY id",
+                &[&ids],
             )
             .await?
             .iter()

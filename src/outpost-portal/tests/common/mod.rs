@@ -9,6 +9,8 @@ use std::time::Duration;
 use outpost_portal::{Portal, Settings};
 use rand::Rng;
 
+pub mod device;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Backend {
     Sqlite,

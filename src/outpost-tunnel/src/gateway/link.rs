@@ -2,7 +2,7 @@
 //! source address, follow roaming, and create a listening socket exactly
 //! when a SYN needs one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::task::Waker;
@@ -19,10 +19,166 @@ use smoltcp::wire::{IpAddress, IpListenEndpoint};
 use crate::keys::PublicKey;
 use crate::netstack::{ipv4_addrs, BufferSizes, Stack};
 use crate::stats::{classify, DropCounters, DropReason, TunnelStats};
-use crate::stream::Link;
+use crate::stream::{Link, Net};
 use crate::MAX_DATAGRAM;
 
 use super::PeerIdentity;
+
+/// A stack's next poll is never sooner than this after the last (no spinning).
+const MIN_POLL_DELAY: Duration = Duration::from_millis(1);
+
+/// The TCP/IP stack of one sensor's tunnel address: its connections to the
+/// portal, and when smoltcp next needs it (retransmit, delayed ACK, keep-alive).
+pub(super) struct PeerNet {
+    pub(super) stack: Stack,
+    pub(super) next_poll: Option<Instant>,
+}
+
+/// Everything behind the gateway's mutex. One small stack per tunnel address,
+/// not one stack for all: smoltcp walks every socket of a stack on each poll,
+/// so with one shared stack every packet cost time in proportion to the fleet
+/// (at 2,500 sensors three quarters of the portal's CPU went there).
+pub(crate) struct GatewayCore {
+    pub(super) link: GatewayLink,
+    pub(super) stacks: HashMap<Ipv4Addr, PeerNet>,
+    /// Stacks' next polls, soonest first; an entry whose stack has moved its
+    /// `next_poll` (or gone) is stale and skipped.
+    pub(super) timers: BTreeSet<(Instant, Ipv4Addr)>,
+}
+
+impl GatewayCore {
+    pub(super) fn new(link: GatewayLink) -> Self {
+        Self {
+            link,
+            stacks: HashMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    /// Run the stack of `addr`, send its output and schedule its next poll.
+    pub(super) fn pump_addr(&mut self, addr: Ipv4Addr) -> bool {
+        let Some(net) = self.stacks.get_mut(&addr) else {
+            return false;
+        };
+        let changed = net.stack.poll();
+        self.link.transmit(&mut net.stack);
+        if let Some(delay) = net.stack.poll_delay() {
+            let at = Instant::now() + delay.max(MIN_POLL_DELAY);
+            if net.next_poll.is_none_or(|n| at < n) {
+                net.next_poll = Some(at);
+                self.timers.insert((at, addr));
+            }
+        }
+        changed
+    }
+
+    /// How long until a stack needs a poll.
+    pub(super) fn next_timer(&self, now: Instant) -> Option<Duration> {
+        self.timers
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now))
+    }
+
+    /// Poll the stacks whose time has come.
+    pub(super) fn run_due(&mut self, now: Instant) -> bool {
+        let mut due = Vec::new();
+        while let Some(&(at, addr)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(net) = self.stacks.get_mut(&addr) {
+                if net.next_poll == Some(at) {
+                    net.next_poll = None;
+                    due.push(addr);
+                }
+            }
+        }
+        let mut changed = false;
+        for addr in due {
+            changed |= self.pump_addr(addr);
+        }
+        changed
+    }
+
+    /// One datagram from the UDP socket.
+    pub(super) fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> bool {
+        let (mut notify, inner) = self.link.receive(datagram, from);
+        if let Some((packet, identity)) = inner {
+            let addr = identity.tunnel_addr;
+            let (gw, prefix, mtu) = (self.link.address, self.link.prefix, self.link.mtu);
+            let net = self.stacks.entry(addr).or_insert_with(|| PeerNet {
+                stack: Stack::new(gw, prefix, mtu),
+                next_poll: None,
+            });
+            self.link
+                .prepare_listener(&mut net.stack, &packet, identity);
+            net.stack.device.rx.push_back(packet);
+            notify |= self.pump_addr(addr);
+        }
+        notify
+    }
+
+    /// Free closed connections; drop the stacks left without any.
+    pub(super) fn reap(&mut self) {
+        let link = &mut self.link;
+        let mut flush = Vec::new();
+        self.stacks.retain(|addr, net| {
+            if net.stack.has_orphans() {
+                net.stack.reap_orphans();
+                // The resets go out now: the stack itself may be dropped here.
+                link.transmit(&mut net.stack);
+                flush.push(*addr);
+            }
+            !net.stack.is_empty()
+        });
+        for addr in flush {
+            self.pump_addr(addr);
+        }
+    }
+
+    /// Move established connections to the accept queue; drop dead ones.
+    pub(super) fn promote(&mut self) -> bool {
+        self.link.promote(&mut self.stacks)
+    }
+
+    /// Reset every connection of a tunnel address.
+    pub(super) fn abort_all(&mut self, addr: Ipv4Addr) {
+        if let Some(net) = self.stacks.get_mut(&addr) {
+            for (_, s) in net.stack.sockets.iter_mut() {
+                if let Some(t) = tcp::Socket::downcast_mut(s) {
+                    t.abort();
+                }
+            }
+            self.pump_addr(addr);
+        }
+    }
+}
+
+impl Net for GatewayCore {
+    /// The socket's stack (its tunnel address) and its handle there.
+    type Handle = (Ipv4Addr, SocketHandle);
+
+    fn tcp(&mut self, (addr, handle): Self::Handle) -> &mut tcp::Socket<'static> {
+        // A stack is dropped only once it holds no socket, and a stream's socket
+        // stays in it until the stream is gone (`orphan`, then `reap`).
+        self.stacks
+            .get_mut(&addr)
+            .expect("a stream's stack lives as long as its socket")
+            .stack
+            .tcp(handle)
+    }
+
+    fn pump_for(&mut self, (addr, _): Self::Handle) -> bool {
+        self.pump_addr(addr)
+    }
+
+    fn orphan(&mut self, (addr, handle): Self::Handle) {
+        if let Some(net) = self.stacks.get_mut(&addr) {
+            net.stack.orphan(handle);
+        }
+    }
+}
 
 /// Half-open connections one peer may hold, to bound memory.
 const MAX_PENDING_PER_PEER: usize = 64;
@@ -53,6 +209,9 @@ pub(crate) struct GatewayLink {
     pub(super) by_key: HashMap<PublicKey, u32>,
     pub(super) by_ip: HashMap<Ipv4Addr, u32>,
     pub(super) address: Ipv4Addr,
+    /// The tunnel network's prefix and the inner MTU, for new stacks.
+    pub(super) prefix: u8,
+    pub(super) mtu: usize,
     pub(super) ports: Vec<u16>,
     pub(super) buffers: BufferSizes,
     pub(super) buf: Vec<u8>,
@@ -125,11 +284,16 @@ impl GatewayLink {
         }
     }
 
-    /// Handle one datagram. Returns true if waiters should be woken.
-    pub(super) fn receive(&mut self, stack: &mut Stack, datagram: &[u8], from: SocketAddr) -> bool {
+    /// Handle one datagram: whether waiters should be woken, and the inner packet
+    /// for the stack of the peer's address, if it carried one.
+    pub(super) fn receive(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) -> (bool, Option<(Vec<u8>, PeerIdentity)>) {
         if datagram.len() > MAX_DATAGRAM {
             self.dropped.record(DropReason::Oversized);
-            return false;
+            return (false, None);
         }
         let index = match self.route(datagram, from) {
             Ok(Route::Peer(i)) => i,
@@ -137,17 +301,17 @@ impl GatewayLink {
                 tracing::trace!(%from, "under load: cookie reply instead of a handshake");
                 self.dropped.record(DropReason::RateLimited);
                 Self::send_to(&self.udp, &reply, from, &mut self.dropped);
-                return false;
+                return (false, None);
             }
             Err(reason) => {
                 tracing::trace!(?reason, %from, "dropped datagram");
                 self.dropped.record(reason);
-                return false;
+                return (false, None);
             }
         };
         let Some(peer) = self.peers.get_mut(&index) else {
             self.dropped.record(DropReason::UnknownReceiver);
-            return false;
+            return (false, None);
         };
         // `route` parsed it, so it has at least the 4-byte header.
         let kind = datagram.first().copied().unwrap_or_default();
@@ -187,21 +351,18 @@ impl GatewayLink {
                 if src != peer.identity.tunnel_addr {
                     tracing::debug!(peer = %peer.identity.public_key, %src, "spoofed inner source dropped");
                     peer.stats.dropped.record(DropReason::SpoofedSource);
-                    return false;
+                    return (false, None);
                 }
                 match ipv4_addrs(packet) {
                     Some((_, dst)) if dst == self.address => {}
                     _ => {
                         peer.stats.dropped.record(DropReason::NotForUs);
-                        return false;
+                        return (false, None);
                     }
                 }
                 peer.stats.rx_packets += 1;
                 peer.stats.rx_bytes += packet.len() as u64;
-                let identity = peer.identity;
-                let packet = packet.to_vec();
-                self.prepare_listener(stack, &packet, identity);
-                stack.device.rx.push_back(packet);
+                return (notify, Some((packet.to_vec(), peer.identity)));
             }
             TunnResult::WriteToTunnelV6(..) => {
                 peer.endpoint = Some(from);
@@ -218,13 +379,18 @@ impl GatewayLink {
                 peer.stats.dropped.record(classify(&e));
             }
         }
-        notify
+        (notify, None)
     }
 
     /// A listening socket exists only for the instant a SYN needs one: this
     /// way a retransmitted SYN always reaches its existing connection, and
     /// there is no fixed backlog to exhaust.
-    fn prepare_listener(&mut self, stack: &mut Stack, packet: &[u8], identity: PeerIdentity) {
+    pub(super) fn prepare_listener(
+        &mut self,
+        stack: &mut Stack,
+        packet: &[u8],
+        identity: PeerIdentity,
+    ) {
         let Some(syn) = parse_syn(packet) else {
             return;
         };
@@ -262,11 +428,16 @@ impl GatewayLink {
     }
 
     /// Move established connections to the accept queue; drop dead ones.
-    pub(super) fn promote(&mut self, stack: &mut Stack) -> bool {
+    pub(super) fn promote(&mut self, stacks: &mut HashMap<Ipv4Addr, PeerNet>) -> bool {
         let mut new = false;
         let mut i = 0;
         while i < self.pending.len() {
             let (handle, identity, since) = self.pending[i];
+            let Some(net) = stacks.get_mut(&identity.tunnel_addr) else {
+                self.pending.swap_remove(i);
+                continue;
+            };
+            let stack = &mut net.stack;
             let socket = stack.tcp(handle);
             let state = socket.state();
             let alive = self.by_ip.contains_key(&identity.tunnel_addr);
@@ -405,6 +576,8 @@ mod tests {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             address: Ipv4Addr::new(10, 0, 0, 1),
+            prefix: 24,
+            mtu: 1420,
             ports: vec![443],
             buffers: BufferSizes { rx: 1024, tx: 1024 },
             buf: vec![],

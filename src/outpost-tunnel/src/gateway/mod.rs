@@ -1,7 +1,7 @@
 //! Gateway side (portal): one UDP socket terminating many sensors' tunnels,
-//! one in-process TCP/IP stack holding the portal's tunnel address, and
-//! accepted TCP connections handed to the application with the identity of
-//! the peer that opened them.
+//! an in-process TCP/IP stack per sensor's tunnel address (each answering as
+//! the portal's tunnel address), and accepted TCP connections handed to the
+//! application with the identity of the peer that opened them.
 //!
 //! Peers can only reach the gateway's own address (no forwarding between
 //! peers), and only from their own tunnel address.
@@ -23,17 +23,15 @@ use boringtun::noise::Tunn;
 use boringtun::x25519;
 use rand_core::{OsRng, RngCore};
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::{tcp, AnySocket};
-use smoltcp::wire::IpAddress;
 
 use crate::error::TunnelError;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
-use crate::netstack::{BufferSizes, Stack};
+use crate::netstack::BufferSizes;
 use crate::stats::{DropCounters, TunnelStats};
-use crate::stream::{Core, Shared, StreamCore};
+use crate::stream::{Shared, StreamCore};
 use crate::{TIMER_TICK, WG_BUF};
 
-use link::{GatewayLink, PeerSlot};
+use link::{GatewayCore, GatewayLink, PeerSlot};
 pub use stream::GatewayStream;
 
 /// Handshake messages per second (all peers together) before cookies are
@@ -123,7 +121,7 @@ pub struct GatewayStats {
 
 /// The gateway. Share it with `Arc`; dropping the last handle stops it.
 pub struct Gateway {
-    shared: Arc<Shared<GatewayLink>>,
+    shared: Arc<Shared<GatewayCore>>,
     driver: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
     public_key: PublicKey,
@@ -162,6 +160,8 @@ impl Gateway {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             address: config.address,
+            prefix: config.prefix,
+            mtu: usize::from(config.mtu),
             ports: config.tcp_ports.clone(),
             buffers: BufferSizes {
                 rx: config.tcp_rx_buffer,
@@ -173,8 +173,7 @@ impl Gateway {
             accepted: VecDeque::new(),
             accept_wakers: Vec::new(),
         };
-        let stack = Stack::new(config.address, config.prefix, usize::from(config.mtu));
-        let shared = Shared::new(Core { stack, link });
+        let shared = Shared::new(GatewayCore::new(link));
         let driver = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -286,21 +285,12 @@ impl Gateway {
                 }
                 None => {
                     core.link.by_ip.remove(&ip);
-                    for (_, s) in core.stack.sockets.iter_mut() {
-                        if let Some(t) = tcp::Socket::downcast_mut(s) {
-                            if t.remote_endpoint()
-                                .is_some_and(|r| r.addr == IpAddress::Ipv4(ip))
-                            {
-                                t.abort();
-                            }
-                        }
-                    }
+                    core.abort_all(ip);
                 }
             }
         }
-        core.link.promote(&mut core.stack);
-        core.pump();
-        self.shared.cond.notify_all();
+        core.promote();
+        self.shared.notify();
         tracing::info!(peer = %key, "peer removed");
         true
     }
@@ -401,7 +391,7 @@ impl Gateway {
 
     fn stream(&self, handle: SocketHandle, peer: PeerIdentity) -> GatewayStream {
         GatewayStream {
-            inner: StreamCore::new(self.shared.clone(), handle),
+            inner: StreamCore::new(self.shared.clone(), (peer.tunnel_addr, handle)),
             peer,
         }
     }
@@ -422,12 +412,10 @@ impl Drop for Gateway {
         {
             let mut core = self.shared.lock();
             // Reset every connection so async readers wake up and see the end.
-            for (_, s) in core.stack.sockets.iter_mut() {
-                if let Some(t) = tcp::Socket::downcast_mut(s) {
-                    t.abort();
-                }
+            let addrs: Vec<Ipv4Addr> = core.stacks.keys().copied().collect();
+            for addr in addrs {
+                core.abort_all(addr);
             }
-            core.pump();
             for w in core.link.accept_wakers.drain(..) {
                 w.wake();
             }
@@ -439,15 +427,16 @@ impl Drop for Gateway {
     }
 }
 
-fn drive(shared: Arc<Shared<GatewayLink>>, udp: Arc<UdpSocket>) {
+fn drive(shared: Arc<Shared<GatewayCore>>, udp: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     let mut last_rate_reset = Instant::now();
     while !shared.is_closed() {
         let wait = {
-            let mut core = shared.lock();
-            let delay = core.stack.poll_delay().unwrap_or(TIMER_TICK);
-            delay
+            let core = shared.lock();
+            let now = Instant::now();
+            core.next_timer(now)
+                .unwrap_or(TIMER_TICK)
                 .min(TIMER_TICK.saturating_sub(last_tick.elapsed()))
                 .max(Duration::from_millis(1))
         };
@@ -473,8 +462,9 @@ fn drive(shared: Arc<Shared<GatewayLink>>, udp: Arc<UdpSocket>) {
         let core = &mut *core;
         let mut notify = false;
         if let Some((n, from)) = received {
-            notify |= core.link.receive(&mut core.stack, &buf[..n], from);
+            notify |= core.receive(&buf[..n], from);
         }
+        notify |= core.run_due(Instant::now());
         if last_tick.elapsed() >= TIMER_TICK {
             last_tick = Instant::now();
             let reset = last_rate_reset.elapsed() >= Duration::from_secs(1);
@@ -482,13 +472,12 @@ fn drive(shared: Arc<Shared<GatewayLink>>, udp: Arc<UdpSocket>) {
                 last_rate_reset = Instant::now();
             }
             core.link.on_timer(reset);
-            core.stack.reap_orphans();
+            core.reap();
             notify = true;
         }
-        notify |= core.pump();
-        notify |= core.link.promote(&mut core.stack);
+        notify |= core.promote();
         if notify {
-            shared.cond.notify_all();
+            shared.notify();
         }
     }
 }

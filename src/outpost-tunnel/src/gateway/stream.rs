@@ -4,14 +4,14 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use crate::stream::{endpoint_v4, StreamCore};
+use crate::stream::{endpoint_v4, Net, StreamCore};
 
-use super::link::GatewayLink;
+use super::link::GatewayCore;
 use super::PeerIdentity;
 
 /// An inner TCP connection accepted by the gateway, with the peer's identity.
 pub struct GatewayStream {
-    pub(super) inner: StreamCore<GatewayLink>,
+    pub(super) inner: StreamCore<GatewayCore>,
     pub(super) peer: PeerIdentity,
 }
 
@@ -25,7 +25,7 @@ impl GatewayStream {
     }
     pub fn local_addr(&self) -> Option<std::net::SocketAddrV4> {
         let mut core = self.inner.shared.lock();
-        endpoint_v4(core.stack.tcp(self.inner.handle).local_endpoint())
+        endpoint_v4(core.tcp(self.inner.handle).local_endpoint())
     }
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.inner.read_timeout = timeout;
@@ -70,7 +70,7 @@ mod async_io {
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
     use super::GatewayStream;
-    use crate::stream::{try_recv, try_send, Poll as P};
+    use crate::stream::{try_recv, try_send, Net, Poll as P};
 
     fn closed() -> io::Error {
         io::Error::new(io::ErrorKind::NotConnected, "gateway was shut down")
@@ -84,7 +84,7 @@ mod async_io {
         ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
             let mut core = this.inner.shared.lock();
-            match try_recv(&mut core, this.inner.handle, buf.initialize_unfilled()) {
+            match try_recv(&mut *core, this.inner.handle, buf.initialize_unfilled()) {
                 P::Ready(Ok(n)) => {
                     buf.advance(n);
                     Poll::Ready(Ok(()))
@@ -93,9 +93,7 @@ mod async_io {
                 P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
                 P::Pending => {
                     // Registered under the lock, so no wake-up can slip by.
-                    core.stack
-                        .tcp(this.inner.handle)
-                        .register_recv_waker(cx.waker());
+                    core.tcp(this.inner.handle).register_recv_waker(cx.waker());
                     Poll::Pending
                 }
             }
@@ -113,13 +111,11 @@ mod async_io {
                 return Poll::Ready(Ok(0));
             }
             let mut core = this.inner.shared.lock();
-            match try_send(&mut core, this.inner.handle, buf) {
+            match try_send(&mut *core, this.inner.handle, buf) {
                 P::Ready(r) => Poll::Ready(r),
                 P::Pending if this.inner.shared.is_closed() => Poll::Ready(Err(closed())),
                 P::Pending => {
-                    core.stack
-                        .tcp(this.inner.handle)
-                        .register_send_waker(cx.waker());
+                    core.tcp(this.inner.handle).register_send_waker(cx.waker());
                     Poll::Pending
                 }
             }
