@@ -99,7 +99,10 @@ fn shortfalls(s: &FeedStatus, t: &FeedThresholds) -> Vec<String> {
         });
     }
 
+    let vouched = s.release.as_ref().is_some_and(|x| x.current_at_portal);
     match s.age_secs {
+        // The portal's current release: how old upstream is, is the portal's to flag.
+        _ if vouched => {}
         None => r.push(
             "feed version unknown: plugin_feed_info.inc is missing or has no valid PLUGIN_SET"
                 .into(),
@@ -176,6 +179,34 @@ mod tests {
             d.to_string(),
             "feed on disk is current (3 NASL scripts, 1 Notus advisories, 2 h old): sync skipped"
         );
+    }
+
+    /// A release the portal confirmed as current is not judged by the device clock (a
+    /// Pi's clock may be anything); its VT count is the manifest's, not scripts plus
+    /// advisories. Counts still apply.
+    #[test]
+    fn the_portals_current_release_is_fresh_whatever_the_clock_says() {
+        let t = small_feed(3, "202406120502");
+        let mut s = inspect(&FeedPaths::under(t.path()), at(24 * 400)).unwrap();
+        assert!(feed_ready(&s, &demo_thresholds()).is_err(), "400 days old");
+        assert_eq!(s.expected_vts(), 4);
+        s.release = Some(crate::ReleaseFacts {
+            vt_count: 3,
+            current_at_portal: false,
+        });
+        let err = feed_ready(&s, &demo_thresholds()).unwrap_err();
+        assert!(err.to_string().contains("h old"), "{err}");
+        assert_eq!(s.expected_vts(), 3, "the manifest's count");
+        s.release = Some(crate::ReleaseFacts {
+            vt_count: 3,
+            current_at_portal: true,
+        });
+        assert_eq!(feed_ready(&s, &demo_thresholds()), Ok(()));
+        let strict = FeedThresholds {
+            min_nasl: 4,
+            ..demo_thresholds()
+        };
+        assert!(feed_ready(&s, &strict).is_err(), "counts still count");
     }
 
     #[test]

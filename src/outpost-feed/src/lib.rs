@@ -40,5 +40,6 @@ pub use release::{
     sign_manifest, verify_manifest, FeedFile, FeedManifest, ManifestSignature, ReleaseError,
     MANIFEST_FORMAT,
 };
+pub use status::ReleaseFacts;
 pub use status::{inspect, inspect_verified, FeedPaths, FeedStatus};
 pub use time::{civil_from_unix, parse_plugin_set, unix_from_civil};

@@ -62,6 +62,21 @@ pub struct FeedStatus {
     pub checksums_verified: bool,
     /// Integrity problems found when checked: `dir: problem`.
     pub checksum_problems: Vec<String>,
+    /// A release synced from the portal: what its signed manifest says, which overrides
+    /// what is counted on disk. `None` for a feed placed on the card.
+    pub release: Option<ReleaseFacts>,
+}
+
+/// What a synced release's signed manifest and the portal vouch for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseFacts {
+    /// The VT count the scanner must list: distinct OIDs, counted at import the way
+    /// ospd-openvas counts (scripts sharing an OID, advisories sharing a script's OID).
+    pub vt_count: u64,
+    /// The portal confirmed this is the release the sensor should run (the last sync
+    /// found it current). Its freshness is then the portal's to judge against its own
+    /// upstream, not the device clock's: a Pi has no RTC.
+    pub current_at_portal: bool,
 }
 
 impl FeedStatus {
@@ -78,8 +93,13 @@ impl FeedStatus {
     /// The number of VTs ospd-openvas lists once it has loaded this feed:
     /// every NASL script plus every Notus advisory (ospd-openvas merges
     /// both into `get_vts`).
+    /// A synced release's manifest count wins: it is exact where "scripts + advisories"
+    /// overcounts shared OIDs.
     pub fn expected_vts(&self) -> u64 {
-        self.nasl_count + self.notus_advisories.advisories
+        match &self.release {
+            Some(r) => r.vt_count,
+            None => self.nasl_count + self.notus_advisories.advisories,
+        }
     }
 }
 
@@ -111,6 +131,7 @@ pub fn inspect(paths: &FeedPaths, now: SystemTime) -> Result<FeedStatus, FeedErr
         notus_products: count_notus_products(&paths.notus_products)?,
         checksums_verified: false,
         checksum_problems: Vec::new(),
+        release: None,
     };
     debug!(
         nasl = status.nasl_count,

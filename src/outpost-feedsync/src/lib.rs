@@ -142,6 +142,9 @@ pub struct SyncConfig {
     pub max_kbit_per_s: u32,
     /// The cap's clock (a fake one in tests).
     pub clock: Arc<dyn Clock>,
+    /// A release that failed to load on this sensor: not applied again (the portal may
+    /// go on offering it until the operator publishes another).
+    pub skip_release: Option<String>,
 }
 
 impl SyncConfig {
@@ -154,6 +157,7 @@ impl SyncConfig {
             batch_bytes: MAX_BATCH_BYTES,
             max_kbit_per_s: 0,
             clock: Arc::new(SystemClock::new()),
+            skip_release: None,
         }
     }
 
@@ -189,6 +193,11 @@ pub enum SyncOutcome {
     NoRelease,
     /// `current` already is the offered release.
     UpToDate {
+        release: String,
+    },
+    /// The offered release is [`SyncConfig::skip_release`]: it failed to load here before,
+    /// so the live release stays.
+    Declined {
         release: String,
     },
     Applied(SyncReport),
@@ -347,15 +356,7 @@ fn set_link(root: &Path, link: &str, name: &str) -> Result<(), SyncError> {
 /// reused: every file taken from it is hashed again.
 fn live_manifest(root: &Path) -> Option<(String, FeedManifest)> {
     let name = link_target(root, CURRENT)?;
-    let bytes = fs::read(
-        root.join(RELEASES)
-            .join(&name)
-            .join(META)
-            .join("manifest.json"),
-    )
-    .ok()?;
-    let m: FeedManifest = serde_json::from_slice(&bytes).ok()?;
-    m.check().ok()?;
+    let m = release_manifest(root, &name)?;
     Some((name, m))
 }
 
@@ -377,6 +378,19 @@ pub fn sync(
     source: &dyn FeedSource,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<SyncOutcome, SyncError> {
+    sync_holding(cfg, source, progress, &mut |_| {})
+}
+
+/// [`sync`], calling `before_switch` with the release's name once it is built, verified
+/// and durable beside the live one, just before `current` is switched to it. A sensor
+/// holds its scans there: everything slow (the download, the checks) has happened while
+/// it scanned, and the scanner never sees the switch mid-scan.
+pub fn sync_holding(
+    cfg: &SyncConfig,
+    source: &dyn FeedSource,
+    progress: &mut dyn FnMut(&Progress),
+    before_switch: &mut dyn FnMut(&str),
+) -> Result<SyncOutcome, SyncError> {
     let root = &cfg.root;
     fs::create_dir_all(root.join(RELEASES)).map_err(io_err("creating", root))?;
     let _lock = lock(root)?;
@@ -387,6 +401,9 @@ pub fn sync(
     if link_target(root, CURRENT).as_deref() == Some(name.as_str()) && live_manifest(root).is_some()
     {
         return Ok(SyncOutcome::UpToDate { release: name });
+    }
+    if cfg.skip_release.as_deref() == Some(name.as_str()) {
+        return Ok(SyncOutcome::Declined { release: name });
     }
     let signature = ManifestSignature::parse(&info.signature)?;
     let staging = Staging {
@@ -694,6 +711,7 @@ pub fn sync(
     // Every new file and directory on disk before anything points at them.
     syncfs(root)?;
 
+    before_switch(&name);
     let old = link_target(root, CURRENT);
     if let Some(old) = &old {
         set_link(root, PREVIOUS, old)?;
@@ -1024,6 +1042,11 @@ impl<R: Read> Read for Counting<R> {
 
 /// Points `current` back at `previous` (and `previous` at what was current): a release
 /// that fails to load is undone without fetching anything. Returns the release now live.
+///
+/// Files of the restored release that differ from the one rolled away from get a new
+/// modification time: openvas keeps a VT in its cache while the cache entry is newer
+/// than the file, so without it the failed release's versions of those scripts would stay
+/// loaded. Unchanged files keep theirs and are not parsed again.
 pub fn rollback(root: &Path) -> Result<String, SyncError> {
     let _lock = lock(root)?;
     let prev = link_target(root, PREVIOUS).ok_or_else(|| SyncError::Io {
@@ -1032,6 +1055,9 @@ pub fn rollback(root: &Path) -> Result<String, SyncError> {
         source: io::Error::new(io::ErrorKind::NotFound, "no previous feed release is kept"),
     })?;
     let cur = link_target(root, CURRENT);
+    if let Some(cur) = &cur {
+        touch_changed(root, &prev, cur);
+    }
     set_link(root, CURRENT, &prev)?;
     if let Some(cur) = cur {
         set_link(root, PREVIOUS, &cur)?;
@@ -1039,6 +1065,74 @@ pub fn rollback(root: &Path) -> Result<String, SyncError> {
     fsync_dir(root)?;
     tracing::warn!(release = %prev, "feed rolled back");
     Ok(prev)
+}
+
+/// Gives every file of release `to` whose content differs from (or is missing in)
+/// release `from` the current time as its modification time. Best effort: a file that
+/// cannot be touched is logged; the scanner then may keep its cached version of it.
+fn touch_changed(root: &Path, to: &str, from: &str) {
+    let (Some(to_m), Some(from_m)) = (release_manifest(root, to), release_manifest(root, from))
+    else {
+        tracing::warn!("a feed release manifest is unreadable: rolled-back files keep their times");
+        return;
+    };
+    let from_by_path: BTreeMap<&str, &str> = from_m
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .collect();
+    let dir = root.join(RELEASES).join(to);
+    let now = std::time::SystemTime::now();
+    for f in &to_m.files {
+        if from_by_path.get(f.path.as_str()) == Some(&f.sha256.as_str()) {
+            continue;
+        }
+        let p = dir.join(tree_path(&f.path));
+        if let Err(e) = File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|file| file.set_modified(now))
+        {
+            tracing::warn!(file = %p.display(), error = %e, "cannot renew a rolled-back feed file's time");
+        }
+    }
+}
+
+fn release_manifest(root: &Path, name: &str) -> Option<FeedManifest> {
+    let bytes = fs::read(
+        root.join(RELEASES)
+            .join(name)
+            .join(META)
+            .join("manifest.json"),
+    )
+    .ok()?;
+    let m: FeedManifest = serde_json::from_slice(&bytes).ok()?;
+    m.check().ok()?;
+    Some(m)
+}
+
+/// What a sensor needs to know of its live release to judge the load: its name,
+/// PLUGIN_SET and the VT count the scanner must list (from the manifest verified when the
+/// release was built).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRelease {
+    pub name: String,
+    pub plugin_set: String,
+    pub vt_count: u64,
+    /// Whether a previous release is kept to roll back to.
+    pub has_previous: bool,
+}
+
+/// The live release under the feed root, from its manifest; `None` while none is live
+/// or its manifest is unreadable.
+pub fn live(root: &Path) -> Option<LiveRelease> {
+    let (name, m) = live_manifest(root)?;
+    Some(LiveRelease {
+        name,
+        plugin_set: m.plugin_set,
+        vt_count: m.vt_count,
+        has_previous: link_target(root, PREVIOUS).is_some(),
+    })
 }
 
 #[cfg(test)]

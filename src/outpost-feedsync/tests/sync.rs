@@ -16,8 +16,8 @@ use outpost_feed::{delta, inspect, FeedManifest};
 use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::{advance, generate, FeedSpec};
 use outpost_feedsync::{
-    rollback, sync, FeedSource, Progress, SourceError, SyncConfig, SyncError, SyncOutcome,
-    SyncReport,
+    live, rollback, sync, sync_holding, FeedSource, Progress, SourceError, SyncConfig, SyncError,
+    SyncOutcome, SyncReport,
 };
 use outpost_feedsync_testkit::{Http, TestPortal};
 use outpost_portal::feeds::ImportReport;
@@ -420,6 +420,86 @@ fn day_one_from_nothing_then_day_two_moves_only_changed_content() {
     assert_eq!(rollback(&root).unwrap(), r2.release);
     assert_live_is(&root, &day1.manifest);
     assert!(!root.join("staging/blobs").exists(), "staging emptied");
+}
+
+/// A sensor holds its scans just before the switch: the hook sees the new release built
+/// and durable beside the live one, `current` still the old; a release that failed to
+/// load here is declined and the live one stays; rollback gives the restored release's
+/// changed files a new mtime (so openvas parses them again) and leaves the others alone.
+#[test]
+fn the_switch_waits_for_the_hold_a_failed_release_is_declined_and_rollback_renews_changed_files() {
+    let f = Fixture::new();
+    let root = f.sensor_root();
+    let day0 = f.publish(0);
+    let src = f.source(Fault::None);
+    let r1 = applied(sync(&f.config(), &src, &mut no_progress));
+    let live1 = live(&root).expect("a live release");
+    assert_eq!(live1.name, r1.release);
+    assert_eq!(live1.vt_count, day0.manifest.vt_count);
+    assert_eq!(live1.plugin_set, day0.manifest.plugin_set);
+    assert!(!live1.has_previous);
+
+    let day1 = f.publish(1);
+    let mut held = Vec::new();
+    let r2 = match sync_holding(&f.config(), &src, &mut no_progress, &mut |name| {
+        // Built, verified and on disk; the scanner still reads the old release.
+        assert!(root.join("releases").join(name).join("plugins").is_dir());
+        held.push((name.to_owned(), current_name(&root)));
+    }) {
+        Ok(SyncOutcome::Applied(r)) => r,
+        other => panic!("expected the next day applied, got {other:?}"),
+    };
+    assert_eq!(held, vec![(r2.release.clone(), Some(r1.release.clone()))]);
+    assert_live_is(&root, &day1.manifest);
+    assert!(live(&root).unwrap().has_previous);
+
+    // Back to day 0: the files day 1 changed get a new mtime, the rest keep theirs.
+    let changed: Vec<&str> = day0
+        .manifest
+        .files
+        .iter()
+        .filter(|x| {
+            day1.manifest
+                .files
+                .iter()
+                .find(|y| y.path == x.path)
+                .is_none_or(|y| y.sha256 != x.sha256)
+        })
+        .map(|x| x.path.as_str())
+        .collect();
+    assert!(!changed.is_empty() && changed.len() < day0.manifest.files.len());
+    let tree = |p: &str| {
+        root.join("releases")
+            .join(&r1.release)
+            .join(p.replace("nvt/", "plugins/"))
+    };
+    let mtime = |p: &str| std::fs::metadata(tree(p)).unwrap().modified().unwrap();
+    let unchanged = day0
+        .manifest
+        .files
+        .iter()
+        .find(|x| !changed.contains(&x.path.as_str()))
+        .unwrap();
+    let before_changed = mtime(changed[0]);
+    let before_unchanged = mtime(&unchanged.path);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rollback(&root).unwrap(), r1.release);
+    assert_live_is(&root, &day0.manifest);
+    for p in &changed {
+        assert!(mtime(p) > before_changed, "{p} was not renewed");
+    }
+    assert_eq!(mtime(&unchanged.path), before_unchanged);
+
+    // The portal still offers day 1, which "failed to load" here: declined, nothing moves.
+    let mut cfg = f.config();
+    cfg.skip_release = Some(r2.release.clone());
+    let asked = src.asked().len();
+    match sync(&cfg, &src, &mut no_progress) {
+        Ok(SyncOutcome::Declined { release }) => assert_eq!(release, r2.release),
+        other => panic!("expected the failed release declined, got {other:?}"),
+    }
+    assert_eq!(src.asked().len(), asked, "nothing fetched");
+    assert_eq!(current_name(&root).as_deref(), Some(r1.release.as_str()));
 }
 
 /// A clock that moves only when slept on: the cap's waits are computed, not timed.

@@ -66,6 +66,14 @@ pub enum ScannerError {
         /// The last transient error, if the last poll failed.
         last_error: Option<String>,
     },
+    /// ospd-openvas finished loading the feed version asked for, and lists fewer VTs
+    /// than its manifest says: scripts failed to load (a broken or refused file).
+    #[error("ospd-openvas loaded feed version {version} with {loaded} of its {expected} VTs")]
+    VtsShort {
+        loaded: u64,
+        expected: u64,
+        version: String,
+    },
     /// ospd-openvas answered in a way that waiting will not fix.
     #[error("ospd-openvas get_vts failed: {0}")]
     Vts(#[source] outpost_osp::OspError),

@@ -39,4 +39,4 @@ pub use stack::{
 };
 pub use supervisor::{ComponentState, ComponentStatus, Event, Supervisor};
 pub use users::{Identity, Passwd};
-pub use vts::{wait_for_vts, VtsProgress, VtsWait};
+pub use vts::{wait_for_vts, wait_for_vts_of, VtsProgress, VtsWait};

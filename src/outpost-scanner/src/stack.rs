@@ -226,10 +226,18 @@ impl StackConfig {
              # job's methods (ICMP, TCP ping, ARP) are scanned, the rest reported\n\
              # dead. Without it ospd-openvas passes no alive test on and every\n\
              # address of a /24 is scanned as if alive.\n\
-             test_alive_hosts_only = yes\n",
+             test_alive_hosts_only = yes\n\
+             # Every script is checked against the feed's OpenPGP-signed sha256sums\n\
+             # (keys in /etc/openvas/gnupg) before it runs; a lab feed may be unsigned.\n\
+             nasl_no_signature_check = {no_check}\n",
             socket = self.redis_socket.display(),
             port = self.mqtt_port,
             plugins = self.feed.plugins.display(),
+            no_check = if self.verify_feed_signatures {
+                "no"
+            } else {
+                "yes"
+            },
         )
     }
 
@@ -535,6 +543,9 @@ mod tests {
         assert!(s
             .render_notus()
             .contains("disable-hashsum-verification = true\n"));
+        assert!(s
+            .render_openvas()
+            .contains("nasl_no_signature_check = yes\n"));
     }
 
     #[test]
@@ -548,6 +559,10 @@ mod tests {
         assert!(s
             .render_notus()
             .contains("disable-hashsum-verification = false\n"));
+        // openvas checks every script against the signed sha256sums before it runs.
+        assert!(s
+            .render_openvas()
+            .contains("nasl_no_signature_check = no\n"));
     }
 
     #[test]

@@ -45,6 +45,21 @@ pub fn wait_for_vts(
     client: &OspClient,
     expected: u64,
     wait: &VtsWait,
+    on_poll: impl FnMut(&VtsProgress),
+) -> Result<u64, ScannerError> {
+    wait_for_vts_of(client, expected, None, wait, on_poll)
+}
+
+/// [`wait_for_vts`] for one feed version (`PLUGIN_SET`): counts from another version
+/// (the previous release, before ospd-openvas noticed the new one) are progress, not the
+/// end. Once ospd-openvas answers for `version` it has finished loading it (it answers
+/// "still starting" while it loads), so a short count then is final:
+/// [`ScannerError::VtsShort`], no waiting for the timeout.
+pub fn wait_for_vts_of(
+    client: &OspClient,
+    expected: u64,
+    version: Option<&str>,
+    wait: &VtsWait,
     mut on_poll: impl FnMut(&VtsProgress),
 ) -> Result<u64, ScannerError> {
     let started = Instant::now();
@@ -54,8 +69,18 @@ pub fn wait_for_vts(
             Ok(Response::VtsCount(c)) => {
                 loaded = c.count;
                 on_poll(&VtsProgress::Loaded(c.count));
-                if c.count >= expected {
-                    return Ok(c.count);
+                let got = c.feed.vts_version.as_deref();
+                match version {
+                    None if c.count >= expected => return Ok(c.count),
+                    Some(v) if got == Some(v) && c.count >= expected => return Ok(c.count),
+                    Some(v) if got == Some(v) => {
+                        return Err(ScannerError::VtsShort {
+                            loaded: c.count,
+                            expected,
+                            version: v.to_owned(),
+                        })
+                    }
+                    _ => {}
                 }
                 None
             }
@@ -100,8 +125,12 @@ mod tests {
     }
 
     fn vts(n: usize) -> String {
-        let mut s = String::from(
-            r#"<get_vts_response status="200" status_text="OK"><vts vts_version="202406120502">"#,
+        vts_of(n, "202406120502")
+    }
+
+    fn vts_of(n: usize, version: &str) -> String {
+        let mut s = format!(
+            r#"<get_vts_response status="200" status_text="OK"><vts vts_version="{version}">"#,
         );
         for i in 0..n {
             s.push_str(&format!(
@@ -178,6 +207,52 @@ mod tests {
             "{e}"
         );
         drop(h); // the fake may still wait for a connection; it dies with the test
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// A reload: the old version's count (even when high enough) is not the end; the new
+    /// version with the full count is; the new version short of it ends the wait at once.
+    #[test]
+    fn waits_for_the_feed_version_asked_for() {
+        let p = sock("version");
+        let h = fake_ospd(
+            &p,
+            vec![
+                vts_of(9, "202401010000"),
+                STARTING.into(),
+                vts_of(7, "202402020000"),
+            ],
+        );
+        let n = wait_for_vts_of(
+            &OspClient::new(&p),
+            7,
+            Some("202402020000"),
+            &quick(),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(h.join().unwrap().len(), 3);
+        let _ = std::fs::remove_file(&p);
+
+        let p = sock("short");
+        let h = fake_ospd(
+            &p,
+            vec![vts_of(6, "202401010000"), vts_of(6, "202402020000")],
+        );
+        let e = wait_for_vts_of(
+            &OspClient::new(&p),
+            7,
+            Some("202402020000"),
+            &quick(),
+            |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ospd-openvas loaded feed version 202402020000 with 6 of its 7 VTs"
+        );
+        h.join().unwrap();
         let _ = std::fs::remove_file(&p);
     }
 

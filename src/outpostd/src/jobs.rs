@@ -186,9 +186,14 @@ impl Worker {
     }
 
     /// What to offer: scans while the scanner is ready, updates while one can be taken.
+    #[cfg(test)]
     pub fn capabilities(&self) -> Vec<Capability> {
+        self.capabilities_with(self.gate.is_ready())
+    }
+
+    fn capabilities_with(&self, scan_open: bool) -> Vec<Capability> {
         let mut caps = Vec::new();
-        if self.scans && self.gate.is_ready() {
+        if self.scans && scan_open {
             caps.push(Capability::Scan);
         }
         if self.updates_claimable() {
@@ -199,7 +204,10 @@ impl Worker {
 
     /// Claims once; runs the job if one came. Returns whether a job ran.
     pub fn claim_once(&mut self) -> Result<bool, ApiError> {
-        let capabilities = self.capabilities();
+        // Held from before the claim to the job's end: a feed switch waits for it.
+        let gate = self.gate.clone();
+        let pass = if self.scans { gate.pass() } else { None };
+        let capabilities = self.capabilities_with(pass.is_some());
         // After an activated update only the reboot is left to do.
         if capabilities.is_empty() || self.reboot_pending {
             return Ok(false);
@@ -209,6 +217,7 @@ impl Worker {
             None => Ok(false),
             Some(job) => {
                 self.run_job(job);
+                drop(pass);
                 Ok(true)
             }
         }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use outpost_feed::{inspect, FeedPaths, FeedThresholds};
 use outpost_osp::OspClient;
 use outpost_scanner::{
-    redis_save, wait_for_vts, Event, Passwd, StackConfig, Supervisor, VtsProgress, VtsWait,
-    OSPD_OPENVAS,
+    redis_save, wait_for_vts_of, Event, Passwd, ScannerError, StackConfig, Supervisor, VtsProgress,
+    VtsWait, OSPD_OPENVAS,
 };
 use outpost_wire::log::{Level, Phase, PhaseProgress};
 
@@ -90,26 +90,47 @@ pub struct FeedSync {
 /// How often a pending feed check looks for the portal's wish.
 const WANT_POLL: Duration = Duration::from_secs(5);
 
-/// How long the boot thread may sleep: until the feed recheck (polling for a wish
-/// meanwhile when it can take one), else an hour (facts wake it anyway).
+/// How long the boot thread may sleep: until the feed recheck, polling for the portal's
+/// wish meanwhile when it can take one (also while the stack runs: a live sync), else an
+/// hour (facts wake it anyway).
 fn wake_in(recheck_at: Option<Instant>, now: Instant, polls_want: bool) -> Duration {
     match recheck_at {
         Some(t) if polls_want => t.saturating_duration_since(now).min(WANT_POLL),
         Some(t) => t.saturating_duration_since(now),
+        None if polls_want => WANT_POLL,
         None => Duration::from_secs(3600),
     }
 }
 
-/// Whether the pending feed check runs now: its time has come, or the portal wants
-/// another release (the wish is taken; the sync answers it). Without a pending check
-/// (the stack runs) the wish waits: live re-syncing is not built.
-fn recheck_due(recheck_at: Option<Instant>, now: Instant, want: Option<&FeedWant>) -> bool {
+/// What the boot thread does when it wakes without a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The pending feed check: sync, then judge the feed again.
+    Recheck,
+    /// The stack runs and the portal wants another release: sync it in live.
+    LiveSync,
+    Nothing,
+}
+
+/// Whether the pending feed check runs now (its time has come, or the portal wants
+/// another release), or, with no check pending (the feed was accepted and the stack
+/// started), whether the portal's wish starts a live sync. A wish is taken once.
+fn on_wake(recheck_at: Option<Instant>, now: Instant, want: Option<&FeedWant>) -> Wake {
     match recheck_at {
-        Some(t) if t <= now => true,
-        Some(_) => want.is_some_and(|w| w.take().is_some()),
-        None => false,
+        Some(t) if t <= now => Wake::Recheck,
+        Some(_) if want.is_some_and(|w| w.take().is_some()) => Wake::Recheck,
+        Some(_) => Wake::Nothing,
+        None if want.is_some_and(|w| w.take().is_some()) => Wake::LiveSync,
+        None => Wake::Nothing,
     }
 }
+
+/// Names the release that failed to load here, so no sync applies it again (kept on
+/// the data partition: a power cut during the rollback must not bring it back).
+const FAILED_RELEASE: &str = "failed-release";
+
+/// How long a hold for a feed switch waits before saying again that it waits.
+const HOLD_NOTICE: Duration = Duration::from_secs(600);
 
 /// What the supervisor reports, as a fact for the phase machine (if it is one).
 pub fn fact_for(event: &Event) -> Option<Fact> {
@@ -168,6 +189,36 @@ struct Shell {
     /// When ospd-openvas last started, to time its VT load.
     ospd_started: Arc<Mutex<Option<Instant>>>,
     recheck_at: Option<Instant>,
+    /// The last sync found the live release to be the portal's (or kept it on purpose).
+    synced_live: bool,
+    /// The release this run rolled back from: a failure after that is not rolled back
+    /// again (no loop between two bad releases).
+    rolled_back_from: Option<String>,
+}
+
+/// The sync's report in words, for the phase line.
+fn applied(r: &outpost_feedsync::SyncReport) -> String {
+    format!(
+        "feed release {} is live: {} files, {} blobs fetched in {} requests ({} bytes, {} on the wire), {} rebuilt from deltas ({} bytes), {} unchanged files kept",
+        r.release, r.files, r.fetched_blobs, r.batches, r.fetched_bytes, r.wire_bytes, r.delta_blobs, r.delta_bytes, r.linked_files
+    )
+}
+
+fn declined(root: &std::path::Path, release: &str) -> String {
+    let live = outpost_feedsync::live_release(root).unwrap_or_else(|| "none".into());
+    format!(
+        "the portal offers feed release {release}, which failed to load on this sensor; keeping {live} until another is published"
+    )
+}
+
+fn failed_release(root: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join(FAILED_RELEASE)).ok()?;
+    let name = text.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+fn write_failed_release(root: &std::path::Path, name: &str) -> std::io::Result<()> {
+    crate::fsutil::atomic_write(&root.join(FAILED_RELEASE), format!("{name}\n").as_bytes())
 }
 
 impl Shell {
@@ -184,6 +235,8 @@ impl Shell {
             supervisor: None,
             ospd_started: Arc::new(Mutex::new(None)),
             recheck_at: None,
+            synced_live: false,
+            rolled_back_from: None,
         }
     }
 
@@ -197,15 +250,21 @@ impl Shell {
             let timeout = wake_in(self.recheck_at, Instant::now(), want.is_some());
             let fact = match self.rx.recv_timeout(timeout) {
                 Ok(fact) => fact,
-                Err(RecvTimeoutError::Timeout) => match self.recheck_at {
-                    Some(_) if recheck_due(self.recheck_at, Instant::now(), want.as_deref()) => {
-                        self.recheck_at = None;
-                        // The feed is still refused: the portal may have a release now.
-                        self.sync_feed();
-                        self.inspect_feed()
+                Err(RecvTimeoutError::Timeout) => {
+                    match on_wake(self.recheck_at, Instant::now(), want.as_deref()) {
+                        Wake::Recheck => {
+                            self.recheck_at = None;
+                            // The feed is still refused: the portal may have a release now.
+                            self.sync_feed();
+                            self.inspect_feed()
+                        }
+                        Wake::LiveSync => {
+                            self.live_sync();
+                            continue;
+                        }
+                        Wake::Nothing => continue,
                     }
-                    _ => continue,
-                },
+                }
                 // `self.tx` lives as long as this loop: cannot happen.
                 Err(RecvTimeoutError::Disconnected) => return,
             };
@@ -217,11 +276,12 @@ impl Shell {
     /// points the feed paths at the synced release once one is live. Blocks this thread
     /// only: heartbeats and the log keep flowing meanwhile.
     fn sync_feed(&mut self) {
-        let Some(fs) = &self.cfg.sync else { return };
+        let Some(fs) = &mut self.cfg.sync else { return };
         // This sync answers any wish noted so far.
         if let Some(w) = &fs.want {
             w.take();
         }
+        fs.config.skip_release = failed_release(&fs.config.root);
         self.reporter
             .say("feed sync: asking the portal for its feed release");
         let reporter = self.reporter.clone();
@@ -234,12 +294,14 @@ impl Shell {
             Ok(SyncOutcome::UpToDate { release }) => {
                 Synced::Live(format!("feed release {release} is current"))
             }
-            Ok(SyncOutcome::Applied(r)) => Synced::Live(format!(
-                "feed release {} is live: {} files, {} blobs fetched in {} requests ({} bytes, {} on the wire), {} rebuilt from deltas ({} bytes), {} unchanged files kept",
-                r.release, r.files, r.fetched_blobs, r.batches, r.fetched_bytes, r.wire_bytes, r.delta_blobs, r.delta_bytes, r.linked_files
-            )),
+            Ok(SyncOutcome::Declined { release }) => {
+                Synced::Live(declined(&fs.config.root, &release))
+            }
+            Ok(SyncOutcome::Applied(r)) => Synced::Live(applied(&r)),
             Err(e) => Synced::Failed(format!("feed sync failed: {e}")),
         };
+        self.synced_live = matches!(synced, Synced::Live(_));
+        let fs = self.cfg.sync.as_ref().expect("checked above");
         let current = fs.config.current_paths();
         if current.plugins.is_dir() {
             self.cfg.feed = current.clone();
@@ -249,7 +311,174 @@ impl Shell {
     }
 
     fn inspect_feed(&self) -> Fact {
-        Fact::Feed(inspect(&self.cfg.feed, SystemTime::now()).map_err(|e| e.to_string()))
+        Fact::Feed(self.feed_status())
+    }
+
+    /// The feed on disk; for a synced release with what its manifest says, and whether
+    /// the last sync found it to be the portal's (then its age is the portal's concern).
+    fn feed_status(&self) -> Result<outpost_feed::FeedStatus, String> {
+        let mut status = inspect(&self.cfg.feed, SystemTime::now()).map_err(|e| e.to_string())?;
+        if let Some(fs) = &self.cfg.sync {
+            if let Some(live) = outpost_feedsync::live(&fs.config.root) {
+                status.release = Some(outpost_feed::ReleaseFacts {
+                    vt_count: live.vt_count,
+                    current_at_portal: self.synced_live,
+                });
+            }
+        }
+        Ok(status)
+    }
+
+    /// The portal wants another release while the stack runs: fetch it beside the live
+    /// one while scans go on, hold new scans and wait for running ones just before the
+    /// switch, then let the scanner load it (see [`Fact::FeedSwitched`]).
+    fn live_sync(&mut self) {
+        let Some(fs) = &mut self.cfg.sync else { return };
+        fs.config.skip_release = failed_release(&fs.config.root);
+        let before = outpost_feedsync::live(&fs.config.root);
+        self.reporter
+            .say("feed sync: the portal wants another feed release; fetching it while scans go on");
+        let reporter = self.reporter.clone();
+        let gate = self.gate.clone();
+        let mut every = Every::new(VTS_PROGRESS_EVERY);
+        let mut held = false;
+        let result = outpost_feedsync::sync_holding(
+            &fs.config,
+            &fs.client,
+            &mut |p| feed_sync_progress(&reporter, &mut every, p, Instant::now()),
+            &mut |name| {
+                held = true;
+                reporter.say(&format!(
+                    "feed release {name} is verified and ready; holding new scans until the running ones end"
+                ));
+                while !gate.hold(HOLD_NOTICE) {
+                    reporter.say(&format!(
+                        "feed release {name}: still waiting for a running scan to end"
+                    ));
+                }
+            },
+        );
+        let root = fs.config.root.clone();
+        let outcome = match result {
+            Ok(SyncOutcome::Applied(r)) => Some(r),
+            Ok(SyncOutcome::UpToDate { release }) => {
+                self.reporter
+                    .say(&format!("feed sync: release {release} is already live"));
+                None
+            }
+            Ok(SyncOutcome::Declined { release }) => {
+                self.reporter
+                    .message(Level::Warn, &declined(&root, &release));
+                None
+            }
+            Ok(SyncOutcome::NoRelease) => None,
+            Err(e) => {
+                // The live release stays; the portal's next answer asks again.
+                self.reporter.message(
+                    Level::Warn,
+                    &format!("feed sync failed: {e}; the live feed release stays in use"),
+                );
+                None
+            }
+        };
+        let Some(r) = outcome else {
+            if held {
+                self.gate.release();
+            }
+            return;
+        };
+        self.synced_live = true;
+        // Same PLUGIN_SET (only Notus changed): ospd-openvas would not notice; restart it.
+        // A new one it picks up by itself within seconds.
+        if before.as_ref().map(|b| b.plugin_set.as_str()) == Some(r.plugin_set.as_str()) {
+            self.restart_ospd("the feed's Notus data changed");
+        }
+        let what = applied(&r);
+        self.switched(what);
+        self.gate.release();
+    }
+
+    /// Tells the machine the live feed changed (after a switch or a rollback).
+    fn switched(&mut self, what: String) {
+        match self.feed_status() {
+            Ok(status) => self.apply(Fact::FeedSwitched { status, what }),
+            Err(why) => self.reporter.message(
+                Level::Error,
+                &format!("the new feed release cannot be read: {why}"),
+            ),
+        }
+    }
+
+    fn restart_ospd(&self, why: &str) {
+        if let Some(s) = &self.supervisor {
+            self.reporter
+                .say(&format!("restarting ospd-openvas to load the feed: {why}"));
+            if let Err(e) = s.restart(OSPD_OPENVAS) {
+                self.reporter.message(
+                    Level::Warn,
+                    &format!("ospd-openvas could not be restarted: {e}"),
+                );
+            }
+        }
+    }
+
+    /// The live release did not load (`why`). Rolls back to the previous release once
+    /// (marking the failed one, so no sync applies it again), else waits again.
+    fn load_failed(&mut self, generation: u64, why: String) {
+        let root = self.cfg.sync.as_ref().map(|fs| fs.config.root.clone());
+        let live = root.as_deref().and_then(outpost_feedsync::live);
+        let (Some(root), Some(live)) = (root, live) else {
+            return self.apply(Fact::VtsFailed {
+                generation,
+                why,
+                short: false,
+            });
+        };
+        if !live.has_previous || self.rolled_back_from.as_deref() == Some(live.name.as_str()) {
+            return self.apply(Fact::VtsFailed {
+                generation,
+                why,
+                short: false,
+            });
+        }
+        if let Err(e) = write_failed_release(&root, &live.name) {
+            self.reporter.message(
+                Level::Warn,
+                &format!("cannot note the failed feed release on disk: {e}"),
+            );
+        }
+        match outpost_feedsync::rollback(&root) {
+            Ok(prev) => {
+                self.rolled_back_from = Some(live.name.clone());
+                self.reporter.message(
+                    Level::Error,
+                    &format!(
+                        "feed release {} failed to load: {why}; rolled back to {prev}",
+                        live.name
+                    ),
+                );
+                // The older PLUGIN_SET is not "newer" to ospd-openvas: restart it.
+                self.restart_ospd("a feed release was rolled back");
+                self.switched(format!(
+                    "rolled back to feed release {prev}: {} failed to load ({why})",
+                    live.name
+                ));
+            }
+            Err(e) => {
+                self.reporter.message(
+                    Level::Error,
+                    &format!(
+                        "feed release {} failed to load ({why}) and cannot be rolled back: {e}",
+                        live.name
+                    ),
+                );
+                self.apply(Fact::VtsFailed {
+                    generation,
+                    why,
+                    short: false,
+                });
+            }
+        }
     }
 
     fn apply(&mut self, fact: Fact) {
@@ -265,8 +494,10 @@ impl Shell {
                 Action::WaitVts {
                     generation,
                     expected,
+                    version,
                     delay,
-                } => self.wait_vts(generation, expected, delay),
+                } => self.wait_vts(generation, expected, version, delay),
+                Action::LoadFailed { generation, why } => self.load_failed(generation, why),
                 Action::RecheckFeed { delay } => self.recheck_at = Some(Instant::now() + delay),
             }
         }
@@ -317,7 +548,7 @@ impl Shell {
         }
     }
 
-    fn wait_vts(&self, generation: u64, expected: u64, delay: Duration) {
+    fn wait_vts(&self, generation: u64, expected: u64, version: Option<String>, delay: Duration) {
         let tx = self.tx.clone();
         let client = OspClient::new(&self.cfg.stack.ospd_socket);
         let wait = self.cfg.vts_wait.clone();
@@ -331,7 +562,7 @@ impl Shell {
                 reporter.say(&format!("waiting for ospd-openvas to load {expected} VTs"));
                 let mut last_line: Option<Instant> = None;
                 let mut last_count = None;
-                let result = wait_for_vts(&client, expected, &wait, |p| {
+                let result = wait_for_vts_of(&client, expected, version.as_deref(), &wait, |p| {
                     let VtsProgress::Loaded(n) = p else { return };
                     let due = last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY);
                     if due && last_count != Some(*n) {
@@ -359,6 +590,7 @@ impl Shell {
                     },
                     Err(e) => Fact::VtsFailed {
                         generation,
+                        short: matches!(e, ScannerError::VtsShort { .. }),
                         why: e.to_string(),
                     },
                 };
@@ -368,6 +600,7 @@ impl Shell {
             let _ = self.tx.send(Fact::VtsFailed {
                 generation,
                 why: format!("cannot start the VT wait: {e}"),
+                short: false,
             });
         }
     }
@@ -383,24 +616,39 @@ mod tests {
         let later = now + Duration::from_secs(60);
         // Without a way to hear a wish, the retry waits its full delay.
         assert_eq!(wake_in(Some(later), now, false), Duration::from_secs(60));
-        assert!(!recheck_due(Some(later), now, None));
+        assert_eq!(on_wake(Some(later), now, None), Wake::Nothing);
         // With one, it looks every few seconds, and a wish runs it at once, once.
         assert_eq!(wake_in(Some(later), now, true), WANT_POLL);
         let want = FeedWant::default();
-        assert!(!recheck_due(Some(later), now, Some(&want)), "no wish yet");
+        assert_eq!(
+            on_wake(Some(later), now, Some(&want)),
+            Wake::Nothing,
+            "no wish yet"
+        );
         assert!(want.note(Some("r1"), Some("r2")));
-        assert!(recheck_due(Some(later), now, Some(&want)));
-        assert!(
-            !recheck_due(Some(later), now, Some(&want)),
+        assert_eq!(on_wake(Some(later), now, Some(&want)), Wake::Recheck);
+        assert_eq!(
+            on_wake(Some(later), now, Some(&want)),
+            Wake::Nothing,
             "taken by that check"
         );
         // Its time come, it runs whatever was wished.
-        assert!(recheck_due(Some(now), now, Some(&want)));
-        // No check pending (the stack runs): the wish waits, it does not start a sync.
+        assert_eq!(on_wake(Some(now), now, Some(&want)), Wake::Recheck);
+    }
+
+    /// With the feed accepted and the stack running, a wish starts a live sync (the
+    /// thread keeps looking every few seconds); without a way to hear one, it sleeps.
+    #[test]
+    fn a_wish_while_the_stack_runs_starts_a_live_sync() {
+        let now = Instant::now();
+        assert_eq!(wake_in(None, now, true), WANT_POLL);
+        assert_eq!(wake_in(None, now, false), Duration::from_secs(3600));
+        let want = FeedWant::default();
+        assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing);
         assert!(want.note(Some("r1"), Some("r3")));
-        assert!(!recheck_due(None, now, Some(&want)));
-        assert_eq!(want.take().as_deref(), Some("r3"));
-        assert_eq!(wake_in(None, now, true), Duration::from_secs(3600));
+        assert_eq!(on_wake(None, now, Some(&want)), Wake::LiveSync);
+        assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing, "taken once");
+        assert_eq!(on_wake(None, now, None), Wake::Nothing);
     }
 
     #[test]

@@ -32,8 +32,17 @@ pub enum Fact {
         count: u64,
         took: Duration,
     },
-    /// A VT wait ended without the full count (timeout or hard error).
-    VtsFailed { generation: u64, why: String },
+    /// A VT wait ended without the full count (timeout or hard error). `short`: the
+    /// scanner finished loading the feed's version with fewer VTs than it must list, so
+    /// waiting longer will not help.
+    VtsFailed {
+        generation: u64,
+        why: String,
+        short: bool,
+    },
+    /// Another feed release went live while the stack runs (a live sync, or a rollback):
+    /// the VTs are loaded again and scans wait for them. `what` says what happened.
+    FeedSwitched { status: FeedStatus, what: String },
     /// A network feed sync ended (before the feed is inspected).
     Synced(Synced),
 }
@@ -59,8 +68,13 @@ pub enum Action {
     WaitVts {
         generation: u64,
         expected: u64,
+        /// The feed version (`PLUGIN_SET`) the count must be of, when known.
+        version: Option<String>,
         delay: Duration,
     },
+    /// The feed's VTs did not all load (`why`): roll back to the previous release if
+    /// there is one, else answer with a `VtsFailed` (not short) to wait again.
+    LoadFailed { generation: u64, why: String },
     /// Inspect the feed again after `delay`.
     RecheckFeed { delay: Duration },
 }
@@ -109,6 +123,8 @@ pub struct Machine {
     sync_shown: Option<String>,
     /// `Some(expected VTs)` once the feed passed `feed_ready`.
     feed_ok: Option<u64>,
+    /// The accepted feed's `PLUGIN_SET`: the VT count must be of that version.
+    feed_version: Option<String>,
     feed_refusal_shown: Option<String>,
     feed_recheck_pending: bool,
     stack: Stack,
@@ -130,6 +146,7 @@ impl Machine {
             synced: None,
             sync_shown: None,
             feed_ok: None,
+            feed_version: None,
             feed_refusal_shown: None,
             feed_recheck_pending: false,
             stack: Stack::NotStarted,
@@ -198,20 +215,36 @@ impl Machine {
                     self.vts = Some((count, took));
                 }
             }
-            Fact::VtsFailed { generation, why } => {
+            Fact::VtsFailed {
+                generation,
+                why,
+                short,
+            } => {
                 self.vts_wait_outstanding = false;
                 if generation == self.generation && self.stack == Stack::Up {
                     if self.vts_failure_shown.as_deref() != Some(why.as_str()) {
+                        let next = if short {
+                            "the release is rolled back if the previous one is kept"
+                        } else {
+                            "waiting again"
+                        };
                         out.reports.push(report(
                             Phase::Ready,
                             PhaseOutcome::Failed,
-                            Some(format!("{why}; waiting again")),
+                            Some(format!("{why}; {next}")),
                         ));
-                        self.vts_failure_shown = Some(why);
+                        self.vts_failure_shown = Some(why.clone());
                     }
-                    self.request_vts(VTS_RETRY, &mut out);
+                    if short {
+                        // The shell decides: roll back, or answer "not short" to wait again.
+                        self.vts_wait_outstanding = true;
+                        out.actions.push(Action::LoadFailed { generation, why });
+                    } else {
+                        self.request_vts(VTS_RETRY, &mut out);
+                    }
                 }
             }
+            Fact::FeedSwitched { status, what } => self.on_switch(status, what, &mut out),
         }
         self.advance(&mut out);
         out
@@ -262,6 +295,7 @@ impl Machine {
             Ok(()) => {
                 if self.feed_ok.is_none() {
                     self.feed_ok = Some(status.expected_vts());
+                    self.feed_version = status.version().map(str::to_owned);
                     out.reports.push(report(
                         Phase::FeedReady,
                         PhaseOutcome::Done,
@@ -276,6 +310,45 @@ impl Machine {
             }
             Err(refusal) => self.refuse(refusal.to_string(), out),
         }
+    }
+
+    /// A new release (or the one rolled back to) is live under the running stack: its
+    /// VTs must be loaded before scans go on, judged like at boot.
+    fn on_switch(&mut self, status: FeedStatus, what: String, out: &mut Step) {
+        self.show_sync(PhaseOutcome::Done, what, out);
+        self.generation += 1;
+        self.vts = None;
+        self.vts_failure_shown = None;
+        if let Err(refusal) = feed_ready(&status, &self.thresholds) {
+            // Verified and signed, but not what this sensor accepts (too small): treated
+            // as a release that does not load.
+            self.vts_wait_outstanding = true;
+            out.actions.push(Action::LoadFailed {
+                generation: self.generation,
+                why: format!("the new feed release is refused: {refusal}"),
+            });
+            return;
+        }
+        self.feed_ok = Some(status.expected_vts());
+        self.feed_version = status.version().map(str::to_owned);
+        self.feed_refusal_shown = None;
+        // Heartbeats now say `feed_ready`: not ready until the new VTs are loaded; the
+        // stack itself keeps running, so `scanner_boot` has nothing new to say.
+        self.ready_shown = false;
+        out.reports.push(report(
+            Phase::FeedReady,
+            PhaseOutcome::Done,
+            Some(format!(
+                "{} NASL scripts, {} Notus advisories, version {}; scan jobs wait until its {} VTs are loaded",
+                status.nasl_count,
+                status.notus_advisories.advisories,
+                status.version().unwrap_or("unknown"),
+                status.expected_vts()
+            )),
+        ));
+        // A wait still out is for the old release: its answer is ignored (generation).
+        self.vts_wait_outstanding = false;
+        self.request_vts(Duration::ZERO, out);
     }
 
     /// `feed_ready` failed: say why (once per distinct reason) and look again later.
@@ -314,6 +387,7 @@ impl Machine {
             out.actions.push(Action::WaitVts {
                 generation: self.generation,
                 expected,
+                version: self.feed_version.clone(),
                 delay,
             });
         }
@@ -423,6 +497,7 @@ mod tests {
             notus_products: NotusCount::default(),
             checksums_verified: false,
             checksum_problems: vec![],
+            release: None,
         }
     }
 
@@ -520,6 +595,7 @@ mod tests {
             [Action::WaitVts {
                 generation: 0,
                 expected: 7,
+                version: Some("202406120502".into()),
                 delay: Duration::ZERO
             }]
         );
@@ -532,6 +608,106 @@ mod tests {
             Some("ospd-openvas loaded 7 VTs in 42.0 s")
         );
         assert!(m.scan_ready());
+    }
+
+    /// A ready sensor with a synced release gets a new one live: scans wait while its
+    /// VTs load (of the new version, the manifest's count), then `ready` again.
+    #[test]
+    fn a_release_switched_in_live_is_loaded_before_scans_go_on() {
+        let mut m = Machine::new(thresholds());
+        m.on(Fact::Synced(Synced::Live("release 1 is live".into())));
+        m.on(Fact::Feed(Ok(feed(5, 2, 2))));
+        m.on(Fact::StackReady);
+        m.on(loaded(0, 7));
+        assert!(m.scan_ready());
+
+        let mut next = feed(6, 2, 900);
+        next.info = Some(PluginFeedInfo {
+            plugin_set: Some("202406130502".into()),
+            ..Default::default()
+        });
+        next.release = Some(outpost_feed::ReleaseFacts {
+            vt_count: 7,
+            current_at_portal: true,
+        });
+        let s = m.on(Fact::FeedSwitched {
+            status: next,
+            what: "release 2 is live".into(),
+        });
+        assert_eq!(
+            phases(&s),
+            [
+                (Phase::FeedSync, PhaseOutcome::Done),
+                (Phase::FeedReady, PhaseOutcome::Done),
+            ]
+        );
+        assert!(!m.scan_ready(), "scans wait for the new VTs");
+        assert_eq!(
+            s.actions,
+            [Action::WaitVts {
+                generation: 1,
+                expected: 7,
+                version: Some("202406130502".into()),
+                delay: Duration::ZERO
+            }]
+        );
+        // An answer about the old release does not count.
+        assert!(m.on(loaded(0, 7)).reports.is_empty());
+        assert!(!m.scan_ready());
+        let s = m.on(loaded(1, 7));
+        assert_eq!(phases(&s), [(Phase::Ready, PhaseOutcome::Done)]);
+        assert!(m.scan_ready());
+    }
+
+    /// The new version loaded short: the shell is asked to roll back (not to wait); a
+    /// release the thresholds refuse is treated the same; a later, not-short failure
+    /// waits again as usual.
+    #[test]
+    fn a_release_that_loads_short_asks_for_a_rollback() {
+        let mut m = Machine::new(thresholds());
+        m.on(Fact::Feed(Ok(feed(5, 2, 2))));
+        m.on(Fact::StackReady);
+        m.on(loaded(0, 7));
+        let s = m.on(Fact::FeedSwitched {
+            status: feed(6, 2, 2),
+            what: "release 2 is live".into(),
+        });
+        assert_eq!(s.actions.len(), 1);
+        let why = "ospd-openvas loaded feed version 202406120502 with 7 of its 8 VTs";
+        let s = m.on(Fact::VtsFailed {
+            generation: 1,
+            why: why.into(),
+            short: true,
+        });
+        assert_eq!(phases(&s), [(Phase::Ready, PhaseOutcome::Failed)]);
+        assert_eq!(
+            s.actions,
+            [Action::LoadFailed {
+                generation: 1,
+                why: why.into()
+            }]
+        );
+        // The shell could not roll back: it answers "not short", and the wait goes on.
+        let s = m.on(Fact::VtsFailed {
+            generation: 1,
+            why: why.into(),
+            short: false,
+        });
+        assert!(s.reports.is_empty(), "said once");
+        assert!(matches!(
+            &s.actions[..],
+            [Action::WaitVts { generation: 1, delay, .. }] if *delay == VTS_RETRY
+        ));
+
+        // Too small for this sensor's thresholds: a load failure straight away.
+        let s = m.on(Fact::FeedSwitched {
+            status: feed(1, 2, 2),
+            what: "release 3 is live".into(),
+        });
+        assert!(matches!(
+            &s.actions[..],
+            [Action::LoadFailed { generation: 2, why }] if why.starts_with("the new feed release is refused: only 1 NASL script")
+        ));
     }
 
     #[test]
@@ -594,6 +770,7 @@ mod tests {
             [Action::WaitVts {
                 generation: 0,
                 expected: 8,
+                version: Some("202406120502".into()),
                 delay: Duration::ZERO
             }]
         );
@@ -634,6 +811,7 @@ mod tests {
         let s = m.on(Fact::VtsFailed {
             generation: 0,
             why: "ospd-openvas has 6 of 7 VTs loaded after 3600 s".into(),
+            short: false,
         });
         assert_eq!(phases(&s), [(Phase::Ready, PhaseOutcome::Failed)]);
         assert_eq!(
@@ -641,6 +819,7 @@ mod tests {
             [Action::WaitVts {
                 generation: 0,
                 expected: 7,
+                version: Some("202406120502".into()),
                 delay: VTS_RETRY
             }]
         );
@@ -679,6 +858,7 @@ mod tests {
             [Action::WaitVts {
                 generation: 1,
                 expected: 7,
+                version: Some("202406120502".into()),
                 delay: Duration::ZERO
             }]
         );
@@ -706,6 +886,7 @@ mod tests {
         let s = m.on(Fact::VtsFailed {
             generation: 0,
             why: "x".into(),
+            short: false,
         });
         assert!(s.reports.is_empty());
         assert!(matches!(
