@@ -129,6 +129,24 @@ rootfs_configure() {
 			die "importing the Greenbone signing key failed"
 		gpg --homedir "$gh" --batch --quiet --import-ownertrust <"$rootfs/usr/share/openvas/ownertrust.txt" 2>/dev/null ||
 			die "importing the Greenbone owner trust failed"
+		# openvas, ospd-openvas and notus-scanner accept a feed's sha256sums only when a
+		# fully trusted key here signed them. Test images also trust the lab key that
+		# signs the demo feed; operators add the keys of their own scripts
+		# (--feed-openpgp-key).
+		local extra=("${FEED_OPENPGP_KEYS[@]}")
+		[ "$variant" = test ] && extra+=("$ROOT/image/lab-keys/lab-feed-key.asc")
+		local key fpr
+		for key in "${extra[@]}"; do
+			[ -f "$key" ] || die "feed OpenPGP key $key is missing"
+			gpg --homedir "$gh" --batch --quiet --import "$key" 2>/dev/null ||
+				die "importing the feed OpenPGP key $key failed"
+			for fpr in $(gpg --batch --with-colons --import-options show-only --import "$key" 2>/dev/null |
+				awk -F: '$1 == "fpr" { print $10 }'); do
+				echo "$fpr:6:" | gpg --homedir "$gh" --batch --quiet --import-ownertrust 2>/dev/null ||
+					die "trusting the feed OpenPGP key $key failed"
+			done
+		done
+		gpg --homedir "$gh" --batch --quiet --check-trustdb 2>/dev/null || true
 		gpgconf --homedir "$gh" --kill all 2>/dev/null || true
 		rm -rf "$gh"/*.lock "$gh"/.#* "$gh/S."* "$gh/random_seed"
 		chroot_chown "$rootfs" "_gvm:_gvm" /etc/openvas/gnupg -R

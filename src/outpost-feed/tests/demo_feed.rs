@@ -69,3 +69,39 @@ fn production_thresholds_refuse_the_demo_feed() {
         ]
     );
 }
+
+/// Every signed list of the demo feed carries a signature by the lab key that still
+/// matches it (checked by Debian's `gpgv` with only that key): an edit without
+/// `image/feed-demo/sign` would make test images refuse the feed at run time.
+#[test]
+fn the_demo_feed_lists_are_signed_by_the_lab_key() {
+    let root = demo_dir();
+    let lab = root.join("../lab-keys/lab-feed-key.asc");
+    let home = tempfile::tempdir().unwrap();
+    let keyring = home.path().join("lab.gpg");
+    let dearmor = std::process::Command::new("gpg")
+        .args(["--batch", "--quiet", "--homedir"])
+        .arg(home.path())
+        .arg("--output")
+        .arg(&keyring)
+        .arg("--dearmor")
+        .arg(&lab)
+        .status()
+        .expect("gpg runs");
+    assert!(dearmor.success());
+    for dir in ["plugins", "notus/advisories", "notus/products"] {
+        let list = root.join(dir).join("sha256sums");
+        let out = std::process::Command::new("gpgv")
+            .arg("--keyring")
+            .arg(&keyring)
+            .arg(list.with_extension("asc"))
+            .arg(&list)
+            .output()
+            .expect("gpgv runs");
+        assert!(
+            out.status.success(),
+            "{dir}/sha256sums.asc does not verify with the lab key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
