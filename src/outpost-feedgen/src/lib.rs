@@ -440,10 +440,14 @@ fn finish_with(
             files += 1;
         }
     }
-    let mut oids: BTreeSet<String> = (0..spec.scripts_on(day))
+    // As ospd-openvas lists them: distinct NASL OIDs plus distinct advisory OIDs, the two
+    // not merged (an advisory sharing a script's OID is listed twice).
+    let nasl_oids: BTreeSet<String> = (0..spec.scripts_on(day))
         .map(|i| spec.script_oid(i))
         .collect();
-    oids.extend((0..spec.advisories()).map(|j| spec.advisory_oid(j)));
+    let advisory_oids: BTreeSet<String> = (0..spec.advisories())
+        .map(|j| spec.advisory_oid(j))
+        .collect();
     Ok(Summary {
         day,
         plugin_set: content::plugin_set(release_time(day)),
@@ -452,7 +456,7 @@ fn finish_with(
         advisories: spec.advisories(),
         advisory_files: DISTROS.len() as u32,
         product_files: spec.product_files(),
-        vt_count: oids.len() as u64,
+        vt_count: (nasl_oids.len() + advisory_oids.len()) as u64,
         files,
         bytes,
         written: w.written,

@@ -1,8 +1,8 @@
 //! The feed release the portal wants this sensor to run, as its heartbeat answers say
 //! (docs/feeds.md, "Release channels"). The heartbeat thread notes a wish for a release
-//! other than the live one; the scanner boot thread's feed check takes it and syncs soon
-//! instead of waiting out its retry delay. Live re-syncing while the stack runs is not
-//! built: there the wish waits for the next feed check (at the latest, the next boot).
+//! other than the live one; the scanner boot thread takes it: a pending feed check syncs
+//! at once instead of waiting out its retry delay, and a running stack gets the release
+//! by a live sync (docs/feeds.md, "Live reload").
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -135,12 +135,25 @@ impl Lab {
     /// [`Lab::boot_with`] with the guest's clock starting at `rtc_base` (QEMU
     /// `-rtc base=`), e.g. `1970-01-01T00:00:00` for a board without an RTC.
     pub fn boot_at(name: &str, extra: &str, rtc_base: Option<&str>) -> Lab {
+        Lab::boot_custom(name, extra, rtc_base, demo_feed(), |_| {})
+    }
+
+    /// [`Lab::boot_at`] with the sensor's feed thresholds, and `prepare` run on the
+    /// portal before the sensor boots (e.g. publishing a feed release).
+    pub fn boot_custom(
+        name: &str,
+        extra: &str,
+        rtc_base: Option<&str>,
+        feed: FeedThresholds,
+        prepare: impl FnOnce(&Portal),
+    ) -> Lab {
         let built = build_image("qemu-arm64", "test").expect("test image builds");
         let portal = Portal::start_with(120, &PORTAL_ARGS);
+        prepare(&portal);
         let relay = RelayThread::start(portal.wg_port);
         let token = portal.token("berlin", 1);
         let dir = tempfile::tempdir().expect("temp dir");
-        let img = provisioned_copy(&built.image, dir.path(), &portal, name, &token, demo_feed());
+        let img = provisioned_copy(&built.image, dir.path(), &portal, name, &token, feed);
         if !extra.is_empty() {
             let toml = outpost_imagetool::read_boot_file(&img, "outpost.toml")
                 .expect("outpost.toml in the image");
@@ -263,7 +276,7 @@ impl Lab {
     }
 
     /// A scan with the demo feed's ports and remote families, and `args`.
-    fn queue_demo_families(&self, args: &[&str]) -> i64 {
+    pub fn queue_demo_families(&self, args: &[&str]) -> i64 {
         let mut all = vec![
             "--ports",
             DEMO_PORTS,

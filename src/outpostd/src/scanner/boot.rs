@@ -103,12 +103,12 @@ fn wake_in(recheck_at: Option<Instant>, now: Instant, polls_want: bool) -> Durat
 }
 
 /// What the boot thread does when it wakes without a fact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Wake {
     /// The pending feed check: sync, then judge the feed again.
     Recheck,
-    /// The stack runs and the portal wants another release: sync it in live.
-    LiveSync,
+    /// The stack runs and the portal wants another release (named): sync it in live.
+    LiveSync(String),
     Nothing,
 }
 
@@ -120,8 +120,10 @@ fn on_wake(recheck_at: Option<Instant>, now: Instant, want: Option<&FeedWant>) -
         Some(t) if t <= now => Wake::Recheck,
         Some(_) if want.is_some_and(|w| w.take().is_some()) => Wake::Recheck,
         Some(_) => Wake::Nothing,
-        None if want.is_some_and(|w| w.take().is_some()) => Wake::LiveSync,
-        None => Wake::Nothing,
+        None => match want.and_then(FeedWant::take) {
+            Some(release) => Wake::LiveSync(release),
+            None => Wake::Nothing,
+        },
     }
 }
 
@@ -194,6 +196,8 @@ struct Shell {
     /// The release this run rolled back from: a failure after that is not rolled back
     /// again (no loop between two bad releases).
     rolled_back_from: Option<String>,
+    /// The failed release the portal still offers, once said so.
+    declined_shown: Option<String>,
 }
 
 /// The sync's report in words, for the phase line.
@@ -237,6 +241,7 @@ impl Shell {
             recheck_at: None,
             synced_live: false,
             rolled_back_from: None,
+            declined_shown: None,
         }
     }
 
@@ -258,8 +263,8 @@ impl Shell {
                             self.sync_feed();
                             self.inspect_feed()
                         }
-                        Wake::LiveSync => {
-                            self.live_sync();
+                        Wake::LiveSync(release) => {
+                            self.live_sync(&release);
                             continue;
                         }
                         Wake::Nothing => continue,
@@ -332,9 +337,18 @@ impl Shell {
     /// The portal wants another release while the stack runs: fetch it beside the live
     /// one while scans go on, hold new scans and wait for running ones just before the
     /// switch, then let the scanner load it (see [`Fact::FeedSwitched`]).
-    fn live_sync(&mut self) {
+    fn live_sync(&mut self, wanted: &str) {
         let Some(fs) = &mut self.cfg.sync else { return };
         fs.config.skip_release = failed_release(&fs.config.root);
+        if fs.config.skip_release.as_deref() == Some(wanted) {
+            // Every heartbeat names it again while the portal offers it: said once.
+            if self.declined_shown.as_deref() != Some(wanted) {
+                self.declined_shown = Some(wanted.to_owned());
+                let text = declined(&fs.config.root, wanted);
+                self.reporter.message(Level::Warn, &text);
+            }
+            return;
+        }
         let before = outpost_feedsync::live(&fs.config.root);
         self.reporter
             .say("feed sync: the portal wants another feed release; fetching it while scans go on");
@@ -400,6 +414,8 @@ impl Shell {
 
     /// Tells the machine the live feed changed (after a switch or a rollback).
     fn switched(&mut self, what: String) {
+        // `ready` then says how long this reload took, not the time since the stack started.
+        *lock(&self.ospd_started) = Some(Instant::now());
         match self.feed_status() {
             Ok(status) => self.apply(Fact::FeedSwitched { status, what }),
             Err(why) => self.reporter.message(
@@ -646,7 +662,10 @@ mod tests {
         let want = FeedWant::default();
         assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing);
         assert!(want.note(Some("r1"), Some("r3")));
-        assert_eq!(on_wake(None, now, Some(&want)), Wake::LiveSync);
+        assert_eq!(
+            on_wake(None, now, Some(&want)),
+            Wake::LiveSync("r3".into())
+        );
         assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing, "taken once");
         assert_eq!(on_wake(None, now, None), Wake::Nothing);
     }
