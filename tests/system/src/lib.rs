@@ -11,6 +11,7 @@ mod image;
 mod shell;
 
 pub use image::{build_image, build_image_as, repo_root, BuiltImage};
+pub mod feeds;
 pub mod lab;
 pub mod powercut;
 pub mod rpi4;

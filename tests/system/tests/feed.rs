@@ -13,15 +13,15 @@
 //! - with signature checking on (every image now), a script altered on the sensor's disk
 //!   is refused by openvas at scan time.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use outpost_e2e_tests::{eventually, Portal};
-use outpost_feedgen::gpg::GpgSigner;
+use outpost_e2e_tests::eventually;
 use outpost_feedgen::{advance, generate, FeedSpec};
+use outpost_system_tests::feeds::{
+    add_demo_scripts, import, lab_signer, portal_feed_setup, relist_nvt,
+};
 use outpost_system_tests::lab::{Lab, READY_TIMEOUT};
-use outpost_system_tests::repo_root;
 use outpost_wire::provision::FeedThresholds;
 
 /// Scripts of the synthetic part: a medium feed (the real one has 136,302). openvas
@@ -34,7 +34,6 @@ const NEW_OID: &str = "1.3.6.1.4.1.25623.1.0.990006";
 const NEW_SCRIPT: &str = "outpost_demo_web_seen.nasl";
 /// A script whose body openvas cannot parse: its release never loads whole.
 const BROKEN_OID: &str = "1.3.6.1.4.1.25623.1.0.990007";
-const LAB_KEY_UID: &str = "Outpost Lab Feed Key";
 
 /// Production-style thresholds, scaled to the medium feed.
 fn thresholds() -> FeedThresholds {
@@ -42,54 +41,6 @@ fn thresholds() -> FeedThresholds {
         min_nasl: 300,
         min_notus: 100,
         max_age_hours: 12,
-    }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The lab key's secret in a private GnuPG home (it is public on purpose:
-/// image/lab-keys/README.md).
-fn lab_signer(home: &Path) -> GpgSigner {
-    std::fs::create_dir_all(home).unwrap();
-    std::fs::set_permissions(home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let key = repo_root().join("image/lab-keys/lab-feed-key.secret.asc");
-    run(Command::new("gpg")
-        .env("GNUPGHOME", home)
-        .args(["--batch", "--quiet", "--import"])
-        .arg(key));
-    GpgSigner::open(home, LAB_KEY_UID).expect("the lab key is in the home")
-}
-
-/// Rewrites `nvt/sha256sums` for what is in `nvt/` now and signs it.
-fn relist_nvt(tree: &Path, signer: &GpgSigner) {
-    let nvt = tree.join("nvt");
-    let sums = run(Command::new("bash").current_dir(&nvt).args([
-        "-c",
-        "find . -type f ! -name 'sha256sums*' -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum",
-    ]));
-    std::fs::write(nvt.join("sha256sums"), sums).unwrap();
-    signer
-        .sign(&nvt.join("sha256sums"), &nvt.join("sha256sums.asc"))
-        .expect("signing nvt/sha256sums");
-}
-
-/// The demo feed's scripts (port scanner, banner and version checks) in the tree, so the
-/// synced feed can scan the demo target.
-fn add_demo_scripts(tree: &Path) {
-    let demo = repo_root().join("image/feed-demo/plugins");
-    for e in std::fs::read_dir(&demo).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("outpost_demo") {
-            std::fs::copy(e.path(), tree.join("nvt").join(&name)).unwrap();
-        }
     }
 }
 
@@ -131,47 +82,6 @@ fn broken_script() -> String {
     format!(
         "# Outpost feed test: this script does not parse.\n\nif(description)\n{{\n  script_oid(\"{BROKEN_OID}\");\n  script_name(\"Outpost Demo: Broken\");\n  script_family(\"General\");\n  exit(0);\n}}\n\nx = ;\n"
     )
-}
-
-struct Published {
-    /// The release's name on both sides: `<PLUGIN_SET>-<16 hex of the manifest digest>`.
-    name: String,
-    vt_count: u64,
-}
-
-/// Imports `tree` into the portal's data directory with the real command.
-fn import(portal_dir: &Path, tree: &Path) -> Published {
-    let out = run(Command::new(outpost_e2e_tests::bin("outpost-portal"))
-        .arg("feed")
-        .arg("--data-dir")
-        .arg(portal_dir)
-        .arg("--json")
-        .arg("import")
-        .arg(tree));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("import --json");
-    let plugin_set = v["plugin_set"].as_str().expect("plugin_set");
-    let digest = v["manifest_sha256"].as_str().expect("manifest_sha256");
-    Published {
-        name: format!("{plugin_set}-{}", &digest[..16]),
-        vt_count: v["vt_count"].as_u64().expect("vt_count"),
-    }
-}
-
-/// The portal's feed key is the one the image trusts (scripts/build-image made it), and
-/// its OpenPGP keyring holds the lab key.
-fn portal_feed_setup(portal: &Portal) {
-    let key = repo_root().join("build/keys/outpost-feed.key");
-    std::fs::copy(&key, portal.dir.path().join("feed-signing.key")).expect("the build's feed key");
-    std::fs::copy(
-        key.with_extension("key.pub"),
-        portal.dir.path().join("feed-signing.key.pub"),
-    )
-    .expect("the build's feed key's .pub");
-    std::fs::copy(
-        repo_root().join("image/lab-keys/lab-feed-key.asc"),
-        portal.dir.path().join("feed-keyring.gpg"),
-    )
-    .unwrap();
 }
 
 fn report_xml(lab: &Lab, job: i64) -> String {
@@ -226,7 +136,10 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     );
     let line = lab
         .vm
-        .wait_for(&format!(r"outpost\[{name}\]: phase ready done"), READY_TIMEOUT)
+        .wait_for(
+            &format!(r"outpost\[{name}\]: phase ready done"),
+            READY_TIMEOUT,
+        )
         .unwrap();
     assert!(
         line.contains(&format!("loaded {} VTs", r1.vt_count)),
@@ -249,7 +162,11 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     std::fs::write(tree.join("nvt").join(NEW_SCRIPT), new_detection()).unwrap();
     relist_nvt(&tree, &signer);
     let r2 = import(&portal_dir, &tree);
-    assert_eq!(r2.vt_count, r1.vt_count + 2, "one new synthetic script, one detection");
+    assert_eq!(
+        r2.vt_count,
+        r1.vt_count + 2,
+        "one new synthetic script, one detection"
+    );
     lab.vm
         .wait_for(
             &format!(
@@ -263,7 +180,10 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
         .vm
         .wait_for(&format!(r"outpost\[{name}\]: phase ready done"), SCAN)
         .unwrap();
-    assert!(line.contains(&format!("loaded {} VTs", r2.vt_count)), "{line}");
+    assert!(
+        line.contains(&format!("loaded {} VTs", r2.vt_count)),
+        "{line}"
+    );
     assert_eq!(boot_id(&mut lab), boot, "applied without a reboot");
     eventually("the portal to see release 2", SCAN, || {
         (live_at_portal(&lab).as_deref() == Some(r2.name.as_str())).then_some(())
@@ -316,11 +236,15 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     );
     // The portal hears why, sees release 2 live again, and the sensor does not take
     // release 3 again while the portal still offers it.
-    eventually("the rollback in the sensor's log at the portal", SCAN, || {
-        let log = lab.portal.ctl(&["sensor", "log", &lab.sensor_id()]);
-        log.contains(&format!("feed release {} failed to load", r3.name))
-            .then_some(())
-    });
+    eventually(
+        "the rollback in the sensor's log at the portal",
+        SCAN,
+        || {
+            let log = lab.portal.ctl(&["sensor", "log", &lab.sensor_id()]);
+            log.contains(&format!("feed release {} failed to load", r3.name))
+                .then_some(())
+        },
+    );
     eventually("the portal to see release 2 again", SCAN, || {
         (live_at_portal(&lab).as_deref() == Some(r2.name.as_str())).then_some(())
     });
@@ -339,7 +263,9 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     let altered = format!("/data/feeds/current/plugins/{NEW_SCRIPT}");
     let out = lab
         .vm
-        .run(&format!("echo '# altered on the card' >> {altered} && echo ok"))
+        .run(&format!(
+            "echo '# altered on the card' >> {altered} && echo ok"
+        ))
         .unwrap();
     assert!(out.stdout.contains("ok"), "{}", out.stdout);
     let job = lab.queue_demo_scan(DEMO_TARGET);

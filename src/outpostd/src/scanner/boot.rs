@@ -662,10 +662,7 @@ mod tests {
         let want = FeedWant::default();
         assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing);
         assert!(want.note(Some("r1"), Some("r3")));
-        assert_eq!(
-            on_wake(None, now, Some(&want)),
-            Wake::LiveSync("r3".into())
-        );
+        assert_eq!(on_wake(None, now, Some(&want)), Wake::LiveSync("r3".into()));
         assert_eq!(on_wake(None, now, Some(&want)), Wake::Nothing, "taken once");
         assert_eq!(on_wake(None, now, None), Wake::Nothing);
     }
