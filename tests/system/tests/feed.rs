@@ -248,15 +248,13 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     eventually("the portal to see release 2 again", SCAN, || {
         (live_at_portal(&lab).as_deref() == Some(r2.name.as_str())).then_some(())
     });
-    lab.vm
-        .wait_for(
-            &format!(
-                r"the portal offers feed release {}, which failed to load on this sensor",
-                regex::escape(&r3.name)
-            ),
-            SCAN,
-        )
-        .unwrap();
+    let declined = format!(
+        "the portal offers feed release {}, which failed to load on this sensor",
+        r3.name
+    );
+    eventually("the sensor to decline release 3", SCAN, || {
+        lab.vm.console().contains(&declined).then_some(())
+    });
     assert_eq!(boot_id(&mut lab), boot, "rolled back without a reboot");
 
     // --- a script altered on the card is refused by openvas ---------------------------
@@ -288,5 +286,11 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     assert!(
         log.contains(&format!("checksum for {altered} not matching")),
         "openvas names the altered script: {log}"
+    );
+    // Minutes of heartbeats offering release 3 later: declined, and said once.
+    assert_eq!(
+        lab.vm.console().matches(&declined).count(),
+        1,
+        "the declined release is named once"
     );
 }
