@@ -147,6 +147,11 @@ rootfs_configure() {
 			done
 		done
 		gpg --homedir "$gh" --batch --quiet --check-trustdb 2>/dev/null || true
+		# Read-only use at run time, by many verifiers at once (each openvas plugin
+		# process, ospd-openvas, notus-scanner): the trust database is computed here,
+		# so no verify ever tries to update it or waits on a lock for it.
+		printf '%s\n' "# Written by scripts/build-image: verify-only use, see image/lib/rootfs.sh" \
+			no-auto-check-trustdb lock-never >"$gh/gpg.conf"
 		gpgconf --homedir "$gh" --kill all 2>/dev/null || true
 		rm -rf "$gh"/*.lock "$gh"/.#* "$gh/S."* "$gh/random_seed"
 		chroot_chown "$rootfs" "_gvm:_gvm" /etc/openvas/gnupg -R

@@ -320,7 +320,7 @@ impl Lab {
     /// The scanner's own logs in the guest (ospd-openvas, openvas), for failure messages.
     pub fn scanner_logs(&mut self) -> String {
         self.vm
-            .run("tail -n 60 /var/log/gvm/ospd-openvas.log /var/log/gvm/openvas.log 2>&1")
+            .run("tail -n 120 /var/log/gvm/ospd-openvas.log /var/log/gvm/openvas.log 2>&1")
             .map(|o| o.stdout)
             .unwrap_or_else(|e| format!("(no scanner logs: {e})"))
     }
