@@ -105,7 +105,12 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
+pub fn run(
+    cmd: FeedCmd,
+    portal_dir: Option<&Path>,
+    shared_dir: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     match cmd {
         FeedCmd::Keygen { out, comment } => {
             let out = match out {
@@ -137,6 +142,7 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             let data = data_dir(portal_dir)?;
             let mut opts = ImportOptions::in_data_dir(data);
             opts.keep = keep.max(1);
+            opts.shared_dir = shared_dir.map(Path::to_owned);
             if let Some(k) = keyring {
                 opts.keyring = k;
             }
@@ -158,6 +164,7 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             let data = data_dir(portal_dir)?;
             let mut opts = ImportOptions::in_data_dir(data);
             opts.keep = keep.max(1);
+            opts.shared_dir = shared_dir.map(Path::to_owned);
             let mut cfg = upstream::UpstreamConfig::new(url.clone());
             cfg.command = command;
             let (rt, store) = open_store(data, database)?;

@@ -121,7 +121,10 @@ async fn serve(
             state.store.clone(),
             data.clone(),
             cfg,
-            crate::feeds::ImportOptions::in_data_dir(&data),
+            crate::feeds::ImportOptions {
+                shared_dir: state.settings.shared_dir.clone(),
+                ..crate::feeds::ImportOptions::in_data_dir(&data)
+            },
             state.settings.feed_sync_every,
             shutdown.clone(),
         ))

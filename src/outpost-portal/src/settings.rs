@@ -1,5 +1,5 @@
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything `outpost-portal serve` is told on its command line.
@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct Settings {
     /// Holds the SQLite file, the generated CA, server certificate and admin token.
     pub data_dir: PathBuf,
+    /// Where published bundles and feed blobs live, when not in `data_dir`: a directory
+    /// every replica mounts (docs/operating.md, Replicas).
+    pub shared_dir: Option<PathBuf>,
     pub listen: SocketAddr,
     /// `postgres://...`; SQLite in `data_dir` when absent.
     pub database: Option<String>,
@@ -82,6 +85,7 @@ impl Settings {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Settings {
         Settings {
             data_dir,
+            shared_dir: None,
             listen,
             database: None,
             offline_after: Duration::from_secs(120),
@@ -109,6 +113,12 @@ impl Settings {
         crate::store::LossRules {
             max_attempts: self.max_attempts.max(1),
         }
+    }
+
+    /// The directory holding `bundles/` and `feeds/`: `--shared-dir`, else the data
+    /// directory.
+    pub fn storage_dir(&self) -> &Path {
+        self.shared_dir.as_deref().unwrap_or(&self.data_dir)
     }
 
     pub fn database_url(&self) -> String {
