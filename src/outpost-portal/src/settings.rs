@@ -37,6 +37,9 @@ pub struct Settings {
     pub tunnel: Option<TunnelSettings>,
     /// Largest report upload accepted, bytes (the wire limit by default; tests lower it).
     pub max_report_body: u64,
+    /// Bytes of report text stored per database row, and so held at once while a report
+    /// is stored or served (`store::REPORT_CHUNK`; tests lower it).
+    pub report_chunk: usize,
     /// A sensor off its channel's feed release for longer than this is `feed_behind`.
     pub feed_grace: Duration,
     /// The newest release's PLUGIN_SET older than this marks the upstream stale.
@@ -100,6 +103,7 @@ impl Settings {
             tls_key: None,
             tunnel: None,
             max_report_body: outpost_wire::MAX_REPORT_BODY as u64,
+            report_chunk: crate::store::REPORT_CHUNK,
             feed_grace: Duration::from_secs(crate::feeds::channels::DEFAULT_GRACE_S as u64),
             feed_stale_after: Duration::from_secs(
                 crate::feeds::channels::DEFAULT_STALE_AFTER_S as u64,

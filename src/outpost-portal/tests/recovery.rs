@@ -304,7 +304,8 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
     // The database as an older portal (schema 5) left it: no unique key, one key registered twice
     // (the older row first), a key that is not base64 and an address that is not one.
     let older = format!(
-        "DROP TABLE portal_secrets;
+        "DROP TABLE report_chunks;
+         DROP TABLE portal_secrets;
          DROP TABLE feed_channels;
          ALTER TABLE sensors DROP COLUMN feed_release;
          ALTER TABLE sensors DROP COLUMN feed_off_since;

@@ -42,11 +42,12 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
 
 /// Every row of every table, as text, in a stable order.
 pub async fn dump(url: &str) -> String {
-    const TABLES: [&str; 6] = [
+    const TABLES: [&str; 7] = [
         "tokens",
         "sensors",
         "jobs",
         "reports",
+        "report_chunks",
         "sensor_log",
         "bundles",
     ];
