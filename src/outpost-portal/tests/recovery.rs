@@ -698,6 +698,43 @@ async fn partial_report_after_loss(backend: Backend) {
     );
 }
 
+/// A report stored by a portal from before the chunk table (schema 12: its text in
+/// `reports.content`) reads the same after the migration, as one chunk.
+async fn report_from_before_chunks(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let store = Store::open(&url).await.unwrap();
+    let t0 = outpost_wire::unix_now();
+    let id = store.create_job("berlin", &scan(), t0).await.unwrap();
+    claim(&store, t0).await.unwrap();
+    let mut up = partial("before");
+    up.content = "<results>é ✓</results>\n".repeat(1000);
+    let ack = store
+        .store_report(&me().id, id, &up, t0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(store);
+    exec(
+        &url,
+        "UPDATE reports SET content = (SELECT data FROM report_chunks k \
+           WHERE k.report_id = reports.id AND k.seq = 0);
+         DROP TABLE report_chunks;
+         DELETE FROM schema_version WHERE version >= 13;",
+    )
+    .await;
+
+    let store = Store::open(&url).await.unwrap();
+    let (head, chunks) = store.report_head(id).await.unwrap().unwrap();
+    assert_eq!(
+        (head.id, head.content.as_str(), chunks),
+        (ack.report_id, "", 1)
+    );
+    let r = store.report(id).await.unwrap().unwrap();
+    assert!(r.content == up.content, "the text survives the migration");
+    assert_eq!((r.outcome, r.partial), (ReportOutcome::Failed, true));
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -760,4 +797,9 @@ both!(
     partial_report_after_loss,
     a_partial_report_from_the_sensor_that_lost_the_job_finishes_it_once_sqlite,
     a_partial_report_from_the_sensor_that_lost_the_job_finishes_it_once_postgres
+);
+both!(
+    report_from_before_chunks,
+    a_report_from_before_chunks_reads_the_same_after_the_migration_sqlite,
+    a_report_from_before_chunks_reads_the_same_after_the_migration_postgres
 );
