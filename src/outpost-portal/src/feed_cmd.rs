@@ -98,6 +98,11 @@ fn open_store(
     Ok((rt, store))
 }
 
+/// The blobs go where the replicas serve them from, or nowhere (`shared::check_storage`).
+async fn check_storage(store: &Store, data_dir: &Path, shared_dir: Option<&Path>) -> Result<()> {
+    outpost_portal::shared::check_storage(store, shared_dir.unwrap_or(data_dir)).await
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -150,6 +155,7 @@ pub fn run(
                 opts.signing_key = k;
             }
             let (rt, store) = open_store(data, database)?;
+            rt.block_on(check_storage(&store, data, shared_dir))?;
             let r = rt
                 .block_on(feeds::import(&store, data, &dir, &opts, now()))
                 .with_context(|| format!("feed {} refused", dir.display()))?;
@@ -168,6 +174,7 @@ pub fn run(
             let mut cfg = upstream::UpstreamConfig::new(url.clone());
             cfg.command = command;
             let (rt, store) = open_store(data, database)?;
+            rt.block_on(check_storage(&store, data, shared_dir))?;
             let r = rt
                 .block_on(upstream::sync_upstream(&store, data, &cfg, &opts, now()))
                 .with_context(|| format!("feed sync from {url} failed"))?;

@@ -720,6 +720,7 @@ async fn report_from_before_chunks(backend: Backend) {
         "UPDATE reports SET content = (SELECT data FROM report_chunks k \
            WHERE k.report_id = reports.id AND k.seq = 0);
          DROP TABLE report_chunks;
+         ALTER TABLE portal_secrets DROP COLUMN storage_id;
          DELETE FROM schema_version WHERE version >= 13;",
     )
     .await;

@@ -58,12 +58,9 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn start_replica(database: &str, dir: tempfile::TempDir) -> Replica {
-    start_replica_with(database, dir, &[])
-}
-
-/// [`start_replica`] with more `serve` arguments.
-fn start_replica_with(database: &str, dir: tempfile::TempDir, extra: &[&OsStr]) -> Replica {
+/// `outpost-portal serve` on `database` with its own data directory and ports, and
+/// `extra` arguments.
+fn start_replica(database: &str, dir: tempfile::TempDir, extra: &[&OsStr]) -> Replica {
     let wg_port = free_udp_port();
     let _ = std::fs::remove_file(dir.path().join("portal.url"));
     let child = Command::new(env!("CARGO_BIN_EXE_outpost-portal"))
@@ -165,13 +162,15 @@ fn two_replicas_share_sensors_keys_and_identity() {
     let old_wg = format!("{}\n", PrivateKey::generate().to_base64());
     std::fs::write(dir_a.path().join("wg.key"), &old_wg).unwrap();
     std::fs::write(dir_a.path().join("admin.token"), "oat_kept\n").unwrap();
-    let a = start_replica(&database, dir_a);
+    let shared = tempfile::tempdir().unwrap();
+    let shared_arg: [&OsStr; 2] = ["--shared-dir".as_ref(), shared.path().as_os_str()];
+    let a = start_replica(&database, dir_a, &shared_arg);
     assert_eq!(a.file("wg.key"), old_wg.as_bytes());
     assert_eq!(a.admin(), "oat_kept");
     // The credential key never enters the database: the operator copies it (docs).
     let dir_b = tempfile::tempdir().unwrap();
     copy(a.dir.path(), dir_b.path(), "credentials.key");
-    let b = start_replica(&database, dir_b);
+    let b = start_replica(&database, dir_b, &shared_arg);
 
     // One identity: the sensor's pinned CA (A's) verifies B, one admin token, one gateway key.
     let ca = a.file("ca.pem");
@@ -535,13 +534,40 @@ fn replicas_share_bundles_and_feed_blobs() {
         shared.path().as_os_str(),
         "--wg-optional".as_ref(),
     ];
-    let a = start_replica_with(&database, tempfile::tempdir().unwrap(), &extra);
+    let a = start_replica(&database, tempfile::tempdir().unwrap(), &extra);
     let dir_b = tempfile::tempdir().unwrap();
     copy(a.dir.path(), dir_b.path(), "credentials.key");
-    let b = start_replica_with(&database, dir_b, &extra);
+    let b = start_replica(&database, dir_b, &extra);
     let agent = https(&a.file("ca.pem"));
     let admin = a.admin();
     let (sensor, key) = register_direct(&agent, &a.url, &admin, "s1");
+
+    // A replica (or an import) not on the shared directory is refused at start, and its
+    // data directory is left without a storage marker.
+    let dir_c = tempfile::tempdir().unwrap();
+    copy(a.dir.path(), dir_c.path(), "credentials.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost-portal"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir_c.path())
+        .args(["--listen", "127.0.0.1:0", "--database", &database])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shared-dir"), "{err}");
+    assert!(!dir_c.path().join("bundles/.storage-id").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost-portal"))
+        .arg("feed")
+        .arg("--data-dir")
+        .arg(dir_c.path())
+        .args(["import", "--database", &database])
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shared-dir"), "{err}");
 
     // A bundle published through A, assigned through B, downloaded as the sensor does:
     // the first part from A, cut, and resumed from B.

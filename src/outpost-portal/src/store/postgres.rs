@@ -190,7 +190,10 @@ CREATE TABLE portal_secrets (
 "#,
     // Report text in chunks (at most `REPORT_CHUNK` bytes, cut at character boundaries),
     // so storing and serving a report never holds it whole; `reports.content` stays empty.
+    // The replicas' shared storage (bundles, feed blobs) is named by `storage_id`, which
+    // its directories carry too, so a replica serving from other directories is refused.
     r#"
+ALTER TABLE portal_secrets ADD COLUMN storage_id TEXT;
 CREATE TABLE report_chunks (
     report_id BIGINT NOT NULL REFERENCES reports (id),
     seq BIGINT NOT NULL,
@@ -331,6 +334,21 @@ impl PgStore {
             admin_token: r.get(3),
             credentials_key_sha256: r.get(4),
         })
+    }
+
+    /// The id of the replicas' shared storage: `proposed` unless one was stored first.
+    /// `None` before any portal stored the shared identity ([`PgStore::shared_identity`]).
+    pub async fn shared_storage_id(&self, proposed: &str) -> Result<Option<String>, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE portal_secrets SET storage_id = $1 WHERE id = 1 AND storage_id IS NULL",
+            &[&proposed],
+        )
+        .await?;
+        let r = c
+            .query_opt("SELECT storage_id FROM portal_secrets WHERE id = 1", &[])
+            .await?;
+        Ok(r.and_then(|r| r.get::<_, Option<String>>(0)))
     }
 
     pub async fn create_token(

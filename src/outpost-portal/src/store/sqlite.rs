@@ -182,7 +182,10 @@ CREATE TABLE portal_secrets (
 "#,
     // Report text in chunks (at most `REPORT_CHUNK` bytes, cut at character boundaries),
     // so storing and serving a report never holds it whole; `reports.content` stays empty.
+    // The replicas' shared storage (bundles, feed blobs) is named by `storage_id`, which
+    // its directories carry too, so a replica serving from other directories is refused.
     r#"
+ALTER TABLE portal_secrets ADD COLUMN storage_id TEXT;
 CREATE TABLE report_chunks (
     report_id INTEGER NOT NULL REFERENCES reports (id),
     seq INTEGER NOT NULL,
