@@ -13,7 +13,7 @@ use outpost_wire::log::{
 };
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, Metrics,
-    RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
+    RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -103,17 +103,7 @@ fn register_req(name: &str, site: &str) -> RegisterRequest {
 }
 
 fn scan_spec() -> JobSpec {
-    JobSpec::Scan(ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: "T:22,80".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
-        deadline_s: 600,
-    })
+    common::scan_spec("T:22,80")
 }
 
 fn token(api: &Api, tp: &TestPortal, site: &str, uses: u32, ttl_s: u64) -> String {
@@ -148,6 +138,28 @@ fn queue(api: &Api, tp: &TestPortal) -> i64 {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     r.json::<JobInfo>().id
+}
+
+/// Every upload file (the body, the decoded text) is gone once its report is answered.
+fn no_upload_files(tp: &TestPortal) {
+    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "upload files left behind: {left:?}");
+}
+
+/// A sensor `a` at `berlin` that has claimed a scan job: the sensor and the job.
+fn sensor_with_a_job(api: &Api, tp: &TestPortal) -> (RegisterResponse, i64) {
+    let tok = token(api, tp, "berlin", 1, 3600);
+    let a = register(api, &tok, "a");
+    let job = queue(api, tp);
+    let claimed = api.post(
+        "/api/sensor/claim",
+        a.api_key.expose(),
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    (a, job)
 }
 
 fn upload(request_id: &str) -> ReportUpload {
@@ -639,15 +651,7 @@ async fn report_upload_streaming(backend: Backend) {
     const LIMIT: u64 = 256 * 1024;
     let tp = start_portal(backend, |s| s.max_report_body = LIMIT).await;
     let api = Api::new(&tp);
-    let tok = token(&api, &tp, "berlin", 1, 3600);
-    let a = register(&api, &tok, "a");
-    let job = queue(&api, &tp);
-    let claimed = api.post(
-        "/api/sensor/claim",
-        a.api_key.expose(),
-        &serde_json::json!({"capabilities": ["scan"]}),
-    );
-    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    let (a, job) = sensor_with_a_job(&api, &tp);
     let path = format!("/api/sensor/jobs/{job}/report");
 
     let mut big = upload("big");
@@ -691,10 +695,7 @@ async fn report_upload_streaming(backend: Backend) {
         .get(&format!("/api/admin/jobs/{job}/report"), &tp.admin_token)
         .json();
     assert_eq!(stored["content"].as_str(), Some(fits.content.as_str()));
-    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "upload files left behind: {left:?}");
+    no_upload_files(&tp);
     tp.portal.stop().await;
 }
 
@@ -711,16 +712,8 @@ async fn report_in_chunks(backend: Backend) {
     const CHUNK: usize = 64 * 1024;
     let tp = start_portal(backend, |s| s.report_chunk = CHUNK).await;
     let api = Api::new(&tp);
-    let tok = token(&api, &tp, "berlin", 1, 3600);
-    let a = register(&api, &tok, "a");
+    let (a, job) = sensor_with_a_job(&api, &tp);
     let key = a.api_key.expose();
-    let job = queue(&api, &tp);
-    let claimed = api.post(
-        "/api/sensor/claim",
-        key,
-        &serde_json::json!({"capabilities": ["scan"]}),
-    );
-    assert_eq!(claimed.status, 200, "{}", claimed.body);
     let path = format!("/api/sensor/jobs/{job}/report");
 
     // Malformed bodies: refused by the streaming parser as serde refused them.
@@ -820,10 +813,7 @@ async fn report_in_chunks(backend: Backend) {
         assert_eq!((r.status, r.error().error), (409, ErrorCode::Conflict));
     })
     .await;
-    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "upload files left behind: {left:?}");
+    no_upload_files(&tp);
     tp.portal.stop().await;
 }
 

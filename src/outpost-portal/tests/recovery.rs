@@ -15,8 +15,8 @@ use outpost_portal::{Portal, Settings};
 use outpost_tunnel::{GatewayPeer, PrivateKey, PublicKey};
 use outpost_wire::admin::{CreateToken, JobState, TokenCreated};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, JobSpec, JobStatusUpdate, Metrics, RegisterRequest,
-    RegisterResponse, ReportOutcome, ReportUpload, ScanSpec,
+    Capability, HeartbeatRequest, JobSpec, JobStatusUpdate, RegisterRequest, RegisterResponse,
+    ReportOutcome, ReportUpload,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 
@@ -61,17 +61,7 @@ fn register(api: &Api, token: &str, key: &PublicKey) -> common::Resp {
 }
 
 fn heartbeat_req(jobs: Option<Vec<i64>>) -> HeartbeatRequest {
-    HeartbeatRequest {
-        activity: Activity::Idle,
-        uptime_s: 1,
-        agent_version: "0.1.0".into(),
-        phase: None,
-        firmware_version: None,
-        boot_slot: None,
-        metrics: Metrics::default(),
-        running_jobs: jobs,
-        feed_release: None,
-    }
+    common::idle_heartbeat(jobs)
 }
 
 fn sensor_count(dump: &str) -> usize {
@@ -380,17 +370,7 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
 // ---- jobs a sensor lost ----
 
 fn scan() -> JobSpec {
-    JobSpec::Scan(ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: "T:22".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
-        deadline_s: 600,
-    })
+    common::scan_spec("T:22")
 }
 
 fn me() -> SensorAuth {

@@ -17,8 +17,7 @@ use common::{device, fresh_database, https, Backend};
 use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, TokenCreated};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
-    RegisterResponse, RotateKeyRequest, ScanSpec, TunnelConfig,
+    Capability, HeartbeatRequest, Job, RegisterResponse, RotateKeyRequest, TunnelConfig,
 };
 
 /// Generous: the bounds are for a loaded CI machine, not measurements.
@@ -134,17 +133,7 @@ fn post<T: serde::Serialize>(
 }
 
 fn heartbeat() -> HeartbeatRequest {
-    HeartbeatRequest {
-        activity: Activity::Idle,
-        uptime_s: 1,
-        agent_version: "0.1.0".into(),
-        phase: None,
-        firmware_version: None,
-        boot_slot: None,
-        metrics: Metrics::default(),
-        running_jobs: None,
-        feed_release: None,
-    }
+    common::idle_heartbeat(None)
 }
 
 fn copy(from: &Path, to: &Path, name: &str) {
@@ -206,40 +195,8 @@ fn two_replicas_share_sensors_keys_and_identity() {
     );
 
     // Register through A.
-    let (status, body) = post(
-        &direct,
-        &format!("{}/api/admin/tokens", a.url),
-        &admin,
-        &CreateToken {
-            site: "berlin".into(),
-            uses: 1,
-            ttl_s: 600,
-        },
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let token = serde_json::from_str::<TokenCreated>(&body).unwrap().token;
     let key = PrivateKey::generate();
-    let (status, body) = post(
-        &direct,
-        &format!("{}/api/sensor/register", a.url),
-        &token,
-        &RegisterRequest {
-            name: "s1".into(),
-            site: "berlin".into(),
-            hostname: "s1".into(),
-            os: "test".into(),
-            board: "test".into(),
-            hardware_serial: "0".into(),
-            board_serial: None,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![Capability::Scan],
-            wg_public_key: key.public_key().to_base64(),
-        },
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
+    let reg = register_direct(&direct, &a.url, &admin, "s1", &key);
     let tun = reg.tunnel.clone().expect("tunnel config");
     let api_key = reg.api_key.expose().to_owned();
     let api = format!("https://{}", tun.portal_address);
@@ -254,17 +211,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
         &admin,
         &CreateJob {
             site: "berlin".into(),
-            spec: JobSpec::Scan(ScanSpec {
-                targets: vec!["10.9.0.2".into()],
-                ports: "T:22".into(),
-                exclude_hosts: vec![],
-                families: vec![],
-                oids: vec![],
-                alive_test: Default::default(),
-                alive_methods: vec![],
-                credentials: vec![],
-                deadline_s: 600,
-            }),
+            spec: common::scan_spec("T:22"),
             sensor_id: None,
         },
     )
@@ -360,8 +307,15 @@ fn two_replicas_share_sensors_keys_and_identity() {
 
 // ---- bundles and feed blobs on the shared directory ----
 
-/// Registers a sensor named `name` at site `berlin` through `url`; its id and API key.
-fn register_direct(agent: &ureq::Agent, url: &str, admin: &str, name: &str) -> (String, String) {
+/// Registers a sensor named `name` at site `berlin` (scans and updates) through `url`,
+/// with a token made there.
+fn register_direct(
+    agent: &ureq::Agent,
+    url: &str,
+    admin: &str,
+    name: &str,
+    key: &PrivateKey,
+) -> RegisterResponse {
     let (status, body) = post(
         agent,
         &format!("{url}/api/admin/tokens"),
@@ -375,27 +329,16 @@ fn register_direct(agent: &ureq::Agent, url: &str, admin: &str, name: &str) -> (
     .unwrap();
     assert_eq!(status, 201, "{body}");
     let token = serde_json::from_str::<TokenCreated>(&body).unwrap().token;
+    let caps = [Capability::Scan, Capability::Update];
     let (status, body) = post(
         agent,
         &format!("{url}/api/sensor/register"),
         &token,
-        &RegisterRequest {
-            name: name.into(),
-            site: "berlin".into(),
-            hostname: name.into(),
-            os: "test".into(),
-            board: "test".into(),
-            hardware_serial: "0".into(),
-            board_serial: None,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![Capability::Scan, Capability::Update],
-            wg_public_key: PrivateKey::generate().public_key().to_base64(),
-        },
+        &common::register_request(name, "berlin", &caps, &key.public_key()),
     )
     .unwrap();
     assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
-    (reg.sensor_id, reg.api_key.expose().to_owned())
+    serde_json::from_str(&body).unwrap()
 }
 
 /// A sensor API GET with a range; status, content-range and body.
@@ -540,7 +483,8 @@ fn replicas_share_bundles_and_feed_blobs() {
     let b = start_replica(&database, dir_b, &extra);
     let agent = https(&a.file("ca.pem"));
     let admin = a.admin();
-    let (sensor, key) = register_direct(&agent, &a.url, &admin, "s1");
+    let reg = register_direct(&agent, &a.url, &admin, "s1", &PrivateKey::generate());
+    let (sensor, key) = (reg.sensor_id, reg.api_key.expose().to_owned());
 
     // A replica (or an import) not on the shared directory is refused at start, and its
     // data directory is left without a storage marker.

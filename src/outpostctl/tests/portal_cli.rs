@@ -24,13 +24,18 @@ struct TestPortal {
 }
 
 fn start_portal() -> TestPortal {
+    start_portal_with(|_| {})
+}
+
+fn start_portal_with(tune: impl FnOnce(&mut Settings)) -> TestPortal {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    let mut s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    tune(&mut s);
     let portal = rt.block_on(Portal::start(s)).unwrap();
     TestPortal {
         url: portal.url.clone(),
@@ -105,6 +110,30 @@ fn post<T: serde::Serialize>(
     )
 }
 
+/// A Pi at the branch `berlin` that scans: `branch-N`, `outpost-N`, serial N.
+fn request(n: u32, wg_public_key: &str) -> RegisterRequest {
+    RegisterRequest {
+        name: format!("branch-{n}"),
+        site: "berlin".into(),
+        hostname: format!("outpost-{n}"),
+        os: "Outpost".into(),
+        board: "Raspberry Pi 4 Model B".into(),
+        hardware_serial: n.to_string(),
+        board_serial: None,
+        agent_version: "0.1.0".into(),
+        capabilities: vec![Capability::Scan],
+        wg_public_key: wg_public_key.into(),
+    }
+}
+
+/// Registers `req` with a token made by `outpostctl token create`.
+fn register(tp: &TestPortal, a: &ureq::Agent, req: &RegisterRequest) -> RegisterResponse {
+    let tok = ok(tp, &["token", "create", "--site", "berlin"]);
+    let (status, body) = post(a, tp, "/api/sensor/register", tok.trim(), req);
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 fn bundle(dir: &Path) -> std::path::PathBuf {
     let input = |name: &str, byte: u8, len: usize| {
         let p = dir.join(name);
@@ -174,27 +203,16 @@ fn publish_assign_and_show_update_state() {
 
     // A sensor that can update.
     let a = agent(&tp);
-    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
-    let (status, body) = post(
-        &a,
+    let reg = register(
         &tp,
-        "/api/sensor/register",
-        tok.trim(),
+        &a,
         &RegisterRequest {
             name: "branch-17".into(),
-            site: "berlin".into(),
-            hostname: "outpost-1".into(),
-            os: "Outpost".into(),
-            board: "Raspberry Pi 4 Model B".into(),
-            hardware_serial: "1".into(),
             board_serial: Some("10000000abcdef01".into()),
-            agent_version: "0.1.0".into(),
             capabilities: vec![Capability::Scan, Capability::Update],
-            wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+            ..request(1, "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=")
         },
     );
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
     let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
 
     let err = fails(&tp, &["bundle", "assign", &info.id.to_string()]);
@@ -317,27 +335,11 @@ fn feed_channels_and_the_lag_of_each_sensor() {
     let (r2, n2) = publish_feed(&tp, "202509160400");
 
     let a = agent(&tp);
-    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
-    let (status, body) = post(
-        &a,
+    let reg = register(
         &tp,
-        "/api/sensor/register",
-        tok.trim(),
-        &RegisterRequest {
-            name: "branch-9".into(),
-            site: "berlin".into(),
-            hostname: "outpost-9".into(),
-            os: "Outpost".into(),
-            board: "Raspberry Pi 4 Model B".into(),
-            hardware_serial: "9".into(),
-            board_serial: None,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![Capability::Scan],
-            wg_public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
-        },
+        &a,
+        &request(9, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
     let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
     let hb = HeartbeatRequest {
         activity: Activity::Idle,
@@ -451,43 +453,13 @@ fn feed_channels_and_the_lag_of_each_sensor() {
 /// byte; `--json` gives the whole record.
 #[test]
 fn report_prints_a_report_stored_in_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
-    s.report_chunk = 16 * 1024;
-    let portal = rt.block_on(Portal::start(s)).unwrap();
-    let tp = TestPortal {
-        url: portal.url.clone(),
-        dir,
-        _portal: portal,
-        _rt: rt,
-    };
+    let tp = start_portal_with(|s| s.report_chunk = 16 * 1024);
     let a = agent(&tp);
-    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
-    let (status, body) = post(
-        &a,
+    let reg = register(
         &tp,
-        "/api/sensor/register",
-        tok.trim(),
-        &RegisterRequest {
-            name: "branch-3".into(),
-            site: "berlin".into(),
-            hostname: "outpost-3".into(),
-            os: "Outpost".into(),
-            board: "Raspberry Pi 4 Model B".into(),
-            hardware_serial: "3".into(),
-            board_serial: None,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![Capability::Scan],
-            wg_public_key: "pTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
-        },
+        &a,
+        &request(3, "pTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
     let key = reg.api_key.expose();
     let job: JobInfo = serde_json::from_str(&ok(
         &tp,
