@@ -613,7 +613,11 @@ async fn report(
             )));
         }
     }
-    let file = std::fs::File::open(text.path()).map_err(|e| {
+    let file = match tokio::fs::File::open(text.path()).await {
+        Ok(f) => Ok(f.into_std().await),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
         tracing::error!(error = %e, "reading a report's text failed");
         ApiError::new(
             ErrorCode::Internal,
