@@ -165,23 +165,27 @@ pub async fn check_storage(store: &Store, storage: &Path) -> Result<()> {
         storage.join(crate::bundles::DIR),
         storage.join(crate::feeds::DIR),
     ];
-    let mut found = Vec::new();
+    // One id for both directories, even when processes start at once: each marker is
+    // read back after writing it, so a process that lost a race takes the winner's id.
+    let mut id: Option<String> = None;
+    let mut written = Vec::new();
     for d in &dirs {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        found.push(storage_marker(d)?);
+        let marker = match storage_marker(d)? {
+            Some(m) => m,
+            None => {
+                let candidate = id
+                    .clone()
+                    .unwrap_or_else(|| crate::auth::random_secret("storage_", 16));
+                if write_storage_marker(d, &candidate)? {
+                    written.push(d);
+                }
+                storage_marker(d)?.unwrap_or(candidate)
+            }
+        };
+        id.get_or_insert(marker);
     }
-    let proposed = found
-        .iter()
-        .flatten()
-        .next()
-        .cloned()
-        .unwrap_or_else(|| crate::auth::random_secret("storage_", 16));
-    let mut written = Vec::new();
-    for (d, f) in dirs.iter().zip(&found) {
-        if f.is_none() && write_storage_marker(d, &proposed)? {
-            written.push(d);
-        }
-    }
+    let proposed = id.unwrap_or_default();
     let Some(stored) = pg
         .shared_storage_id(&proposed)
         .await
