@@ -20,6 +20,7 @@ use serde::Deserialize;
 use outpost_wire::admin::{
     CreateJob, CreateToken, JobState, SensorInfo, SensorStatus, TokenCreated, TunnelCounters,
 };
+use outpost_wire::json_stream;
 use outpost_wire::log::from_ndjson;
 use outpost_wire::sensor::{
     Activity, ClaimRequest, HeartbeatRequest, HeartbeatResponse, JobSpec, JobStatusResponse,
@@ -34,7 +35,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{job_refusal, ApiError};
 use crate::store::{
-    Heartbeat, NewSensor, PeerInstall, RegisterRefusal, RotationBegun, SensorAuth, SensorRow, Store,
+    Heartbeat, NewSensor, PeerInstall, RegisterRefusal, ReportChunks, RotationBegun, SensorAuth,
+    SensorRow, Store,
 };
 use crate::Settings;
 use crate::{auth, updates};
@@ -598,7 +600,7 @@ async fn report(
 ) -> Result<Response, ApiError> {
     let sensor = sensor_auth(&st, &headers, &via).await?;
     let job = job_id(&id)?;
-    let upload = receive_report(&st, &headers, body).await?;
+    let (upload, text) = receive_report(&st, &headers, body).await?;
     if upload.request_id.is_empty() || upload.request_id.len() > 128 {
         return Err(ApiError::bad_request(
             "`request_id` must be 1 to 128 characters",
@@ -611,11 +613,24 @@ async fn report(
             )));
         }
     }
+    let file = match tokio::fs::File::open(text.path()).await {
+        Ok(f) => Ok(f.into_std().await),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading a report's text failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the portal could not take the report; try again",
+        )
+    })?;
+    let chunks = ReportChunks::new(file, st.settings.report_chunk);
     let ack = st
         .store
-        .store_report(&sensor.id, job, &upload, now())
+        .store_report_chunks(&sensor.id, job, &upload, chunks, now())
         .await?
         .map_err(|r| job_refusal(job, r))?;
+    drop(text);
     if ack.created {
         tracing::info!(sensor = %sensor.id, job, report = ack.report_id, "report stored");
     }
@@ -632,15 +647,16 @@ const UPLOAD_DIR: &str = "uploads";
 
 /// Receives a report upload without holding its body: the bytes go to a temporary file
 /// under the data directory as they arrive, the size limit is checked on the way (before
-/// anything is written past it), and the report is parsed from the file. What stays in
-/// memory is the parsed report, i.e. its content once (at most `max_report_body`), plus,
-/// on PostgreSQL, the driver's encoded copy while the row is written; never the raw body
-/// besides. The file is removed whatever the outcome.
+/// anything is written past it), and the report is parsed from the file with its text
+/// (`content`) decoded to a second file in pieces (`outpost_wire::json_stream`), so the
+/// text is never in memory whole; the rest (the summary) is parsed as before. Returns the
+/// report without its text, and the text's file. The upload file is removed whatever the
+/// outcome, the text's file when the caller drops it.
 async fn receive_report(
     st: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ReportUpload, ApiError> {
+) -> Result<(ReportUpload, crate::bundles::TempUpload), ApiError> {
     let limit = st.settings.max_report_body;
     let too_large = || {
         ApiError::new(
@@ -697,18 +713,31 @@ async fn receive_report(
         .await
         .map_err(|e| internal("writing a report upload failed", e))?;
     drop(out);
-    let path = file.path().to_owned();
+    let text = crate::bundles::TempUpload::new(
+        dir.join(format!(".text-{}.tmp", auth::random_secret("", 8))),
+    );
+    let (path, text_path) = (file.path().to_owned(), text.path().to_owned());
     let parsed = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&path)?;
-        Ok::<_, std::io::Error>(serde_json::from_reader::<_, ReportUpload>(
-            std::io::BufReader::with_capacity(256 * 1024, f),
-        ))
+        let mut out = std::io::BufWriter::with_capacity(
+            json_stream::PIECE,
+            std::fs::File::create(&text_path)?,
+        );
+        let parsed = json_stream::split_string_field::<ReportUpload>(f, "content", &mut out);
+        std::io::Write::flush(&mut out)?;
+        Ok::<_, std::io::Error>(parsed)
     })
     .await
     .map_err(|e| internal("reading a report upload failed", std::io::Error::other(e)))?
     .map_err(|e| internal("reading a report upload failed", e))?;
     drop(file);
-    parsed.map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
+    match parsed {
+        Ok((upload, _len)) => Ok((upload, text)),
+        Err(json_stream::StreamError::Invalid(e)) => Err(ApiError::bad_request(format!(
+            "request body is not valid: {e}"
+        ))),
+        Err(json_stream::StreamError::Io(e)) => Err(internal("reading a report upload failed", e)),
+    }
 }
 
 async fn job_status(
@@ -879,12 +908,82 @@ async fn get_report(
 ) -> Result<Response, ApiError> {
     admin_auth(&st, &headers)?;
     let id = job_id(&id)?;
-    let report = st
+    let (head, chunks) = st
         .store
-        .report(id)
+        .report_head(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} has no report")))?;
-    Ok(Json(report).into_response())
+    // The report as JSON, its text streamed chunk by chunk: every field but `content`
+    // first, then `content` as the chunks are read (each one valid text of its own).
+    let mut fields = serde_json::to_value(&head).map_err(|e| {
+        tracing::error!(error = %e, "encoding a report failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the portal could not encode the report",
+        )
+    })?;
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("content");
+    }
+    let mut prefix = fields.to_string();
+    prefix.pop(); // the closing brace; `content` goes last
+    prefix.push_str(if prefix.len() > 1 {
+        ",\"content\":\""
+    } else {
+        "\"content\":\""
+    });
+    // One chunk in flight: the memory per download is about two chunks.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+    let store = st.store.clone();
+    let report = head.id;
+    tokio::spawn(async move {
+        if tx.send(Ok(prefix.into())).await.is_err() {
+            return;
+        }
+        for seq in 0..chunks {
+            let piece = match store.report_chunk(report, seq).await {
+                Ok(Some(chunk)) => {
+                    // A JSON string of the chunk, without its quotes.
+                    let quoted = serde_json::Value::String(chunk).to_string();
+                    Ok(quoted[1..quoted.len() - 1].to_owned().into())
+                }
+                Ok(None) => Err(std::io::Error::other(format!("chunk {seq} is missing"))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            if let Err(e) = &piece {
+                // The answer is cut short: the client sees a broken body, never a short report.
+                tracing::error!(report, job = id, error = %e, "serving a report failed");
+            }
+            let failed = piece.is_err();
+            if tx.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+        let _ = tx.send(Ok("\"}".into())).await;
+    });
+    let mut resp = Response::new(Body::new(ChannelBody(rx)));
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// A response body fed by a task through a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>);
+
+impl axum::body::HttpBody for ChannelBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|next| next.map(|r| r.map(hyper::body::Frame::data)))
+    }
 }
 
 /// online = heartbeat within the threshold; scanning = online and busy with a scan.

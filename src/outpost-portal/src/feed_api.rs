@@ -62,7 +62,7 @@ pub async fn release(State(st): St, headers: HeaderMap, via: Via) -> Result<Resp
     let Some(r) = wanted_for(&st, &sensor).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let blobs = BlobStore::open(&st.settings.data_dir.join(DIR))
+    let blobs = BlobStore::open(&st.settings.storage_dir().join(DIR))
         .map_err(|e| internal(format!("opening the feed store: {e}")))?;
     let manifest_size = tokio::fs::metadata(blobs.path(&r.manifest_sha256))
         .await
@@ -106,7 +106,7 @@ pub async fn blobs(
             return Err(ApiError::bad_request(format!("{s} is asked for twice")));
         }
     }
-    let store = BlobStore::open(&st.settings.data_dir.join(DIR))
+    let store = BlobStore::open(&st.settings.storage_dir().join(DIR))
         .map_err(|e| internal(format!("opening the feed store: {e}")))?;
     let paths: Vec<PathBuf> = req.sha256.iter().map(|s| store.path(s)).collect();
     let wanted = req.sha256.clone();
@@ -181,7 +181,7 @@ pub async fn deltas(
             )));
         }
     }
-    let store = BlobStore::open(&st.settings.data_dir.join(DIR))
+    let store = BlobStore::open(&st.settings.storage_dir().join(DIR))
         .map_err(|e| internal(format!("opening the feed store: {e}")))?;
     let pairs = req.deltas.clone();
     let built = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, usize), ApiError> {

@@ -98,6 +98,11 @@ fn open_store(
     Ok((rt, store))
 }
 
+/// The blobs go where the replicas serve them from, or nowhere (`shared::check_storage`).
+async fn check_storage(store: &Store, data_dir: &Path, shared_dir: Option<&Path>) -> Result<()> {
+    outpost_portal::shared::check_storage(store, shared_dir.unwrap_or(data_dir)).await
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +110,12 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
+pub fn run(
+    cmd: FeedCmd,
+    portal_dir: Option<&Path>,
+    shared_dir: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     match cmd {
         FeedCmd::Keygen { out, comment } => {
             let out = match out {
@@ -137,6 +147,7 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             let data = data_dir(portal_dir)?;
             let mut opts = ImportOptions::in_data_dir(data);
             opts.keep = keep.max(1);
+            opts.shared_dir = shared_dir.map(Path::to_owned);
             if let Some(k) = keyring {
                 opts.keyring = k;
             }
@@ -144,6 +155,7 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
                 opts.signing_key = k;
             }
             let (rt, store) = open_store(data, database)?;
+            rt.block_on(check_storage(&store, data, shared_dir))?;
             let r = rt
                 .block_on(feeds::import(&store, data, &dir, &opts, now()))
                 .with_context(|| format!("feed {} refused", dir.display()))?;
@@ -158,9 +170,11 @@ pub fn run(cmd: FeedCmd, portal_dir: Option<&Path>, json: bool) -> Result<()> {
             let data = data_dir(portal_dir)?;
             let mut opts = ImportOptions::in_data_dir(data);
             opts.keep = keep.max(1);
+            opts.shared_dir = shared_dir.map(Path::to_owned);
             let mut cfg = upstream::UpstreamConfig::new(url.clone());
             cfg.command = command;
             let (rt, store) = open_store(data, database)?;
+            rt.block_on(check_storage(&store, data, shared_dir))?;
             let r = rt
                 .block_on(upstream::sync_upstream(&store, data, &cfg, &opts, now()))
                 .with_context(|| format!("feed sync from {url} failed"))?;

@@ -34,6 +34,10 @@ struct FeedArgs {
     /// The portal's data directory.
     #[arg(long, env = "OUTPOST_PORTAL_DIR")]
     data_dir: PathBuf,
+    /// The replicas' shared directory (as given to `serve --shared-dir`): an import
+    /// writes the feed blobs there.
+    #[arg(long, env = "OUTPOST_SHARED_DIR")]
+    shared_dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -46,6 +50,10 @@ struct ServeArgs {
     /// Directory for the SQLite database, TLS material and the admin token.
     #[arg(long, env = "OUTPOST_PORTAL_DIR")]
     data_dir: PathBuf,
+    /// Directory for published bundles and feed blobs, mounted by every replica (a shared
+    /// filesystem); the data directory when absent.
+    #[arg(long, env = "OUTPOST_SHARED_DIR")]
+    shared_dir: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the URL is written to portal.url).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -132,10 +140,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let a = match cli.cmd {
         Cmd::Serve(a) => *a,
-        Cmd::Feed(f) => return feed_cmd::run(f.cmd, Some(&f.data_dir), f.json),
+        Cmd::Feed(f) => {
+            return feed_cmd::run(f.cmd, Some(&f.data_dir), f.shared_dir.as_deref(), f.json)
+        }
     };
     let mut s = Settings::new(a.data_dir, a.listen);
     s.database = a.database;
+    s.shared_dir = a.shared_dir;
     s.offline_after = Duration::from_secs(a.offline_after);
     s.lease = Duration::from_secs(a.lease);
     s.reap_every = Duration::from_secs(a.lease.clamp(1, 5));

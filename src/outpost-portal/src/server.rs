@@ -38,6 +38,7 @@ impl Portal {
             .context("opening the database")?;
         // Replicas: the shared identity lands in the data directory before it is read.
         crate::shared::adopt(&store, &settings.data_dir).await?;
+        crate::shared::check_storage(&store, settings.storage_dir()).await?;
         let mut settings = settings;
         if let Some(t) = &settings.tunnel {
             // Sensors reach the API at the portal's tunnel address: the certificate names it.
@@ -121,7 +122,10 @@ async fn serve(
             state.store.clone(),
             data.clone(),
             cfg,
-            crate::feeds::ImportOptions::in_data_dir(&data),
+            crate::feeds::ImportOptions {
+                shared_dir: state.settings.shared_dir.clone(),
+                ..crate::feeds::ImportOptions::in_data_dir(&data)
+            },
             state.settings.feed_sync_every,
             shutdown.clone(),
         ))

@@ -1,5 +1,5 @@
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything `outpost-portal serve` is told on its command line.
@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct Settings {
     /// Holds the SQLite file, the generated CA, server certificate and admin token.
     pub data_dir: PathBuf,
+    /// Where published bundles and feed blobs live, when not in `data_dir`: a directory
+    /// every replica mounts (docs/operating.md, Replicas).
+    pub shared_dir: Option<PathBuf>,
     pub listen: SocketAddr,
     /// `postgres://...`; SQLite in `data_dir` when absent.
     pub database: Option<String>,
@@ -34,6 +37,9 @@ pub struct Settings {
     pub tunnel: Option<TunnelSettings>,
     /// Largest report upload accepted, bytes (the wire limit by default; tests lower it).
     pub max_report_body: u64,
+    /// Bytes of report text stored per database row, and so held at once while a report
+    /// is stored or served (`store::REPORT_CHUNK`; tests lower it).
+    pub report_chunk: usize,
     /// A sensor off its channel's feed release for longer than this is `feed_behind`.
     pub feed_grace: Duration,
     /// The newest release's PLUGIN_SET older than this marks the upstream stale.
@@ -82,6 +88,7 @@ impl Settings {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Settings {
         Settings {
             data_dir,
+            shared_dir: None,
             listen,
             database: None,
             offline_after: Duration::from_secs(120),
@@ -96,6 +103,7 @@ impl Settings {
             tls_key: None,
             tunnel: None,
             max_report_body: outpost_wire::MAX_REPORT_BODY as u64,
+            report_chunk: crate::store::REPORT_CHUNK,
             feed_grace: Duration::from_secs(crate::feeds::channels::DEFAULT_GRACE_S as u64),
             feed_stale_after: Duration::from_secs(
                 crate::feeds::channels::DEFAULT_STALE_AFTER_S as u64,
@@ -109,6 +117,12 @@ impl Settings {
         crate::store::LossRules {
             max_attempts: self.max_attempts.max(1),
         }
+    }
+
+    /// The directory holding `bundles/` and `feeds/`: `--shared-dir`, else the data
+    /// directory.
+    pub fn storage_dir(&self) -> &Path {
+        self.shared_dir.as_deref().unwrap_or(&self.data_dir)
     }
 
     pub fn database_url(&self) -> String {

@@ -123,3 +123,92 @@ pub async fn adopt(store: &Store, dir: &Path) -> Result<()> {
     tracing::info!("using the identity shared by the portal replicas on this database");
     Ok(())
 }
+
+/// Names the storage a bundles or feeds directory belongs to; see [`check_storage`].
+pub const STORAGE_ID_FILE: &str = ".storage-id";
+
+/// The marker in `dir`, if any.
+fn storage_marker(dir: &Path) -> Result<Option<String>> {
+    read_opt(&dir.join(STORAGE_ID_FILE))
+}
+
+/// Writes `id` as `dir`'s marker unless one is there (another process may be writing it
+/// at this moment: the marker appears whole, by a hard link, or not at all). Whether
+/// this call wrote it.
+fn write_storage_marker(dir: &Path, id: &str) -> Result<bool> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, format!("{id}\n").as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    let marker = dir.join(STORAGE_ID_FILE);
+    match std::fs::hard_link(tmp.path(), &marker) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", marker.display())),
+    }
+}
+
+/// On PostgreSQL, checks that this process serves bundles and feed blobs from the storage
+/// every replica on the database uses (`--shared-dir`, or directories mounted at the same
+/// place in each data directory): `bundles/` and `feeds/` under `storage` must carry the
+/// id stored with the shared identity. The first process to start stores its own (a
+/// single portal's directories keep their bundles and releases); a replica whose
+/// directories carry none or another is refused at start, instead of answering its
+/// sensors' downloads with errors later. `outpost-portal feed import` checks the same
+/// before it writes blobs. Nothing on SQLite (one process per database).
+pub async fn check_storage(store: &Store, storage: &Path) -> Result<()> {
+    let Store::Postgres(pg) = store else {
+        return Ok(());
+    };
+    let dirs = [
+        storage.join(crate::bundles::DIR),
+        storage.join(crate::feeds::DIR),
+    ];
+    // One id for both directories, even when processes start at once: each marker is
+    // read back after writing it, so a process that lost a race takes the winner's id.
+    let mut id: Option<String> = None;
+    let mut written = Vec::new();
+    for d in &dirs {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        let marker = match storage_marker(d)? {
+            Some(m) => m,
+            None => {
+                let candidate = id
+                    .clone()
+                    .unwrap_or_else(|| crate::auth::random_secret("storage_", 16));
+                if write_storage_marker(d, &candidate)? {
+                    written.push(d);
+                }
+                storage_marker(d)?.unwrap_or(candidate)
+            }
+        };
+        id.get_or_insert(marker);
+    }
+    let proposed = id.unwrap_or_default();
+    let Some(stored) = pg
+        .shared_storage_id(&proposed)
+        .await
+        .context("reading the replicas' shared storage id (portal_secrets)")?
+    else {
+        // No portal has started on this database yet: the first one's start decides.
+        return Ok(());
+    };
+    for d in &dirs {
+        if storage_marker(d)?.as_deref() != Some(stored.as_str()) {
+            // Leave a directory that is not the shared storage as it was found.
+            for w in &written {
+                let _ = std::fs::remove_file(w.join(STORAGE_ID_FILE));
+            }
+            bail!(
+                "{} is not on the storage the other portal replicas on this database use \
+                 (its {STORAGE_ID_FILE} differs from portal_secrets.storage_id): give every \
+                 replica the same --shared-dir, one filesystem they all mount; moving a \
+                 portal's bundles/ and feeds/ there, move their {STORAGE_ID_FILE} files too \
+                 (docs/operating.md, Replicas)",
+                d.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -60,9 +60,10 @@ pub async fn publish(State(st): St, headers: HeaderMap, body: Body) -> Result<Re
     if declared.is_some_and(|n| n > MAX_BUNDLE_BODY) {
         return Err(PublishError::TooLarge.into());
     }
-    let data_dir = st.settings.data_dir.clone();
-    let received = bundles::receive(body, &bundles::dir(&data_dir), MAX_BUNDLE_BODY).await?;
-    let trusted = bundles::trusted_keys(&data_dir)?;
+    let storage = st.settings.storage_dir().to_owned();
+    let received = bundles::receive(body, &bundles::dir(&storage), MAX_BUNDLE_BODY).await?;
+    // The trusted keys are configuration: each replica's own data directory.
+    let trusted = bundles::trusted_keys(&st.settings.data_dir)?;
     let (path, size) = (received.file.path().to_owned(), received.size);
     let (manifest, signer) =
         tokio::task::spawn_blocking(move || bundles::inspect(&path, size, trusted.as_ref()))
@@ -76,7 +77,7 @@ pub async fn publish(State(st): St, headers: HeaderMap, body: Body) -> Result<Re
     let sha256 = received.sha256.clone();
     received
         .file
-        .persist(&bundles::path(&data_dir, &sha256))
+        .persist(&bundles::path(&storage, &sha256))
         .await
         .map_err(|e| PublishError::Internal(format!("storing the bundle file: {e}")))?;
     let (info, created) = st
@@ -171,7 +172,7 @@ pub async fn download(
             format!("bundle {id} is not assigned to this sensor"),
         ));
     }
-    let path = bundles::path(&st.settings.data_dir, &bundle.sha256);
+    let path = bundles::path(st.settings.storage_dir(), &bundle.sha256);
     let missing = |e: std::io::Error| {
         tracing::error!(bundle = id, path = %path.display(), error = %e, "bundle file unreadable");
         ApiError::new(

@@ -6,14 +6,14 @@ mod common;
 
 use common::{dump, https, start_portal, Backend, TestPortal};
 use outpost_wire::admin::{
-    CreateJob, CreateToken, JobInfo, JobState, SensorInfo, StoredLogEvent, TokenCreated,
+    CreateJob, CreateToken, JobInfo, JobState, ReportInfo, SensorInfo, StoredLogEvent, TokenCreated,
 };
 use outpost_wire::log::{
     to_ndjson, EventKind, Level, LogEvent, Phase, PhaseOutcome, PhaseProgress,
 };
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, JobStatusUpdate, Metrics,
-    RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload, ScanSpec,
+    RegisterRequest, RegisterResponse, ReportOutcome, ReportSummary, ReportUpload,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -103,17 +103,7 @@ fn register_req(name: &str, site: &str) -> RegisterRequest {
 }
 
 fn scan_spec() -> JobSpec {
-    JobSpec::Scan(ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: "T:22,80".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
-        deadline_s: 600,
-    })
+    common::scan_spec("T:22,80")
 }
 
 fn token(api: &Api, tp: &TestPortal, site: &str, uses: u32, ttl_s: u64) -> String {
@@ -148,6 +138,28 @@ fn queue(api: &Api, tp: &TestPortal) -> i64 {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     r.json::<JobInfo>().id
+}
+
+/// Every upload file (the body, the decoded text) is gone once its report is answered.
+fn no_upload_files(tp: &TestPortal) {
+    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "upload files left behind: {left:?}");
+}
+
+/// A sensor `a` at `berlin` that has claimed a scan job: the sensor and the job.
+fn sensor_with_a_job(api: &Api, tp: &TestPortal) -> (RegisterResponse, i64) {
+    let tok = token(api, tp, "berlin", 1, 3600);
+    let a = register(api, &tok, "a");
+    let job = queue(api, tp);
+    let claimed = api.post(
+        "/api/sensor/claim",
+        a.api_key.expose(),
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    (a, job)
 }
 
 fn upload(request_id: &str) -> ReportUpload {
@@ -455,9 +467,11 @@ async fn credentials_at_rest(backend: Backend) {
     let api = Api::new(&tp);
     let tok = token(&api, &tp, "berlin", 1, 3600);
     let s = register(&api, &tok, "a");
+    // Markers long enough that no random byte string (sealed data, keys, hashes in the
+    // dump) contains them by chance: a three-letter one did, now and then.
     let (password, private_key) = (
         "Branch-ssh-pw-71c2",
-        "-----BEGIN OPENSSH PRIVATE KEY-----k3y",
+        "-----BEGIN OPENSSH PRIVATE KEY-----Outpost-test-key-material-5f0c",
     );
     let spec: JobSpec = serde_json::from_value(serde_json::json!({
         "kind": "scan", "targets": ["10.9.0.2"], "ports": "T:22", "families": ["General"],
@@ -478,7 +492,7 @@ async fn credentials_at_rest(backend: Backend) {
     );
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(
-        !r.body.contains(password) && !r.body.contains("k3y"),
+        !r.body.contains(password) && !r.body.contains("Outpost-test-key-material"),
         "{}",
         r.body
     );
@@ -496,7 +510,7 @@ async fn credentials_at_rest(backend: Backend) {
     };
     assert!(stored.contains("deploy"), "the job is stored");
     assert!(
-        !stored.contains(password) && !stored.contains("k3y"),
+        !stored.contains(password) && !stored.contains("Outpost-test-key-material"),
         "a credential in clear in the database"
     );
     for path in [
@@ -506,7 +520,9 @@ async fn credentials_at_rest(backend: Backend) {
         let r = api.get(&path, &tp.admin_token);
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(
-            !r.body.contains(password) && !r.body.contains("k3y") && !r.body.contains("sealed:"),
+            !r.body.contains(password)
+                && !r.body.contains("Outpost-test-key-material")
+                && !r.body.contains("sealed:"),
             "{}",
             r.body
         );
@@ -639,15 +655,7 @@ async fn report_upload_streaming(backend: Backend) {
     const LIMIT: u64 = 256 * 1024;
     let tp = start_portal(backend, |s| s.max_report_body = LIMIT).await;
     let api = Api::new(&tp);
-    let tok = token(&api, &tp, "berlin", 1, 3600);
-    let a = register(&api, &tok, "a");
-    let job = queue(&api, &tp);
-    let claimed = api.post(
-        "/api/sensor/claim",
-        a.api_key.expose(),
-        &serde_json::json!({"capabilities": ["scan"]}),
-    );
-    assert_eq!(claimed.status, 200, "{}", claimed.body);
+    let (a, job) = sensor_with_a_job(&api, &tp);
     let path = format!("/api/sensor/jobs/{job}/report");
 
     let mut big = upload("big");
@@ -691,10 +699,7 @@ async fn report_upload_streaming(backend: Backend) {
         .get(&format!("/api/admin/jobs/{job}/report"), &tp.admin_token)
         .json();
     assert_eq!(stored["content"].as_str(), Some(fits.content.as_str()));
-    let left: Vec<_> = std::fs::read_dir(tp.dir.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "upload files left behind: {left:?}");
+    no_upload_files(&tp);
     tp.portal.stop().await;
 }
 
@@ -702,4 +707,122 @@ both!(
     report_upload_streaming,
     report_upload_streaming_sqlite,
     report_upload_streaming_postgres
+);
+
+/// A report many chunks long is stored chunk by chunk and read back byte-identical
+/// through the admin API (streamed); a repeat or another report for the job changes
+/// nothing, and a malformed one is refused with the same error as before.
+async fn report_in_chunks(backend: Backend) {
+    const CHUNK: usize = 64 * 1024;
+    let tp = start_portal(backend, |s| s.report_chunk = CHUNK).await;
+    let api = Api::new(&tp);
+    let (a, job) = sensor_with_a_job(&api, &tp);
+    let key = a.api_key.expose();
+    let path = format!("/api/sensor/jobs/{job}/report");
+
+    // Malformed bodies: refused by the streaming parser as serde refused them.
+    unchanged(&tp, "malformed reports", || {
+        let mut bad = serde_json::to_value(upload("bad")).unwrap();
+        bad["content"] = serde_json::json!(5);
+        for (body, expect) in [
+            (serde_json::to_vec(&bad).unwrap(), "`content`"),
+            (b"{\"request_id\":\"x\"".to_vec(), "EOF"),
+            (
+                {
+                    let mut v = serde_json::to_value(upload("bad")).unwrap();
+                    v.as_object_mut().unwrap().remove("summary");
+                    serde_json::to_vec(&v).unwrap()
+                },
+                "missing field `summary`",
+            ),
+        ] {
+            let r = api.post_raw(&path, key, &[], body);
+            assert_eq!((r.status, r.error().error), (400, ErrorCode::BadRequest));
+            let msg = r.error().message;
+            assert!(msg.starts_with("request body is not valid: "), "{msg}");
+            assert!(msg.contains(expect), "{msg}");
+        }
+    })
+    .await;
+
+    // A partial report of some 1.3 MiB: XML with quotes, newlines, tabs and characters
+    // of 2 to 4 bytes, so chunk edges fall inside characters and escapes.
+    let line = "<result host=\"10.9.0.2\" port=\"22/tcp\">naïve ✓ 😀\t\\ ok</result>\n";
+    let text = line.repeat(1_300_000 / line.len() + 1);
+    let mut up = upload("big-1");
+    up.outcome = ReportOutcome::Failed;
+    up.partial = true;
+    up.content = text.clone();
+    let body = serde_json::to_vec(&up).unwrap();
+    let first = api.post_raw(&path, key, &[("idempotency-key", "big-1")], body.clone());
+    assert_eq!(first.status, 201, "{}", first.body);
+
+    // Stored in chunks of at most CHUNK bytes that add up to the text.
+    let store = &tp.portal.state.store;
+    let (head, chunks) = store.report_head(job).await.unwrap().expect("stored");
+    assert_eq!(head.content, "");
+    assert!(
+        chunks as usize >= text.len().div_ceil(CHUNK),
+        "{chunks} chunks for {} bytes",
+        text.len()
+    );
+    let mut joined = String::new();
+    for seq in 0..chunks {
+        let c = store
+            .report_chunk(head.id, seq)
+            .await
+            .unwrap()
+            .expect("chunk");
+        assert!(
+            !c.is_empty() && c.len() <= CHUNK,
+            "chunk {seq}: {} bytes",
+            c.len()
+        );
+        joined.push_str(&c);
+    }
+    assert!(joined == text, "the chunks are the text");
+
+    // Read back through the admin API, byte for byte.
+    let got = api.get(&format!("/api/admin/jobs/{job}/report"), &tp.admin_token);
+    assert_eq!(got.status, 200);
+    let report: ReportInfo = got.json();
+    assert!(
+        report.content == text,
+        "the served report is the uploaded one"
+    );
+    assert_eq!(report.job_id, job);
+    assert_eq!(report.sensor_id, a.sensor_id);
+    assert_eq!(
+        (report.outcome, report.partial),
+        (ReportOutcome::Failed, true)
+    );
+    assert_eq!(report.content_type, "application/xml");
+    let info: JobInfo = api
+        .get(&format!("/api/admin/jobs/{job}"), &tp.admin_token)
+        .json();
+    assert_eq!(info.state, JobState::Failed);
+
+    // The same upload again stores nothing; another report for the job is refused.
+    unchanged(&tp, "repeated reports", || {
+        let again = api.post_raw(&path, key, &[("idempotency-key", "big-1")], body.clone());
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert_eq!(again.json::<Value>()["created"], false);
+        assert_eq!(
+            again.json::<Value>()["report_id"],
+            first.json::<Value>()["report_id"]
+        );
+        let mut other = up.clone();
+        other.request_id = "big-2".into();
+        let r = api.post(&path, key, &other);
+        assert_eq!((r.status, r.error().error), (409, ErrorCode::Conflict));
+    })
+    .await;
+    no_upload_files(&tp);
+    tp.portal.stop().await;
+}
+
+both!(
+    report_in_chunks,
+    report_in_chunks_sqlite,
+    report_in_chunks_postgres
 );

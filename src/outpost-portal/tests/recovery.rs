@@ -15,8 +15,8 @@ use outpost_portal::{Portal, Settings};
 use outpost_tunnel::{GatewayPeer, PrivateKey, PublicKey};
 use outpost_wire::admin::{CreateToken, JobState, TokenCreated};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, JobSpec, JobStatusUpdate, Metrics, RegisterRequest,
-    RegisterResponse, ReportOutcome, ReportUpload, ScanSpec,
+    Capability, HeartbeatRequest, JobSpec, JobStatusUpdate, RegisterRequest, RegisterResponse,
+    ReportOutcome, ReportUpload,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 
@@ -61,17 +61,7 @@ fn register(api: &Api, token: &str, key: &PublicKey) -> common::Resp {
 }
 
 fn heartbeat_req(jobs: Option<Vec<i64>>) -> HeartbeatRequest {
-    HeartbeatRequest {
-        activity: Activity::Idle,
-        uptime_s: 1,
-        agent_version: "0.1.0".into(),
-        phase: None,
-        firmware_version: None,
-        boot_slot: None,
-        metrics: Metrics::default(),
-        running_jobs: jobs,
-        feed_release: None,
-    }
+    common::idle_heartbeat(jobs)
 }
 
 fn sensor_count(dump: &str) -> usize {
@@ -304,7 +294,8 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
     // The database as an older portal (schema 5) left it: no unique key, one key registered twice
     // (the older row first), a key that is not base64 and an address that is not one.
     let older = format!(
-        "DROP TABLE portal_secrets;
+        "DROP TABLE report_chunks;
+         DROP TABLE portal_secrets;
          DROP TABLE feed_channels;
          ALTER TABLE sensors DROP COLUMN feed_release;
          ALTER TABLE sensors DROP COLUMN feed_off_since;
@@ -379,17 +370,7 @@ async fn restart_over_duplicates_and_bad_rows(backend: Backend) {
 // ---- jobs a sensor lost ----
 
 fn scan() -> JobSpec {
-    JobSpec::Scan(ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: "T:22".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
-        deadline_s: 600,
-    })
+    common::scan_spec("T:22")
 }
 
 fn me() -> SensorAuth {
@@ -697,6 +678,44 @@ async fn partial_report_after_loss(backend: Backend) {
     );
 }
 
+/// A report stored by a portal from before the chunk table (schema 12: its text in
+/// `reports.content`) reads the same after the migration, as one chunk.
+async fn report_from_before_chunks(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let store = Store::open(&url).await.unwrap();
+    let t0 = outpost_wire::unix_now();
+    let id = store.create_job("berlin", &scan(), t0).await.unwrap();
+    claim(&store, t0).await.unwrap();
+    let mut up = partial("before");
+    up.content = "<results>é ✓</results>\n".repeat(1000);
+    let ack = store
+        .store_report(&me().id, id, &up, t0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(store);
+    exec(
+        &url,
+        "UPDATE reports SET content = (SELECT data FROM report_chunks k \
+           WHERE k.report_id = reports.id AND k.seq = 0);
+         DROP TABLE report_chunks;
+         ALTER TABLE portal_secrets DROP COLUMN storage_id;
+         DELETE FROM schema_version WHERE version >= 13;",
+    )
+    .await;
+
+    let store = Store::open(&url).await.unwrap();
+    let (head, chunks) = store.report_head(id).await.unwrap().unwrap();
+    assert_eq!(
+        (head.id, head.content.as_str(), chunks),
+        (ack.report_id, "", 1)
+    );
+    let r = store.report(id).await.unwrap().unwrap();
+    assert!(r.content == up.content, "the text survives the migration");
+    assert_eq!((r.outcome, r.partial), (ReportOutcome::Failed, true));
+}
+
 macro_rules! both {
     ($name:ident, $sqlite:ident, $pg:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -759,4 +778,9 @@ both!(
     partial_report_after_loss,
     a_partial_report_from_the_sensor_that_lost_the_job_finishes_it_once_sqlite,
     a_partial_report_from_the_sensor_that_lost_the_job_finishes_it_once_postgres
+);
+both!(
+    report_from_before_chunks,
+    a_report_from_before_chunks_reads_the_same_after_the_migration_sqlite,
+    a_report_from_before_chunks_reads_the_same_after_the_migration_postgres
 );

@@ -15,9 +15,8 @@ use outpost_wire::admin::{
     TokenCreated,
 };
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, HeartbeatResponse, Job, JobSpec, Metrics,
-    RegisterRequest, RegisterResponse, RotateKeyRequest, TunnelConfig, UpdateState,
-    UpdateStateReport,
+    Capability, HeartbeatRequest, HeartbeatResponse, Job, JobSpec, RegisterResponse,
+    RotateKeyRequest, TunnelConfig, UpdateState, UpdateStateReport,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
 
@@ -45,17 +44,7 @@ fn post<T: serde::Serialize>(agent: &ureq::Agent, url: &str, key: &str, body: &T
 }
 
 fn heartbeat() -> HeartbeatRequest {
-    HeartbeatRequest {
-        activity: Activity::Idle,
-        uptime_s: 1,
-        agent_version: "0.1.0".into(),
-        phase: None,
-        firmware_version: None,
-        boot_slot: None,
-        metrics: Metrics::default(),
-        running_jobs: None,
-        feed_release: None,
-    }
+    common::idle_heartbeat(None)
 }
 
 fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> RegisterResponse {
@@ -70,18 +59,7 @@ fn register_caps(
     caps: &[Capability],
 ) -> RegisterResponse {
     let direct = https(&tp.ca_pem);
-    let req = RegisterRequest {
-        name: name.into(),
-        site: "berlin".into(),
-        hostname: name.into(),
-        os: "test".into(),
-        board: "test".into(),
-        hardware_serial: "0".into(),
-        board_serial: None,
-        agent_version: "0.1.0".into(),
-        capabilities: caps.to_vec(),
-        wg_public_key: key.public_key().to_base64(),
-    };
+    let req = common::register_request(name, "berlin", caps, &key.public_key());
     let (status, body) = post(
         &direct,
         &format!("{}/api/sensor/register", tp.portal.url),

@@ -12,7 +12,7 @@ use outpost_wire::admin::{
 use outpost_wire::log::EventKind;
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
-    RegisterResponse, ScanSpec, UpdateSpec, UpdateState, UpdateStateReport,
+    RegisterResponse, UpdateSpec, UpdateState, UpdateStateReport,
 };
 use outpost_wire::ErrorCode;
 
@@ -26,11 +26,13 @@ async fn unchanged<F: FnOnce()>(tp: &TestPortal, what: &str, f: F) {
     assert_eq!(before, after, "{what} changed the database");
 }
 
-/// Files under the bundle directory (temporary uploads included).
+/// Files under the bundle directory (temporary uploads included), but for the storage
+/// marker a portal on PostgreSQL writes there at start.
 fn bundle_files(tp: &TestPortal) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(tp.dir.path().join("bundles")) {
         Ok(rd) => rd
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != outpost_portal::shared::STORAGE_ID_FILE)
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -118,17 +120,7 @@ fn sensor(api: &Api, tp: &TestPortal, id: &str) -> SensorInfo {
 }
 
 fn scan_spec() -> JobSpec {
-    JobSpec::Scan(ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: "T:22".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
-        deadline_s: 600,
-    })
+    common::scan_spec("T:22")
 }
 
 fn report(job: Option<i64>, bundle: i64, state: UpdateState) -> UpdateStateReport {

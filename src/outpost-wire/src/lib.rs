@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod feed;
+pub mod json_stream;
 pub mod log;
 pub mod provision;
 pub mod secret;

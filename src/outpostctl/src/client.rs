@@ -89,14 +89,27 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self
-            .agent
+        decode(self.call_get(path)?)
+    }
+
+    /// `GET` whose answer is read as it arrives, for answers too large to hold (a report's
+    /// text is up to 64 MiB).
+    pub fn get_reader(&self, path: &str) -> Result<impl std::io::Read> {
+        let resp = self.call_get(path)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            bail!("{}", error_text(status, resp));
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
+    fn call_get(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
+        self.agent
             .get(&self.url(path))
             .header("authorization", &self.auth())
             .header(API_VERSION_HEADER, &API_VERSION.to_string())
             .call()
-            .with_context(|| format!("GET {}", self.url(path)))?;
-        decode(resp)
+            .with_context(|| format!("GET {}", self.url(path)))
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {

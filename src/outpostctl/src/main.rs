@@ -7,10 +7,11 @@ mod feed;
 mod image;
 mod sensor_log;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use outpost_wire::admin::{
@@ -385,11 +386,19 @@ fn run(cli: Cli) -> Result<()> {
         PortalCmd::Bundle(cmd) => bundle::run_portal(cmd, &c, json)?,
         PortalCmd::Feed(cmd) => feed::run(cmd, &c, json)?,
         PortalCmd::Report { job } => {
-            let r: ReportInfo = c.get(&paths::job_report(job))?;
             if json {
+                let r: ReportInfo = c.get(&paths::job_report(job))?;
                 print_json(&r)?;
             } else {
-                println!("{}", r.content);
+                // The text goes to stdout as it arrives, never whole in memory.
+                let body = c.get_reader(&paths::job_report(job))?;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                outpost_wire::json_stream::split_string_field::<ReportInfo>(
+                    body, "content", &mut out,
+                )
+                .context("portal answer is not the expected report")?;
+                writeln!(out)?;
+                out.flush()?;
             }
         }
     }

@@ -1,5 +1,6 @@
-//! `outpostctl bundle publish/list/assign` and the update fields of `sensor show/list`,
-//! run as processes against a real portal (started in this test process, on loopback).
+//! `outpostctl bundle publish/list/assign`, the update fields of `sensor show/list` and
+//! `report`, run as processes against a real portal (started in this test process, on
+//! loopback).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use outpost_bundle::{build_bundle, sign_bundle, BuildSpec, SecretKey, Version};
 use outpost_portal::{Portal, Settings};
-use outpost_wire::admin::{BundleInfo, FeedReleases, SensorInfo};
+use outpost_wire::admin::{BundleInfo, FeedReleases, JobInfo, ReportInfo, SensorInfo};
 use outpost_wire::sensor::{
     Activity, Capability, HeartbeatRequest, Job, Metrics, RegisterRequest, RegisterResponse,
-    UpdateState, UpdateStateReport,
+    ReportOutcome, ReportSummary, ReportUpload, UpdateState, UpdateStateReport,
 };
 
 struct TestPortal {
@@ -23,13 +24,18 @@ struct TestPortal {
 }
 
 fn start_portal() -> TestPortal {
+    start_portal_with(|_| {})
+}
+
+fn start_portal_with(tune: impl FnOnce(&mut Settings)) -> TestPortal {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    let mut s = Settings::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    tune(&mut s);
     let portal = rt.block_on(Portal::start(s)).unwrap();
     TestPortal {
         url: portal.url.clone(),
@@ -104,6 +110,30 @@ fn post<T: serde::Serialize>(
     )
 }
 
+/// A Pi at the branch `berlin` that scans: `branch-N`, `outpost-N`, serial N.
+fn request(n: u32, wg_public_key: &str) -> RegisterRequest {
+    RegisterRequest {
+        name: format!("branch-{n}"),
+        site: "berlin".into(),
+        hostname: format!("outpost-{n}"),
+        os: "Outpost".into(),
+        board: "Raspberry Pi 4 Model B".into(),
+        hardware_serial: n.to_string(),
+        board_serial: None,
+        agent_version: "0.1.0".into(),
+        capabilities: vec![Capability::Scan],
+        wg_public_key: wg_public_key.into(),
+    }
+}
+
+/// Registers `req` with a token made by `outpostctl token create`.
+fn register(tp: &TestPortal, a: &ureq::Agent, req: &RegisterRequest) -> RegisterResponse {
+    let tok = ok(tp, &["token", "create", "--site", "berlin"]);
+    let (status, body) = post(a, tp, "/api/sensor/register", tok.trim(), req);
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 fn bundle(dir: &Path) -> std::path::PathBuf {
     let input = |name: &str, byte: u8, len: usize| {
         let p = dir.join(name);
@@ -173,27 +203,16 @@ fn publish_assign_and_show_update_state() {
 
     // A sensor that can update.
     let a = agent(&tp);
-    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
-    let (status, body) = post(
-        &a,
+    let reg = register(
         &tp,
-        "/api/sensor/register",
-        tok.trim(),
+        &a,
         &RegisterRequest {
             name: "branch-17".into(),
-            site: "berlin".into(),
-            hostname: "outpost-1".into(),
-            os: "Outpost".into(),
-            board: "Raspberry Pi 4 Model B".into(),
-            hardware_serial: "1".into(),
             board_serial: Some("10000000abcdef01".into()),
-            agent_version: "0.1.0".into(),
             capabilities: vec![Capability::Scan, Capability::Update],
-            wg_public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+            ..request(1, "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=")
         },
     );
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
     let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
 
     let err = fails(&tp, &["bundle", "assign", &info.id.to_string()]);
@@ -316,27 +335,11 @@ fn feed_channels_and_the_lag_of_each_sensor() {
     let (r2, n2) = publish_feed(&tp, "202509160400");
 
     let a = agent(&tp);
-    let tok = ok(&tp, &["token", "create", "--site", "berlin"]);
-    let (status, body) = post(
-        &a,
+    let reg = register(
         &tp,
-        "/api/sensor/register",
-        tok.trim(),
-        &RegisterRequest {
-            name: "branch-9".into(),
-            site: "berlin".into(),
-            hostname: "outpost-9".into(),
-            os: "Outpost".into(),
-            board: "Raspberry Pi 4 Model B".into(),
-            hardware_serial: "9".into(),
-            board_serial: None,
-            agent_version: "0.1.0".into(),
-            capabilities: vec![Capability::Scan],
-            wg_public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
-        },
+        &a,
+        &request(9, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
-    assert_eq!(status, 201, "{body}");
-    let reg: RegisterResponse = serde_json::from_str(&body).unwrap();
     let (id, key) = (reg.sensor_id.as_str(), reg.api_key.expose());
     let hb = HeartbeatRequest {
         activity: Activity::Idle,
@@ -444,4 +447,57 @@ fn feed_channels_and_the_lag_of_each_sensor() {
     let f = s.feed.unwrap();
     assert_eq!(f.wanted.as_deref(), Some(n1.as_str()));
     assert_eq!((f.newer_releases, f.feed_behind), (Some(1), false));
+}
+
+/// `outpostctl report N` prints a report of many chunks as the portal streams it, byte for
+/// byte; `--json` gives the whole record.
+#[test]
+fn report_prints_a_report_stored_in_chunks() {
+    let tp = start_portal_with(|s| s.report_chunk = 16 * 1024);
+    let a = agent(&tp);
+    let reg = register(
+        &tp,
+        &a,
+        &request(3, "pTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+    );
+    let key = reg.api_key.expose();
+    let job: JobInfo = serde_json::from_str(&ok(
+        &tp,
+        &[
+            "job", "scan", "--site", "berlin", "--target", "10.9.0.2", "--json",
+        ],
+    ))
+    .unwrap();
+    let (status, body) = post(
+        &a,
+        &tp,
+        "/api/sensor/claim",
+        key,
+        &serde_json::json!({"capabilities": ["scan"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = "<result>\"ü ✓ 😀\"\t</result>\n".repeat(20_000);
+    let upload = ReportUpload {
+        request_id: "r-1".into(),
+        outcome: ReportOutcome::Completed,
+        partial: false,
+        content_type: "application/xml".into(),
+        content: text.clone(),
+        summary: ReportSummary::default(),
+    };
+    let path = format!("/api/sensor/jobs/{}/report", job.id);
+    let (status, body) = post(&a, &tp, &path, key, &upload);
+    assert_eq!(status, 201, "{body}");
+
+    let printed = ok(&tp, &["report", &job.id.to_string()]);
+    assert!(
+        printed == format!("{text}\n"),
+        "the report text, as uploaded"
+    );
+    let r: ReportInfo =
+        serde_json::from_str(&ok(&tp, &["report", &job.id.to_string(), "--json"])).unwrap();
+    assert!(r.content == text);
+    assert_eq!((r.job_id, r.outcome), (job.id, ReportOutcome::Completed));
+    let err = fails(&tp, &["report", "999"]);
+    assert!(err.contains("job 999 has no report"), "{err}");
 }

@@ -13,6 +13,9 @@
 //! feeds/upstream/         greenbone-feed-sync's staging tree (`upstream`), kept between runs
 //! ```
 //!
+//! With `--shared-dir` (replicas), `feeds/blobs`, `feeds/tmp` and `feeds/lock` are under
+//! the shared directory instead; the keys and the staging tree stay in the data directory.
+//!
 //! A release's row in the database names its manifest blob and carries its signature.
 
 pub mod blobs;
@@ -115,6 +118,9 @@ pub struct ImportOptions {
     pub signing_key: PathBuf,
     /// Releases kept after this one is published (at least 1).
     pub keep: usize,
+    /// The directory holding `feeds/` (blobs, the import lock) when it is not the data
+    /// directory given to [`import`]: `--shared-dir`, which every replica serves from.
+    pub shared_dir: Option<PathBuf>,
 }
 
 impl ImportOptions {
@@ -124,6 +130,7 @@ impl ImportOptions {
             keyring: data_dir.join(KEYRING_FILE),
             signing_key: data_dir.join(SIGNING_KEY_FILE),
             keep: DEFAULT_KEEP,
+            shared_dir: None,
         }
     }
 }
@@ -171,7 +178,11 @@ async fn blocking<R: Send + 'static>(
 }
 
 /// Imports the feed tree at `tree` and publishes it as a release, then keeps the newest
-/// `opts.keep` releases and collects the blobs no kept release names.
+/// `opts.keep` releases and collects the blobs no kept release names. The blobs go to
+/// `opts.shared_dir` when set, else to `data_dir`. Imports and collection serialise on
+/// the store's lock file, so two hosts importing into one shared directory (or one
+/// importing while another's retention runs) never delete each other's new blobs; the
+/// set kept is read from the database every replica shares.
 pub async fn import(
     store: &Store,
     data_dir: &Path,
@@ -179,7 +190,7 @@ pub async fn import(
     opts: &ImportOptions,
     now: i64,
 ) -> Result<ImportReport, ImportError> {
-    let feeds = data_dir.join(DIR);
+    let feeds = opts.shared_dir.as_deref().unwrap_or(data_dir).join(DIR);
     let (opts_c, feeds_c, tree) = (opts.clone(), feeds.clone(), tree.to_path_buf());
     let (lock, blobs, key, verified) = blocking(move || {
         let lock = lock(&feeds_c)?;
@@ -367,6 +378,7 @@ fn read_manifest(blobs: &BlobStore, r: &FeedRelease) -> Result<FeedManifest, Imp
 }
 
 /// A published release's manifest bytes and signature, as a sensor will fetch them.
+/// `data_dir` is the directory holding `feeds/` (the shared directory, when there is one).
 pub fn release_manifest(
     data_dir: &Path,
     r: &FeedRelease,

@@ -35,6 +35,59 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database schema is version {found}, newer than this portal ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("reading the report text: {0}")]
+    ReportText(std::io::Error),
+}
+
+/// Bytes of report text per row of `report_chunks`: what the portal holds of a report at
+/// once while storing or serving it, whatever the report's size.
+pub const REPORT_CHUNK: usize = 1024 * 1024;
+
+/// A report's text read in chunks of at most `size` bytes, each cut at a character
+/// boundary (so every chunk is text of its own and can be served as it is read).
+pub struct ReportChunks {
+    src: Box<dyn std::io::Read + Send>,
+    size: usize,
+    carry: Vec<u8>,
+}
+
+impl ReportChunks {
+    pub fn new(src: impl std::io::Read + Send + 'static, size: usize) -> ReportChunks {
+        ReportChunks {
+            src: Box::new(src),
+            // room for the longest character
+            size: size.max(4),
+            carry: Vec::new(),
+        }
+    }
+
+    /// Text already in memory (tests, small reports).
+    pub fn text(text: String, size: usize) -> ReportChunks {
+        ReportChunks::new(std::io::Cursor::new(text.into_bytes()), size)
+    }
+
+    /// The next chunk, `None` at the end. Text that is not UTF-8 is an error.
+    pub fn next_chunk(&mut self) -> std::io::Result<Option<String>> {
+        use std::io::Read;
+        let mut buf = std::mem::take(&mut self.carry);
+        let want = (self.size - buf.len()) as u64;
+        let n = (&mut self.src).take(want).read_to_end(&mut buf)?;
+        let end = (n as u64) < want;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let cut = match std::str::from_utf8(&buf) {
+            Ok(_) => buf.len(),
+            Err(e) if e.error_len().is_none() && !end && e.valid_up_to() > 0 => e.valid_up_to(),
+            Err(e) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        };
+        self.carry = buf.split_off(cut);
+        String::from_utf8(buf)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
 }
 
 /// Why an enrollment was refused.
@@ -879,6 +932,7 @@ impl Store {
     }
 
     /// Stores a report once per job; a retry with the same request id gets the same answer.
+    /// The text is `upload.content`, held in memory (see [`Store::store_report_chunks`]).
     pub async fn store_report(
         &self,
         sensor: &str,
@@ -886,10 +940,32 @@ impl Store {
         upload: &ReportUpload,
         now: i64,
     ) -> Result<Result<ReportAck, JobRefusal>, StoreError> {
+        let text = ReportChunks::text(upload.content.clone(), REPORT_CHUNK);
+        self.store_report_chunks(sensor, job, upload, text, now)
+            .await
+    }
+
+    /// [`Store::store_report`] with the text read from `text` (`upload.content` is not
+    /// used), one chunk at a time, each its own row of `report_chunks`, in the report's
+    /// transaction. A retry or a refusal reads none of it.
+    pub async fn store_report_chunks(
+        &self,
+        sensor: &str,
+        job: i64,
+        upload: &ReportUpload,
+        text: ReportChunks,
+        now: i64,
+    ) -> Result<Result<ReportAck, JobRefusal>, StoreError> {
         let summary = json(&upload.summary)?;
         match self {
-            Store::Sqlite(s) => s.store_report(sensor, job, upload, &summary, now).await,
-            Store::Postgres(s) => s.store_report(sensor, job, upload, &summary, now).await,
+            Store::Sqlite(s) => {
+                s.store_report(sensor, job, upload, text, &summary, now)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.store_report(sensor, job, upload, text, &summary, now)
+                    .await
+            }
         }
     }
 
@@ -1109,10 +1185,35 @@ impl Store {
         }
     }
 
+    /// A job's report with its text whole in memory (tests, tools); the admin API streams
+    /// it with [`Store::report_head`] and [`Store::report_chunk`] instead.
     pub async fn report(&self, job: i64) -> Result<Option<Report>, StoreError> {
+        let Some((mut r, chunks)) = self.report_head(job).await? else {
+            return Ok(None);
+        };
+        for seq in 0..chunks {
+            let chunk = self.report_chunk(r.id, seq).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("report {}: chunk {seq} is missing", r.id))
+            })?;
+            r.content.push_str(&chunk);
+        }
+        Ok(Some(r))
+    }
+
+    /// A job's report without its text (`content` is empty), and how many chunks the text
+    /// has (read them with [`Store::report_chunk`], 0 first).
+    pub async fn report_head(&self, job: i64) -> Result<Option<(Report, i64)>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.report(job).await,
-            Store::Postgres(s) => s.report(job).await,
+            Store::Sqlite(s) => s.report_head(job).await,
+            Store::Postgres(s) => s.report_head(job).await,
+        }
+    }
+
+    /// Chunk `seq` of report `report`'s text.
+    pub async fn report_chunk(&self, report: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.report_chunk(report, seq).await,
+            Store::Postgres(s) => s.report_chunk(report, seq).await,
         }
     }
 

@@ -188,6 +188,21 @@ CREATE TABLE portal_secrets (
     created_at BIGINT NOT NULL
 );
 "#,
+    // Report text in chunks (at most `REPORT_CHUNK` bytes, cut at character boundaries),
+    // so storing and serving a report never holds it whole; `reports.content` stays empty.
+    // The replicas' shared storage (bundles, feed blobs) is named by `storage_id`, which
+    // its directories carry too, so a replica serving from other directories is refused.
+    r#"
+ALTER TABLE portal_secrets ADD COLUMN storage_id TEXT;
+CREATE TABLE report_chunks (
+    report_id BIGINT NOT NULL REFERENCES reports (id),
+    seq BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (report_id, seq)
+);
+INSERT INTO report_chunks (report_id, seq, data) SELECT id, 0, content FROM reports WHERE content <> '';
+UPDATE reports SET content = '' WHERE content <> '';
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the unique WireGuard key; duplicates go before it runs.
@@ -319,6 +334,21 @@ impl PgStore {
             admin_token: r.get(3),
             credentials_key_sha256: r.get(4),
         })
+    }
+
+    /// The id of the replicas' shared storage: `proposed` unless one was stored first.
+    /// `None` before any portal stored the shared identity ([`PgStore::shared_identity`]).
+    pub async fn shared_storage_id(&self, proposed: &str) -> Result<Option<String>, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE portal_secrets SET storage_id = $1 WHERE id = 1 AND storage_id IS NULL",
+            &[&proposed],
+        )
+        .await?;
+        let r = c
+            .query_opt("SELECT storage_id FROM portal_secrets WHERE id = 1", &[])
+            .await?;
+        Ok(r.and_then(|r| r.get::<_, Option<String>>(0)))
     }
 
     pub async fn create_token(
@@ -822,6 +852,7 @@ impl PgStore {
         sensor: &str,
         job: i64,
         up: &ReportUpload,
+        text: super::ReportChunks,
         summary: &str,
         now: i64,
     ) -> Result<Result<ReportAck, JobRefusal>, StoreError> {
@@ -861,11 +892,31 @@ impl PgStore {
         let id: i64 = tx
             .query_one(
                 "INSERT INTO reports (job_id, sensor_id, request_id, outcome, partial, content_type, \
-                 content, summary, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                &[&job, &sensor, &up.request_id, &outcome, &up.partial, &up.content_type, &up.content, &summary, &now],
+                 content, summary, received_at) VALUES ($1, $2, $3, $4, $5, $6, '', $7, $8) RETURNING id",
+                &[&job, &sensor, &up.request_id, &outcome, &up.partial, &up.content_type, &summary, &now],
             )
             .await?
             .get(0);
+        let insert = tx
+            .prepare("INSERT INTO report_chunks (report_id, seq, data) VALUES ($1, $2, $3)")
+            .await?;
+        let mut text = text;
+        let mut seq = 0i64;
+        loop {
+            // The text is a file: read it off the async threads, one chunk at a time.
+            let (back, next) = tokio::task::spawn_blocking(move || {
+                let next = text.next_chunk();
+                (text, next)
+            })
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+            text = back;
+            let Some(chunk) = next.map_err(StoreError::ReportText)? else {
+                break;
+            };
+            tx.execute(&insert, &[&id, &seq, &chunk]).await?;
+            seq += 1;
+        }
         let final_state = super::report_state(up.outcome);
         tx.execute(
             "UPDATE jobs SET state = $2, finished_at = COALESCE(finished_at, $3), \
@@ -1260,13 +1311,14 @@ impl PgStore {
         rows.iter().map(|r| raw_job(r).into_info()).collect()
     }
 
-    pub async fn report(&self, job: i64) -> Result<Option<Report>, StoreError> {
+    pub async fn report_head(&self, job: i64) -> Result<Option<(Report, i64)>, StoreError> {
         let row = self
             .client()
             .await?
             .query_opt(
-                "SELECT id, job_id, sensor_id, outcome, partial, content_type, content, summary, \
-                 received_at FROM reports WHERE job_id = $1",
+                "SELECT id, job_id, sensor_id, outcome, partial, content_type, summary, received_at, \
+                 (SELECT COUNT(*) FROM report_chunks k WHERE k.report_id = r.id) \
+                 FROM reports r WHERE job_id = $1",
                 &[&job],
             )
             .await?;
@@ -1278,13 +1330,26 @@ impl PgStore {
                 outcome: r.get(3),
                 partial: r.get(4),
                 content_type: r.get(5),
-                content: r.get(6),
-                summary: r.get(7),
-                received_at: r.get(8),
+                content: String::new(),
+                summary: r.get(6),
+                received_at: r.get(7),
             }
             .into_info()
+            .map(|info| (info, r.get::<_, i64>(8)))
         })
         .transpose()
+    }
+
+    pub async fn report_chunk(&self, report: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT data FROM report_chunks WHERE report_id = $1 AND seq = $2",
+                &[&report, &seq],
+            )
+            .await?
+            .map(|r| r.get(0)))
     }
 
     pub async fn sensors(&self) -> Result<Vec<SensorRow>, StoreError> {

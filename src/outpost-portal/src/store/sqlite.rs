@@ -180,6 +180,21 @@ CREATE TABLE portal_secrets (
     created_at INTEGER NOT NULL
 );
 "#,
+    // Report text in chunks (at most `REPORT_CHUNK` bytes, cut at character boundaries),
+    // so storing and serving a report never holds it whole; `reports.content` stays empty.
+    // The replicas' shared storage (bundles, feed blobs) is named by `storage_id`, which
+    // its directories carry too, so a replica serving from other directories is refused.
+    r#"
+ALTER TABLE portal_secrets ADD COLUMN storage_id TEXT;
+CREATE TABLE report_chunks (
+    report_id INTEGER NOT NULL REFERENCES reports (id),
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (report_id, seq)
+);
+INSERT INTO report_chunks (report_id, seq, data) SELECT id, 0, content FROM reports WHERE content <> '';
+UPDATE reports SET content = '' WHERE content <> '';
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the unique WireGuard key; duplicates go before it runs.
@@ -682,11 +697,16 @@ impl SqliteStore {
         sensor: &str,
         job: i64,
         up: &ReportUpload,
+        mut text: super::ReportChunks,
         summary: &str,
         now: i64,
     ) -> Result<Result<ReportAck, JobRefusal>, StoreError> {
         let sensor = sensor.to_owned();
-        let up = up.clone();
+        // Everything but the text, which comes from `text`.
+        let up = ReportUpload {
+            content: String::new(),
+            ..up.clone()
+        };
         let summary = summary.to_owned();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -720,10 +740,18 @@ impl SqliteStore {
             let outcome = outcome.trim_matches('"').to_owned();
             tx.execute(
                 "INSERT INTO reports (job_id, sensor_id, request_id, outcome, partial, content_type, \
-                 content, summary, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![job, sensor, up.request_id, outcome, up.partial, up.content_type, up.content, summary, now],
+                 content, summary, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8)",
+                params![job, sensor, up.request_id, outcome, up.partial, up.content_type, summary, now],
             )?;
             let id = tx.last_insert_rowid();
+            let mut seq = 0i64;
+            while let Some(chunk) = text.next_chunk().map_err(StoreError::ReportText)? {
+                tx.execute(
+                    "INSERT INTO report_chunks (report_id, seq, data) VALUES (?1, ?2, ?3)",
+                    params![id, seq, chunk],
+                )?;
+                seq += 1;
+            }
             let final_state = super::report_state(up.outcome);
             tx.execute(
                 "UPDATE jobs SET state = ?2, finished_at = COALESCE(finished_at, ?3), \
@@ -1119,29 +1147,45 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn report(&self, job: i64) -> Result<Option<Report>, StoreError> {
+    pub async fn report_head(&self, job: i64) -> Result<Option<(Report, i64)>, StoreError> {
         self.call(move |c| {
             let raw = c
                 .query_row(
-                    "SELECT id, job_id, sensor_id, outcome, partial, content_type, content, summary, \
-                     received_at FROM reports WHERE job_id = ?1",
+                    "SELECT id, job_id, sensor_id, outcome, partial, content_type, summary, \
+                     received_at, (SELECT COUNT(*) FROM report_chunks k WHERE k.report_id = r.id) \
+                     FROM reports r WHERE job_id = ?1",
                     params![job],
                     |r| {
-                        Ok(super::RawReport {
-                            id: r.get(0)?,
-                            job_id: r.get(1)?,
-                            sensor_id: r.get(2)?,
-                            outcome: r.get(3)?,
-                            partial: r.get(4)?,
-                            content_type: r.get(5)?,
-                            content: r.get(6)?,
-                            summary: r.get(7)?,
-                            received_at: r.get(8)?,
-                        })
+                        Ok((
+                            super::RawReport {
+                                id: r.get(0)?,
+                                job_id: r.get(1)?,
+                                sensor_id: r.get(2)?,
+                                outcome: r.get(3)?,
+                                partial: r.get(4)?,
+                                content_type: r.get(5)?,
+                                content: String::new(),
+                                summary: r.get(6)?,
+                                received_at: r.get(7)?,
+                            },
+                            r.get::<_, i64>(8)?,
+                        ))
                     },
                 )
                 .optional()?;
-            raw.map(super::RawReport::into_info).transpose()
+            raw.map(|(r, n)| r.into_info().map(|r| (r, n))).transpose()
+        })
+        .await
+    }
+
+    pub async fn report_chunk(&self, report: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT data FROM report_chunks WHERE report_id = ?1 AND seq = ?2",
+                params![report, seq],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }

@@ -42,11 +42,12 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
 
 /// Every row of every table, as text, in a stable order.
 pub async fn dump(url: &str) -> String {
-    const TABLES: [&str; 6] = [
+    const TABLES: [&str; 7] = [
         "tokens",
         "sensors",
         "jobs",
         "reports",
+        "report_chunks",
         "sensor_log",
         "bundles",
     ];
@@ -113,6 +114,57 @@ pub async fn start_portal(backend: Backend, tune: impl FnOnce(&mut Settings)) ->
         database,
         admin_token,
         ca_pem,
+    }
+}
+
+/// A scan of 10.9.0.2's `ports` (e.g. `T:22`) with the defaults an operator gets.
+pub fn scan_spec(ports: &str) -> outpost_wire::sensor::JobSpec {
+    outpost_wire::sensor::JobSpec::Scan(outpost_wire::sensor::ScanSpec {
+        targets: vec!["10.9.0.2".into()],
+        ports: ports.into(),
+        exclude_hosts: vec![],
+        families: vec![],
+        oids: vec![],
+        alive_test: Default::default(),
+        alive_methods: vec![],
+        credentials: vec![],
+        deadline_s: 600,
+    })
+}
+
+/// An idle sensor's heartbeat, listing `running_jobs` when given (older agents do not).
+pub fn idle_heartbeat(running_jobs: Option<Vec<i64>>) -> outpost_wire::sensor::HeartbeatRequest {
+    outpost_wire::sensor::HeartbeatRequest {
+        activity: outpost_wire::sensor::Activity::Idle,
+        uptime_s: 1,
+        agent_version: "0.1.0".into(),
+        phase: None,
+        firmware_version: None,
+        boot_slot: None,
+        metrics: Default::default(),
+        running_jobs,
+        feed_release: None,
+    }
+}
+
+/// What a test sensor named `name` at `site` sends to register, with WireGuard key `key`.
+pub fn register_request(
+    name: &str,
+    site: &str,
+    caps: &[outpost_wire::sensor::Capability],
+    key: &outpost_tunnel::PublicKey,
+) -> outpost_wire::sensor::RegisterRequest {
+    outpost_wire::sensor::RegisterRequest {
+        name: name.into(),
+        site: site.into(),
+        hostname: name.into(),
+        os: "test".into(),
+        board: "test".into(),
+        hardware_serial: "0".into(),
+        board_serial: None,
+        agent_version: "0.1.0".into(),
+        capabilities: caps.to_vec(),
+        wg_public_key: key.to_base64(),
     }
 }
 
