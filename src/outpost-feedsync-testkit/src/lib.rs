@@ -4,6 +4,8 @@
 //! it, and the sensor API over HTTPS as `outpostd` speaks it (without the tunnel) as a
 //! [`FeedSource`] that records what it was asked for. Test-only: it panics on setup errors.
 
+pub mod trees;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

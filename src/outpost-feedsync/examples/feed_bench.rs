@@ -4,7 +4,8 @@
 //! `greenbone-feed-sync` moves the feed): the anchor for the daily delta.
 //!
 //! Generated trees are cached under `build/feed-bench/` keyed by seed, size and day (with
-//! the throwaway GnuPG home that signed them), so reruns skip generation.
+//! the throwaway GnuPG home that signed them; `outpost_feedsync_testkit::trees`, shared
+//! with the full-size test), so reruns skip generation.
 //!
 //! Prints `metric=value` lines:
 //! - `feed_full_wire_bytes`, `feed_full_sync_s`: day 0 from nothing;
@@ -22,80 +23,18 @@
 //! includes its protocol (file list, checksums) over plain TCP.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use outpost_feedgen::gpg::GpgSigner;
-use outpost_feedgen::{advance, generate, FeedSpec};
+use outpost_feedgen::FeedSpec;
 use outpost_feedsync::{sync, Progress, SyncOutcome};
+use outpost_feedsync_testkit::trees::{cache_dir, cached, copy_tree};
 use outpost_feedsync_testkit::TestPortal;
 use outpost_portal::feeds::ImportReport;
 
 const SEED: u64 = 5;
 const FULL: u32 = 136_302;
-const UID: &str = "Outpost Bench Feed Integrity Key <feed@bench.invalid>";
-
-fn run(cmd: &mut Command) {
-    let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(st.success(), "{cmd:?}: {st}");
-}
-
-/// `cp -a`: unchanged files keep their modification times, as in a synced tree.
-fn copy_tree(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    run(Command::new("cp").arg("-a").arg(from).arg(to));
-}
-
-/// The cached trees of day 0 and day 1 and the key that signed them.
-struct Trees {
-    signer: GpgSigner,
-    day0: PathBuf,
-    day1: PathBuf,
-}
-
-fn trees(cache: &Path, spec: &FeedSpec) -> Trees {
-    std::fs::create_dir_all(cache).unwrap();
-    let home = cache.join("gnupg");
-    let signer = match GpgSigner::open(&home, UID) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = std::fs::remove_dir_all(&home);
-            // A new key invalidates the trees it did not sign.
-            for d in ["day0", "day0.done", "day1", "day1.done"] {
-                let _ = std::fs::remove_dir_all(cache.join(d));
-                let _ = std::fs::remove_file(cache.join(d));
-            }
-            GpgSigner::create(&home, UID).unwrap()
-        }
-    };
-    let (day0, day1) = (cache.join("day0"), cache.join("day1"));
-    if !cache.join("day0.done").exists() {
-        let _ = std::fs::remove_dir_all(&day0);
-        let t = Instant::now();
-        generate(&day0, spec, 0, Some(&signer)).unwrap();
-        // As if fetched a day before day 1: rsync's quick check (size and whole-second
-        // mtime) must see the files day 1 rewrites as changed, as it would upstream.
-        let yesterday = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            - 86_400;
-        run(Command::new("find")
-            .arg(&day0)
-            .args(["-exec", "touch", "-h", "-m", "-d"])
-            .arg(format!("@{yesterday}"))
-            .args(["{}", "+"]));
-        eprintln!("generated day 0 in {:.1} s", t.elapsed().as_secs_f64());
-        std::fs::write(cache.join("day0.done"), b"").unwrap();
-    }
-    if !cache.join("day1.done").exists() {
-        copy_tree(&day0, &day1);
-        advance(&day1, spec, 0, Some(&signer)).unwrap();
-        std::fs::write(cache.join("day1.done"), b"").unwrap();
-    }
-    Trees { signer, day0, day1 }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -190,11 +129,7 @@ fn main() {
     } else {
         FeedSpec::new(SEED, scripts).unwrap()
     };
-    let root = PathBuf::from(std::env::var("OUTPOST_ROOT").unwrap_or_else(|_| ".".into()));
-    let cache = root
-        .join("build/feed-bench")
-        .join(format!("seed{SEED}-n{scripts}"));
-    let t = trees(&cache, &spec);
+    let t = cached(&cache_dir(SEED, scripts), &spec);
 
     let dir = tempfile::tempdir().unwrap();
     let tp = TestPortal::start(
