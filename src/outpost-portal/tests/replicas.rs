@@ -14,8 +14,8 @@ use common::{device, fresh_database, https, Backend};
 use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{CreateJob, CreateToken, JobInfo, TokenCreated};
 use outpost_wire::sensor::{
-    Activity, Capability, HeartbeatRequest, Job, JobSpec, Metrics, RegisterRequest,
-    RegisterResponse, RotateKeyRequest, ScanSpec, TunnelConfig,
+    Activity, Capability, HeartbeatRequest, Job, Metrics, RegisterRequest, RegisterResponse,
+    RotateKeyRequest, TunnelConfig,
 };
 
 /// Generous: the bounds are for a loaded CI machine, not measurements.
@@ -246,17 +246,7 @@ fn two_replicas_share_sensors_keys_and_identity() {
         &admin,
         &CreateJob {
             site: "berlin".into(),
-            spec: JobSpec::Scan(ScanSpec {
-                targets: vec!["10.9.0.2".into()],
-                ports: "T:22".into(),
-                exclude_hosts: vec![],
-                families: vec![],
-                oids: vec![],
-                alive_test: Default::default(),
-                alive_methods: vec![],
-                credentials: vec![],
-                deadline_s: 600,
-            }),
+            spec: common::scan_spec(),
             sensor_id: None,
         },
     )

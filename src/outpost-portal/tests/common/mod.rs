@@ -17,6 +17,21 @@ pub enum Backend {
     Postgres,
 }
 
+/// A small scan of one host, for tests that need any queued job.
+pub fn scan_spec() -> outpost_wire::sensor::JobSpec {
+    outpost_wire::sensor::JobSpec::Scan(outpost_wire::sensor::ScanSpec {
+        targets: vec!["10.9.0.2".into()],
+        ports: "T:22".into(),
+        exclude_hosts: vec![],
+        families: vec![],
+        oids: vec![],
+        alive_test: Default::default(),
+        alive_methods: vec![],
+        credentials: vec![],
+        deadline_s: 600,
+    })
+}
+
 /// A database URL for a brand-new, empty database.
 pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
     match backend {

@@ -487,6 +487,9 @@ fn drive(own: usize, shards: Vec<Arc<Shared<GatewayCore>>>, router: Arc<Router>)
     let mut last_rate_reset = Instant::now();
     let mut wait = Duration::from_millis(1);
     while !mine.is_closed() {
+        // The timeout is the socket's, shared by all threads: another thread setting
+        // its own between these two calls can delay this shard's timers once, by at
+        // most a tick (timers only retransmit, ACK late or keep alive).
         let _ = udp.set_read_timeout(Some(wait));
         match udp.recv_from(&mut buf) {
             Ok((n, from)) => {
