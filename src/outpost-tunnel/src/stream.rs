@@ -1,10 +1,10 @@
 //! Shared driver state and the blocking TCP stream both sides hand out.
 //!
-//! One mutex guards the whole network state (the device's one stack, the
-//! gateway's stacks). Whoever holds it may "pump": run smoltcp and encrypt
+//! One mutex guards the network state (the device's one stack, or one gateway
+//! shard's stacks). Whoever holds it may "pump": run smoltcp and encrypt
 //! what it emitted straight onto the UDP socket. So an application write goes
-//! out on the caller's thread without waking the driver; the driver thread
-//! only receives datagrams and runs timers, and signals the condvar when
+//! out on the caller's thread without waking the driver; the driver threads
+//! only receive datagrams and run timers, and signal the condvar when
 //! sockets may have changed.
 
 use std::io;
