@@ -70,7 +70,8 @@ pub struct GatewayConfig {
     /// cookie; over it, only initiators proving their source address (mac2)
     /// get public-key work.
     pub handshakes_per_second: u64,
-    /// Shards, each with its own lock and receiving thread (0: one per CPU).
+    /// Shards, each with its own lock and receiving thread (0: one per CPU, at
+    /// most 16; at most 256 in any case).
     pub shards: usize,
 }
 
@@ -133,6 +134,9 @@ pub struct GatewayStats {
 
 /// Most shards the default (one per CPU) makes.
 const MAX_DEFAULT_SHARDS: usize = 16;
+/// Most shards at all: each is a thread, and session indexes (24 bits) carry
+/// the shard number.
+const MAX_SHARDS: usize = 256;
 
 /// The gateway. Share it with `Arc`; dropping the last handle stops it.
 pub struct Gateway {
@@ -169,7 +173,7 @@ impl Gateway {
             0 => std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(MAX_DEFAULT_SHARDS),
-            n => n,
+            n => n.min(MAX_SHARDS),
         };
         let secret = config.private_key.secret();
         let public = x25519::PublicKey::from(&secret);
