@@ -95,7 +95,10 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
     assert_eq!(m0.nasl_scripts, u64::from(FULL));
     let root = dir.path().join("sensor-feeds");
     let content0: u64 = m0.files.iter().map(|f| f.size).sum();
-    assert!(content0 > 500 << 20, "the real feed's size: {content0} bytes");
+    assert!(
+        content0 > 500 << 20,
+        "the real feed's size: {content0} bytes"
+    );
 
     // A card too small: refused before any content moves, with the bytes named.
     let mut small = tp.config(&root);
@@ -159,7 +162,10 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
     };
     let e = sync(&cfg, &cut, &mut |_: &Progress| {}).unwrap_err();
     assert!(e.to_string().contains("cut"), "{e}");
-    assert!(live.ends_with(&r0.release), "day 0 stays live after the cut");
+    assert!(
+        live.ends_with(&r0.release),
+        "day 0 stays live after the cut"
+    );
     let first = targets(&cut.inner);
     let manifest = day1.release.manifest_sha256.clone();
     assert_eq!(first[0], manifest, "the manifest comes first");

@@ -11,11 +11,11 @@ use common::{build_bundle, device, https, release_key, start_portal, Api, Backen
 use outpost_portal::settings::TunnelSettings;
 use outpost_tunnel::{DeviceTunnel, PrivateKey};
 use outpost_wire::admin::{
-    AssignBundle, AssignResult, BundleInfo, CreateToken, JobInfo, JobState, SensorInfo,
+    AssignBundle, AssignResult, BundleInfo, CreateJob, CreateToken, JobInfo, JobState, SensorInfo,
     TokenCreated,
 };
 use outpost_wire::sensor::{
-    Capability, HeartbeatRequest, HeartbeatResponse, Job, JobSpec, RegisterResponse,
+    Capability, ClaimRequest, HeartbeatRequest, HeartbeatResponse, Job, JobSpec, RegisterResponse,
     RotateKeyRequest, TunnelConfig, UpdateState, UpdateStateReport,
 };
 use outpost_wire::{ErrorBody, ErrorCode};
@@ -45,6 +45,28 @@ fn post<T: serde::Serialize>(agent: &ureq::Agent, url: &str, key: &str, body: &T
 
 fn heartbeat() -> HeartbeatRequest {
     common::idle_heartbeat(None)
+}
+
+/// Queues a scan job for the site berlin through the admin API.
+fn queue_scan(tp: &TestPortal) -> i64 {
+    let (status, body) = post(
+        &https(&tp.ca_pem),
+        &format!("{}/api/admin/jobs", tp.portal.url),
+        &tp.admin_token,
+        &CreateJob {
+            site: "berlin".into(),
+            spec: common::scan_spec("T:22"),
+            sensor_id: None,
+        },
+    );
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str::<JobInfo>(&body).unwrap().id
+}
+
+fn claim_scan() -> ClaimRequest {
+    ClaimRequest {
+        capabilities: vec![Capability::Scan],
+    }
 }
 
 fn register(tp: &TestPortal, name: &str, token: &str, key: &PrivateKey) -> RegisterResponse {
@@ -155,6 +177,30 @@ fn run(tp: &TestPortal) {
     let e: ErrorBody = serde_json::from_str(&body).unwrap();
     assert_eq!(e.error, ErrorCode::Forbidden);
 
+    // Claims: refused outside the tunnel, through another sensor's tunnel and with an
+    // unknown key, none of which leases the job; through its own tunnel the sensor
+    // gets it, once.
+    let job = queue_scan(tp);
+    let claim = |agent: &ureq::Agent, url: &str, key: &str| {
+        post(
+            agent,
+            &format!("{url}/api/sensor/claim"),
+            key,
+            &claim_scan(),
+        )
+    };
+    let (status, body) = claim(&direct, &tp.portal.url, a.api_key.expose());
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = claim(&via_a, &api, b.api_key.expose());
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = claim(&via_a, &api, "not-a-sensor-key");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = claim(&via_a, &api, a.api_key.expose());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Job>(&body).unwrap().id, job);
+    let (status, body) = claim(&via_a, &api, a.api_key.expose());
+    assert_eq!(status, 204, "{body}");
+
     // The operator asks for a rotation: the sensor learns it from its heartbeat answer.
     let (status, body) = post(
         &direct,
@@ -200,6 +246,11 @@ fn run(tp: &TestPortal) {
     drop(dev_a);
     let dev_a2 = start_device(new_key, &rotated);
     let via_a2 = tunnel_agent(dev_a2, &tp.ca_pem);
+    // The first request with the new key is a claim: it completes the rotation too.
+    let job = queue_scan(tp);
+    let (status, body) = claim(&via_a2, &api, a.api_key.expose());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Job>(&body).unwrap().id, job);
     let (status, body) = post(
         &via_a2,
         &format!("{api}/api/sensor/heartbeat"),

@@ -70,6 +70,22 @@ impl DropCounters {
         *slot += 1;
     }
 
+    /// Add another set of counts (the gateway sums its shards').
+    pub(crate) fn add(&mut self, d: &DropCounters) {
+        self.oversized += d.oversized;
+        self.malformed += d.malformed;
+        self.invalid_mac += d.invalid_mac;
+        self.unknown_peer += d.unknown_peer;
+        self.unknown_receiver += d.unknown_receiver;
+        self.auth_failed += d.auth_failed;
+        self.replay += d.replay;
+        self.spoofed_source += d.spoofed_source;
+        self.not_for_us += d.not_for_us;
+        self.rate_limited += d.rate_limited;
+        self.no_endpoint += d.no_endpoint;
+        self.send_failed += d.send_failed;
+    }
+
     pub fn total(&self) -> u64 {
         self.oversized
             + self.malformed

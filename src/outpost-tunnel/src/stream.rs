@@ -1,10 +1,10 @@
 //! Shared driver state and the blocking TCP stream both sides hand out.
 //!
-//! One mutex guards the whole network state (the device's one stack, the
-//! gateway's stacks). Whoever holds it may "pump": run smoltcp and encrypt
+//! One mutex guards the network state (the device's one stack, or one gateway
+//! shard's stacks). Whoever holds it may "pump": run smoltcp and encrypt
 //! what it emitted straight onto the UDP socket. So an application write goes
-//! out on the caller's thread without waking the driver; the driver thread
-//! only receives datagrams and runs timers, and signals the condvar when
+//! out on the caller's thread without waking the driver; the driver threads
+//! only receive datagrams and run timers, and signal the condvar when
 //! sockets may have changed.
 
 use std::io;
@@ -217,6 +217,96 @@ impl<C: Net> StreamCore<C> {
         endpoint_v4(core.tcp(self.handle).remote_endpoint())
     }
 }
+
+/// The async side of both ends' streams (`TunnelTcpStream`, `GatewayStream`).
+#[cfg(feature = "tokio")]
+impl<C: Net> StreamCore<C> {
+    pub fn poll_read(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll as P;
+        let mut core = self.shared.lock();
+        match try_recv(&mut *core, self.handle, buf.initialize_unfilled()) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                P::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => P::Ready(Err(e)),
+            Poll::Pending if self.shared.is_closed() => P::Ready(Err(tunnel_closed())),
+            Poll::Pending => {
+                // Registered under the lock, so no wake-up can slip by.
+                core.tcp(self.handle).register_recv_waker(cx.waker());
+                P::Pending
+            }
+        }
+    }
+
+    pub fn poll_write(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll as P;
+        if buf.is_empty() {
+            return P::Ready(Ok(0));
+        }
+        let mut core = self.shared.lock();
+        match try_send(&mut *core, self.handle, buf) {
+            Poll::Ready(r) => P::Ready(r),
+            Poll::Pending if self.shared.is_closed() => P::Ready(Err(tunnel_closed())),
+            Poll::Pending => {
+                core.tcp(self.handle).register_send_waker(cx.waker());
+                P::Pending
+            }
+        }
+    }
+}
+
+/// `AsyncRead + AsyncWrite` for a stream type wrapping a `StreamCore` in `inner`.
+#[cfg(feature = "tokio")]
+macro_rules! impl_async_io {
+    ($ty:ty) => {
+        impl tokio::io::AsyncRead for $ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.inner.poll_read(cx, buf)
+            }
+        }
+
+        impl tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.inner.poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                // Writes are handed to the stack (and sent) at once.
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.inner.shutdown_write();
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+    };
+}
+#[cfg(feature = "tokio")]
+pub(crate) use impl_async_io;
 
 impl<C: Net> Drop for StreamCore<C> {
     fn drop(&mut self) {

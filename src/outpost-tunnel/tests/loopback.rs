@@ -51,26 +51,16 @@ fn fifty_devices_through_one_gateway_and_spoofing_is_dropped() {
         .map(|i| std::sync::Arc::new(device(&gw, &gw_key, gw.local_addr(), i)))
         .collect();
 
-    let workers: Vec<_> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, dev)| {
-            let dev = dev.clone();
-            std::thread::spawn(move || {
-                // Each device asks for a different size, so answers cannot be mixed up.
-                let n = 1000 + i * 97;
-                let body = format!("device-{i}").into_bytes();
-                let (peer, echoed) = request(&dev, "POST", "/echo", &body);
-                assert_eq!(peer, device_addr(i).to_string(), "device {i}");
-                assert_eq!(echoed, body, "device {i}");
-                let (_, bytes) = request(&dev, "GET", &format!("/bytes/{n}"), b"");
-                assert_eq!(bytes, pattern(n), "device {i}");
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("device worker");
-    }
+    for_each_device(&devices, |i, dev| {
+        // Each device asks for a different size, so answers cannot be mixed up.
+        let n = 1000 + i * 97;
+        let body = format!("device-{i}").into_bytes();
+        let (peer, echoed) = request(dev, "POST", "/echo", &body);
+        assert_eq!(peer, device_addr(i).to_string(), "device {i}");
+        assert_eq!(echoed, body, "device {i}");
+        let (_, bytes) = request(dev, "GET", &format!("/bytes/{n}"), b"");
+        assert_eq!(bytes, pattern(n), "device {i}");
+    });
     let stats = gw.stats();
     assert_eq!(stats.peers, 50);
     assert_eq!(stats.handshakes_completed, 50, "{stats:?}");

@@ -1,10 +1,11 @@
-//! Per-datagram work of the gateway: find the peer, decrypt, enforce its
-//! source address, follow roaming, and create a listening socket exactly
-//! when a SYN needs one.
+//! Per-datagram work of the gateway: find the peer (and its shard), decrypt,
+//! enforce its source address, follow roaming, and create a listening socket
+//! exactly when a SYN needs one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub(super) struct PeerNet {
     pub(super) next_poll: Option<Instant>,
 }
 
-/// Everything behind the gateway's mutex. One small stack per tunnel address,
+/// Everything behind one shard's mutex. One small stack per tunnel address,
 /// not one stack for all: smoltcp walks every socket of a stack on each poll,
 /// so with one shared stack every packet cost time in proportion to the fleet
 /// (at 2,500 sensors three quarters of the portal's CPU went there).
@@ -101,9 +102,9 @@ impl GatewayCore {
         changed
     }
 
-    /// One datagram from the UDP socket.
-    pub(super) fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> bool {
-        let (mut notify, inner) = self.link.receive(datagram, from);
+    /// One datagram from the UDP socket, already routed to this shard's peer `index`.
+    pub(super) fn receive(&mut self, index: u32, datagram: &[u8], from: SocketAddr) -> bool {
+        let (mut notify, inner) = self.link.receive(index, datagram, from);
         if let Some((packet, identity)) = inner {
             let addr = identity.tunnel_addr;
             let (gw, prefix, mtu) = (self.link.address, self.link.prefix, self.link.mtu);
@@ -194,7 +195,11 @@ pub(super) struct PeerSlot {
     pub(super) stats: TunnelStats,
 }
 
-pub(crate) struct GatewayLink {
+/// What every shard and receiving thread shares, outside the shards' locks:
+/// the socket, the handshake gate and the key directory. Routing a datagram
+/// (and the X25519 an initiation needs to name its sender) happens here,
+/// before any shard is locked.
+pub(crate) struct Router {
     pub(super) udp: Arc<UdpSocket>,
     pub(super) secret: x25519::StaticSecret,
     pub(super) public: x25519::PublicKey,
@@ -204,44 +209,65 @@ pub(crate) struct GatewayLink {
     /// is never reached, so the one load decision is `rate_limiter`'s, taken
     /// once per handshake and before any public-key work.
     pub(super) tunn_limiter: Arc<RateLimiter>,
-    /// Peers by their 24-bit session index prefix (receiver_idx >> 8).
-    pub(super) peers: HashMap<u32, PeerSlot>,
-    pub(super) by_key: HashMap<PublicKey, u32>,
-    pub(super) by_ip: HashMap<Ipv4Addr, u32>,
-    pub(super) address: Ipv4Addr,
-    /// The tunnel network's prefix and the inner MTU, for new stacks.
-    pub(super) prefix: u8,
-    pub(super) mtu: usize,
-    pub(super) ports: Vec<u16>,
-    pub(super) buffers: BufferSizes,
-    pub(super) buf: Vec<u8>,
-    /// Drops not attributable to a configured peer.
-    pub(super) dropped: DropCounters,
-    pub(super) pending: Vec<(SocketHandle, PeerIdentity, Instant)>,
-    pub(super) accepted: VecDeque<(SocketHandle, PeerIdentity)>,
-    pub(super) accept_wakers: Vec<Waker>,
+    /// Every peer's session index prefix by key, over all shards. Lock order:
+    /// this, then a shard, then the accept queue.
+    pub(super) by_key: RwLock<HashMap<PublicKey, u32>>,
+    /// Drops before a peer (and so a shard) is known.
+    pub(super) dropped: Mutex<DropCounters>,
+    pub(super) shards: usize,
 }
 
-/// Where `route` sends a datagram.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    /// To the peer with this session index prefix.
-    Peer(u32),
-    /// Nowhere: we are under load and answered with this cookie reply.
-    Cookie([u8; COOKIE_REPLY_LEN]),
-}
-
-/// Size of a WireGuard cookie reply message (type 3).
-const COOKIE_REPLY_LEN: usize = 64;
-
-impl GatewayLink {
-    fn send_to(udp: &UdpSocket, data: &[u8], to: SocketAddr, dropped: &mut DropCounters) {
-        if let Err(e) = udp.send_to(data, to) {
-            tracing::trace!(error = %e, %to, "gateway UDP send failed");
-            dropped.record(DropReason::SendFailed);
-        }
+impl Router {
+    /// The shard holding the peer with this session index prefix: indexes
+    /// are chosen so that this is the shard of the peer's address.
+    pub(super) fn shard_of_index(&self, index: u32) -> usize {
+        index as usize % self.shards
     }
 
+    /// The shard of a tunnel address. All keys of one address (a rotation)
+    /// land in the same shard, as its one stack must.
+    pub(super) fn shard_of_addr(&self, addr: Ipv4Addr) -> usize {
+        u32::from(addr) as usize % self.shards
+    }
+
+    pub(super) fn keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PublicKey, u32>> {
+        self.by_key.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PublicKey, u32>> {
+        self.by_key.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn drops(&self) -> MutexGuard<'_, DropCounters> {
+        self.dropped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer (session index prefix) a datagram is for; None when it was
+    /// dropped or answered with a cookie here.
+    pub(super) fn dispatch(&self, datagram: &[u8], from: SocketAddr) -> Option<u32> {
+        if datagram.len() > MAX_DATAGRAM {
+            self.drops().record(DropReason::Oversized);
+            return None;
+        }
+        match self.route(datagram, from) {
+            Ok(Route::Peer(i)) => Some(i),
+            Ok(Route::Cookie(reply)) => {
+                tracing::trace!(%from, "under load: cookie reply instead of a handshake");
+                let mut dropped = self.drops();
+                dropped.record(DropReason::RateLimited);
+                GatewayLink::send_to(&self.udp, &reply, from, &mut dropped);
+                None
+            }
+            Err(reason) => {
+                tracing::trace!(?reason, %from, "dropped datagram");
+                self.drops().record(reason);
+                None
+            }
+        }
+    }
+}
+
+impl Router {
     /// Which peer a datagram belongs to, or why it has none.
     ///
     /// Handshake messages pass the gateway-wide rate limiter first: mac1
@@ -272,7 +298,7 @@ impl GatewayLink {
                 let half = parse_handshake_anon(&self.secret, &self.public, &init)
                     .map_err(|_| DropReason::AuthFailed)?;
                 let key = PublicKey::from_bytes(half.peer_static_public);
-                self.by_key
+                self.keys()
                     .get(&key)
                     .copied()
                     .map(Route::Peer)
@@ -283,32 +309,93 @@ impl GatewayLink {
             Packet::PacketData(p) => Ok(Route::Peer(p.receiver_idx >> 8)),
         }
     }
+}
+
+/// Established connections of all shards, waiting for the application.
+pub(crate) struct AcceptQueue {
+    pub(super) state: Mutex<AcceptState>,
+    /// Signalled on each new connection and on close, for blocking `accept`.
+    pub(super) cond: Condvar,
+    pub(super) closed: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct AcceptState {
+    /// (shard, socket, peer).
+    pub(super) queue: VecDeque<(usize, SocketHandle, PeerIdentity)>,
+    pub(super) wakers: Vec<Waker>,
+}
+
+impl AcceptQueue {
+    pub(super) fn new() -> Self {
+        Self {
+            state: Mutex::new(AcceptState::default()),
+            cond: Condvar::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, AcceptState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One shard's peers: their sessions, their addresses and the connections
+/// they are opening.
+pub(crate) struct GatewayLink {
+    pub(super) udp: Arc<UdpSocket>,
+    /// This shard's number.
+    pub(super) shard: usize,
+    /// Peers by their 24-bit session index prefix (receiver_idx >> 8).
+    pub(super) peers: HashMap<u32, PeerSlot>,
+    pub(super) by_ip: HashMap<Ipv4Addr, u32>,
+    pub(super) address: Ipv4Addr,
+    /// The tunnel network's prefix and the inner MTU, for new stacks.
+    pub(super) prefix: u8,
+    pub(super) mtu: usize,
+    pub(super) ports: Vec<u16>,
+    pub(super) buffers: BufferSizes,
+    pub(super) buf: Vec<u8>,
+    /// Drops in this shard not attributable to a configured peer.
+    pub(super) dropped: DropCounters,
+    pub(super) pending: Vec<(SocketHandle, PeerIdentity, Instant)>,
+    pub(super) accept: Arc<AcceptQueue>,
+}
+
+/// Where `route` sends a datagram.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// To the peer with this session index prefix.
+    Peer(u32),
+    /// Nowhere: we are under load and answered with this cookie reply.
+    Cookie([u8; COOKIE_REPLY_LEN]),
+}
+
+/// Size of a WireGuard cookie reply message (type 3).
+const COOKIE_REPLY_LEN: usize = 64;
+
+impl GatewayLink {
+    pub(super) fn send_to(
+        udp: &UdpSocket,
+        data: &[u8],
+        to: SocketAddr,
+        dropped: &mut DropCounters,
+    ) {
+        if let Err(e) = udp.send_to(data, to) {
+            tracing::trace!(error = %e, %to, "gateway UDP send failed");
+            dropped.record(DropReason::SendFailed);
+        }
+    }
 
     /// Handle one datagram: whether waiters should be woken, and the inner packet
     /// for the stack of the peer's address, if it carried one.
     pub(super) fn receive(
         &mut self,
+        index: u32,
         datagram: &[u8],
         from: SocketAddr,
     ) -> (bool, Option<(Vec<u8>, PeerIdentity)>) {
-        if datagram.len() > MAX_DATAGRAM {
-            self.dropped.record(DropReason::Oversized);
-            return (false, None);
-        }
-        let index = match self.route(datagram, from) {
-            Ok(Route::Peer(i)) => i,
-            Ok(Route::Cookie(reply)) => {
-                tracing::trace!(%from, "under load: cookie reply instead of a handshake");
-                self.dropped.record(DropReason::RateLimited);
-                Self::send_to(&self.udp, &reply, from, &mut self.dropped);
-                return (false, None);
-            }
-            Err(reason) => {
-                tracing::trace!(?reason, %from, "dropped datagram");
-                self.dropped.record(reason);
-                return (false, None);
-            }
-        };
+        // Removed between routing and this shard's lock, or never there.
         let Some(peer) = self.peers.get_mut(&index) else {
             self.dropped.record(DropReason::UnknownReceiver);
             return (false, None);
@@ -412,7 +499,9 @@ impl GatewayLink {
             .iter()
             .filter(|(_, id, _)| id.tunnel_addr == identity.tunnel_addr)
             .count();
-        if pending_for_peer >= MAX_PENDING_PER_PEER || self.accepted.len() >= MAX_ACCEPT_QUEUE {
+        if pending_for_peer >= MAX_PENDING_PER_PEER
+            || self.accept.lock().queue.len() >= MAX_ACCEPT_QUEUE
+        {
             // smoltcp answers the SYN with RST: the client sees "refused".
             return;
         }
@@ -445,7 +534,10 @@ impl GatewayLink {
                 tcp::State::SynReceived if alive && since.elapsed() < PENDING_TIMEOUT => i += 1,
                 tcp::State::Established | tcp::State::CloseWait if alive => {
                     self.pending.swap_remove(i);
-                    self.accepted.push_back((handle, identity));
+                    self.accept
+                        .lock()
+                        .queue
+                        .push_back((self.shard, handle, identity));
                     new = true;
                 }
                 _ => {
@@ -457,18 +549,16 @@ impl GatewayLink {
             }
         }
         if new {
-            for w in self.accept_wakers.drain(..) {
+            let wakers = std::mem::take(&mut self.accept.lock().wakers);
+            for w in wakers {
                 w.wake();
             }
+            self.accept.cond.notify_all();
         }
         new
     }
 
-    pub(super) fn on_timer(&mut self, reset_rate_limiter: bool) {
-        if reset_rate_limiter {
-            self.rate_limiter.reset_count();
-            self.tunn_limiter.reset_count();
-        }
+    pub(super) fn on_timer(&mut self) {
         for peer in self.peers.values_mut() {
             // Errors (expired sessions) need nothing: responders wait for
             // the sensor to initiate again.
@@ -562,30 +652,31 @@ mod tests {
         assert!(parse_syn(&p[..30]).is_none());
     }
 
-    fn link(gw_key: &PrivateKey, limit: u64) -> GatewayLink {
+    fn link(gw_key: &PrivateKey, limit: u64) -> Router {
         let secret = gw_key.secret();
         let public = x25519::PublicKey::from(&secret);
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        GatewayLink {
+        Router {
             udp,
             rate_limiter: Arc::new(RateLimiter::new(&public, limit)),
             tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             secret,
             public,
-            peers: HashMap::new(),
-            by_key: HashMap::new(),
-            by_ip: HashMap::new(),
-            address: Ipv4Addr::new(10, 0, 0, 1),
-            prefix: 24,
-            mtu: 1420,
-            ports: vec![443],
-            buffers: BufferSizes { rx: 1024, tx: 1024 },
-            buf: vec![],
-            dropped: DropCounters::default(),
-            pending: vec![],
-            accepted: VecDeque::new(),
-            accept_wakers: vec![],
+            by_key: RwLock::new(HashMap::new()),
+            dropped: Mutex::new(DropCounters::default()),
+            shards: 4,
         }
+    }
+
+    #[test]
+    fn shards_follow_the_index_and_the_address() {
+        let router = link(&PrivateKey::generate(), 10);
+        // Consecutive addresses spread over every shard.
+        let shards: BTreeSet<usize> = (2..6)
+            .map(|i| router.shard_of_addr(Ipv4Addr::new(10, 0, 0, i)))
+            .collect();
+        assert_eq!(shards.len(), 4);
+        assert_eq!(router.shard_of_index(4 * 1000 + 3), 3);
     }
 
     fn initiation(dev: &mut Tunn) -> Vec<u8> {

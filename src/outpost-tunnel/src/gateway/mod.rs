@@ -5,15 +5,24 @@
 //!
 //! Peers can only reach the gateway's own address (no forwarding between
 //! peers), and only from their own tunnel address.
+//!
+//! The peers are split into shards by tunnel address, each shard with its own
+//! lock, sessions and stacks, and one receiving thread per shard. Any of these
+//! threads takes the next datagram from the shared socket, routes it (session
+//! index, or for an initiation the rate limiter and X25519, outside any shard
+//! lock) and handles it under the lock of the peer's shard; a thread runs the
+//! timers of its own shard. So decryption, TCP and encryption for different
+//! shards proceed on different cores.
 
 mod link;
 mod stream;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::Context;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,7 +40,7 @@ use crate::stats::{DropCounters, TunnelStats};
 use crate::stream::{Shared, StreamCore};
 use crate::{TIMER_TICK, WG_BUF};
 
-use link::{GatewayCore, GatewayLink, PeerSlot};
+use link::{AcceptQueue, GatewayCore, GatewayLink, PeerSlot, Router};
 pub use stream::GatewayStream;
 
 /// Handshake messages per second (all peers together) before cookies are
@@ -61,6 +70,9 @@ pub struct GatewayConfig {
     /// cookie; over it, only initiators proving their source address (mac2)
     /// get public-key work.
     pub handshakes_per_second: u64,
+    /// Shards, each with its own lock and receiving thread (0: one per CPU, at
+    /// most 16; at most 256 in any case).
+    pub shards: usize,
 }
 
 impl GatewayConfig {
@@ -80,6 +92,7 @@ impl GatewayConfig {
             tcp_rx_buffer: 64 * 1024,
             tcp_tx_buffer: 512 * 1024,
             handshakes_per_second: DEFAULT_HANDSHAKE_RATE_LIMIT,
+            shards: 0,
         }
     }
 }
@@ -119,10 +132,18 @@ pub struct GatewayStats {
     pub dropped: DropCounters,
 }
 
+/// Most shards the default (one per CPU) makes.
+const MAX_DEFAULT_SHARDS: usize = 16;
+/// Most shards at all: each is a thread, and session indexes (24 bits) carry
+/// the shard number.
+const MAX_SHARDS: usize = 256;
+
 /// The gateway. Share it with `Arc`; dropping the last handle stops it.
 pub struct Gateway {
-    shared: Arc<Shared<GatewayCore>>,
-    driver: Option<JoinHandle<()>>,
+    shards: Vec<Arc<Shared<GatewayCore>>>,
+    router: Arc<Router>,
+    accept: Arc<AcceptQueue>,
+    drivers: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
     public_key: PublicKey,
 }
@@ -132,6 +153,7 @@ impl fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field("local_addr", &self.local_addr)
             .field("public_key", &self.public_key)
+            .field("shards", &self.shards.len())
             .finish_non_exhaustive()
     }
 }
@@ -147,48 +169,67 @@ impl Gateway {
         if config.tcp_ports.is_empty() {
             return Err(TunnelError::Config("no inner TCP port to listen on".into()));
         }
-        let handshake_rate_limit = config.handshakes_per_second;
+        let count = match config.shards {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_DEFAULT_SHARDS),
+            n => n.min(MAX_SHARDS),
+        };
         let secret = config.private_key.secret();
         let public = x25519::PublicKey::from(&secret);
-        let link = GatewayLink {
+        let router = Arc::new(Router {
             udp: udp.clone(),
-            rate_limiter: Arc::new(RateLimiter::new(&public, handshake_rate_limit)),
+            rate_limiter: Arc::new(RateLimiter::new(&public, config.handshakes_per_second)),
             tunn_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
             secret,
             public,
-            peers: HashMap::new(),
-            by_key: HashMap::new(),
-            by_ip: HashMap::new(),
-            address: config.address,
-            prefix: config.prefix,
-            mtu: usize::from(config.mtu),
-            ports: config.tcp_ports.clone(),
-            buffers: BufferSizes {
-                rx: config.tcp_rx_buffer,
-                tx: config.tcp_tx_buffer,
-            },
-            buf: vec![0u8; WG_BUF],
-            dropped: DropCounters::default(),
-            pending: Vec::new(),
-            accepted: VecDeque::new(),
-            accept_wakers: Vec::new(),
-        };
-        let shared = Shared::new(GatewayCore::new(link));
-        let driver = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("outpost-gateway".into())
-                .spawn(move || drive(shared, udp))
-                .map_err(TunnelError::Thread)?
-        };
-        let public_key = config.private_key.public_key();
-        tracing::info!(%local_addr, %public_key, address = %config.address, "gateway listening");
-        Ok(Self {
-            shared,
-            driver: Some(driver),
+            by_key: RwLock::new(HashMap::new()),
+            dropped: Mutex::new(DropCounters::default()),
+            shards: count,
+        });
+        let accept = Arc::new(AcceptQueue::new());
+        let shards: Vec<_> = (0..count)
+            .map(|shard| {
+                Shared::new(GatewayCore::new(GatewayLink {
+                    udp: udp.clone(),
+                    shard,
+                    peers: HashMap::new(),
+                    by_ip: HashMap::new(),
+                    address: config.address,
+                    prefix: config.prefix,
+                    mtu: usize::from(config.mtu),
+                    ports: config.tcp_ports.clone(),
+                    buffers: BufferSizes {
+                        rx: config.tcp_rx_buffer,
+                        tx: config.tcp_tx_buffer,
+                    },
+                    buf: vec![0u8; WG_BUF],
+                    dropped: DropCounters::default(),
+                    pending: Vec::new(),
+                    accept: accept.clone(),
+                }))
+            })
+            .collect();
+        let mut gateway = Self {
+            shards,
+            router,
+            accept,
+            drivers: Vec::with_capacity(count),
             local_addr,
-            public_key,
-        })
+            public_key: config.private_key.public_key(),
+        };
+        for own in 0..count {
+            let shards = gateway.shards.clone();
+            let router = gateway.router.clone();
+            // On failure, dropping `gateway` stops the threads already started.
+            let driver = std::thread::Builder::new()
+                .name(format!("outpost-gw-{own}"))
+                .spawn(move || drive(own, shards, router))
+                .map_err(TunnelError::Thread)?;
+            gateway.drivers.push(driver);
+        }
+        tracing::info!(%local_addr, public_key = %gateway.public_key, address = %config.address, shards = count, "gateway listening");
+        Ok(gateway)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -216,28 +257,34 @@ impl Gateway {
     }
 
     fn insert_peer(&self, peer: GatewayPeer, share: bool) -> Result<(), TunnelError> {
-        let mut core = self.shared.lock();
-        let link = &mut core.link;
-        if link.by_key.contains_key(&peer.public_key) {
+        let mut keys = self.router.keys_mut();
+        if keys.contains_key(&peer.public_key) {
             return Err(TunnelError::DuplicatePeer(peer.public_key));
         }
+        let shard = self.router.shard_of_addr(peer.allowed_ip);
+        let mut core = self.shards[shard].lock();
+        let link = &mut core.link;
         if (!share && link.by_ip.contains_key(&peer.allowed_ip)) || peer.allowed_ip == link.address
         {
             return Err(TunnelError::AddressInUse(peer.allowed_ip));
         }
+        // A 24-bit index whose remainder names the shard, so that a data
+        // packet's receiver index alone finds it.
+        let n = self.router.shards as u32;
         let index = loop {
             let i = OsRng.next_u32() >> 8;
-            if !link.peers.contains_key(&i) {
+            let i = i - i % n + shard as u32;
+            if i < 1 << 24 && !link.peers.contains_key(&i) {
                 break i;
             }
         };
         let tunn = Tunn::new(
-            link.secret.clone(),
+            self.router.secret.clone(),
             peer.public_key.x25519(),
             peer.preshared_key.as_ref().map(PresharedKey::bytes),
             None,
             index,
-            Some(link.tunn_limiter.clone()),
+            Some(self.router.tunn_limiter.clone()),
         )
         .map_err(|e| TunnelError::Config(e.to_string()))?;
         let identity = PeerIdentity {
@@ -253,22 +300,24 @@ impl Gateway {
                 stats: TunnelStats::default(),
             },
         );
-        link.by_key.insert(peer.public_key, index);
+        keys.insert(peer.public_key, index);
         // A shared address keeps routing to the key in use until the new one
         // proves itself (see `GatewayLink::receive`).
         link.by_ip.entry(peer.allowed_ip).or_insert(index);
-        tracing::info!(peer = %peer.public_key, addr = %peer.allowed_ip, shared = share, "peer added");
+        tracing::info!(peer = %peer.public_key, addr = %peer.allowed_ip, shared = share, shard, "peer added");
         Ok(())
     }
 
     /// Remove a peer and reset its open connections, unless another key
     /// still holds its address. False if unknown.
     pub fn remove_peer(&self, key: &PublicKey) -> bool {
-        let mut core = self.shared.lock();
-        let core = &mut *core;
-        let Some(index) = core.link.by_key.remove(key) else {
+        let mut keys = self.router.keys_mut();
+        let Some(index) = keys.remove(key) else {
             return false;
         };
+        let shared = &self.shards[self.router.shard_of_index(index)];
+        let mut core = shared.lock();
+        let core = &mut *core;
         if let Some(slot) = core.link.peers.remove(&index) {
             let ip = slot.identity.tunnel_addr;
             let other = core
@@ -290,69 +339,72 @@ impl Gateway {
             }
         }
         core.promote();
-        self.shared.notify();
+        shared.notify();
         tracing::info!(peer = %key, "peer removed");
         true
     }
 
     pub fn peer_status(&self, key: &PublicKey) -> Option<PeerStatus> {
-        let core = self.shared.lock();
-        let index = core.link.by_key.get(key)?;
-        core.link.peers.get(index).map(status)
+        let index = *self.router.keys().get(key)?;
+        let core = self.shards[self.router.shard_of_index(index)].lock();
+        core.link.peers.get(&index).map(status)
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
-        let core = self.shared.lock();
-        core.link.peers.values().map(status).collect()
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            all.extend(shard.lock().link.peers.values().map(status));
+        }
+        all
     }
 
     pub fn stats(&self) -> GatewayStats {
-        let core = self.shared.lock();
         let mut s = GatewayStats {
-            peers: core.link.peers.len(),
-            dropped: core.link.dropped.clone(),
+            dropped: self.router.drops().clone(),
             ..GatewayStats::default()
         };
-        for p in core.link.peers.values() {
-            s.handshakes_completed += p.stats.handshakes_completed;
-            s.rx_bytes += p.stats.rx_bytes;
-            s.tx_bytes += p.stats.tx_bytes;
-            let d = &p.stats.dropped;
-            let t = &mut s.dropped;
-            t.oversized += d.oversized;
-            t.malformed += d.malformed;
-            t.invalid_mac += d.invalid_mac;
-            t.unknown_peer += d.unknown_peer;
-            t.unknown_receiver += d.unknown_receiver;
-            t.auth_failed += d.auth_failed;
-            t.replay += d.replay;
-            t.spoofed_source += d.spoofed_source;
-            t.not_for_us += d.not_for_us;
-            t.rate_limited += d.rate_limited;
-            t.no_endpoint += d.no_endpoint;
-            t.send_failed += d.send_failed;
+        for shard in &self.shards {
+            let core = shard.lock();
+            s.peers += core.link.peers.len();
+            s.dropped.add(&core.link.dropped);
+            for p in core.link.peers.values() {
+                s.handshakes_completed += p.stats.handshakes_completed;
+                s.rx_bytes += p.stats.rx_bytes;
+                s.tx_bytes += p.stats.tx_bytes;
+                s.dropped.add(&p.stats.dropped);
+            }
         }
         s
     }
 
     /// Wait for the next inner TCP connection (None: wait forever).
     pub fn accept_timeout(&self, timeout: Option<Duration>) -> Result<GatewayStream, TunnelError> {
+        // Wake up at least this often so a missed signal cannot hang us.
+        const SLICE: Duration = Duration::from_millis(200);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut core = self.shared.lock();
+        let mut state = self.accept.lock();
         loop {
-            if let Some((handle, peer)) = core.link.accepted.pop_front() {
-                drop(core);
-                return Ok(self.stream(handle, peer));
+            if let Some((shard, handle, peer)) = state.queue.pop_front() {
+                drop(state);
+                return Ok(self.stream(shard, handle, peer));
             }
-            if self.shared.is_closed() {
+            if self.accept.closed.load(Ordering::Acquire) {
                 return Err(TunnelError::Closed);
             }
-            if let (Some(d), Some(t)) = (deadline, timeout) {
-                if Instant::now() >= d {
-                    return Err(TunnelError::AcceptTimeout(t));
+            let wait = match (deadline, timeout) {
+                (Some(d), Some(t)) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(TunnelError::AcceptTimeout(t));
+                    }
+                    left.min(SLICE)
                 }
-            }
-            core = self.shared.wait(core, deadline);
+                _ => SLICE,
+            };
+            state = match self.accept.cond.wait_timeout(state, wait) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
         }
     }
 
@@ -365,21 +417,16 @@ impl Gateway {
         &self,
         cx: &mut Context<'_>,
     ) -> std::task::Poll<Result<GatewayStream, TunnelError>> {
-        let mut core = self.shared.lock();
-        if let Some((handle, peer)) = core.link.accepted.pop_front() {
-            drop(core);
-            return std::task::Poll::Ready(Ok(self.stream(handle, peer)));
+        let mut state = self.accept.lock();
+        if let Some((shard, handle, peer)) = state.queue.pop_front() {
+            drop(state);
+            return std::task::Poll::Ready(Ok(self.stream(shard, handle, peer)));
         }
-        if self.shared.is_closed() {
+        if self.accept.closed.load(Ordering::Acquire) {
             return std::task::Poll::Ready(Err(TunnelError::Closed));
         }
-        if !core
-            .link
-            .accept_wakers
-            .iter()
-            .any(|w| w.will_wake(cx.waker()))
-        {
-            core.link.accept_wakers.push(cx.waker().clone());
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
         }
         std::task::Poll::Pending
     }
@@ -389,9 +436,9 @@ impl Gateway {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
-    fn stream(&self, handle: SocketHandle, peer: PeerIdentity) -> GatewayStream {
+    fn stream(&self, shard: usize, handle: SocketHandle, peer: PeerIdentity) -> GatewayStream {
         GatewayStream {
-            inner: StreamCore::new(self.shared.clone(), (peer.tunnel_addr, handle)),
+            inner: StreamCore::new(self.shards[shard].clone(), (peer.tunnel_addr, handle)),
             peer,
         }
     }
@@ -409,76 +456,94 @@ fn status(p: &PeerSlot) -> PeerStatus {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        {
-            let mut core = self.shared.lock();
+        for shard in &self.shards {
+            let mut core = shard.lock();
             // Reset every connection so async readers wake up and see the end.
             let addrs: Vec<Ipv4Addr> = core.stacks.keys().copied().collect();
             for addr in addrs {
                 core.abort_all(addr);
             }
-            for w in core.link.accept_wakers.drain(..) {
+        }
+        {
+            let mut state = self.accept.lock();
+            self.accept.closed.store(true, Ordering::Release);
+            for w in state.wakers.drain(..) {
                 w.wake();
             }
         }
-        self.shared.close();
-        if let Some(t) = self.driver.take() {
+        self.accept.cond.notify_all();
+        for shard in &self.shards {
+            shard.close();
+        }
+        for t in self.drivers.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn drive(shared: Arc<Shared<GatewayCore>>, udp: Arc<UdpSocket>) {
+/// One receiving thread: takes datagrams for any shard from the shared
+/// socket, and runs the timers of shard `own`.
+fn drive(own: usize, shards: Vec<Arc<Shared<GatewayCore>>>, router: Arc<Router>) {
+    let mine = &shards[own];
+    let udp = router.udp.clone();
     let mut buf = vec![0u8; 65536];
     let mut last_tick = Instant::now();
     let mut last_rate_reset = Instant::now();
-    while !shared.is_closed() {
-        let wait = {
-            let core = shared.lock();
-            let now = Instant::now();
-            core.next_timer(now)
-                .unwrap_or(TIMER_TICK)
-                .min(TIMER_TICK.saturating_sub(last_tick.elapsed()))
-                .max(Duration::from_millis(1))
-        };
+    let mut wait = Duration::from_millis(1);
+    while !mine.is_closed() {
+        // The timeout is the socket's, shared by all threads: another thread setting
+        // its own between these two calls can delay this shard's timers once, by at
+        // most a tick (timers only retransmit, ACK late or keep alive).
         let _ = udp.set_read_timeout(Some(wait));
-        let received = match udp.recv_from(&mut buf) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                match e.kind() {
-                    io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut
-                    // ICMP errors for earlier sends to a vanished peer.
-                    | io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::ConnectionReset => {}
-                    _ => {
-                        tracing::warn!(error = %e, "gateway UDP receive failed");
-                        std::thread::sleep(Duration::from_millis(50));
+        match udp.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if let Some(index) = router.dispatch(&buf[..n], from) {
+                    let shared = &shards[router.shard_of_index(index)];
+                    let mut core = shared.lock();
+                    let mut notify = core.receive(index, &buf[..n], from);
+                    notify |= core.promote();
+                    if notify {
+                        shared.notify();
                     }
                 }
-                None
             }
-        };
-        let mut core = shared.lock();
-        let core = &mut *core;
-        let mut notify = false;
-        if let Some((n, from)) = received {
-            notify |= core.receive(&buf[..n], from);
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                // ICMP errors for earlier sends to a vanished peer.
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset => {}
+                _ => {
+                    tracing::warn!(error = %e, "gateway UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            },
         }
-        notify |= core.run_due(Instant::now());
+        let mut core = mine.lock();
+        let core = &mut *core;
+        let mut notify = core.run_due(Instant::now());
         if last_tick.elapsed() >= TIMER_TICK {
             last_tick = Instant::now();
-            let reset = last_rate_reset.elapsed() >= Duration::from_secs(1);
-            if reset {
+            // One thread resets the gateway-wide handshake budget.
+            if own == 0 && last_rate_reset.elapsed() >= Duration::from_secs(1) {
                 last_rate_reset = Instant::now();
+                router.rate_limiter.reset_count();
+                router.tunn_limiter.reset_count();
             }
-            core.link.on_timer(reset);
+            core.link.on_timer();
             core.reap();
             notify = true;
         }
         notify |= core.promote();
         if notify {
-            shared.notify();
+            mine.notify();
         }
+        let now = Instant::now();
+        wait = core
+            .next_timer(now)
+            .unwrap_or(TIMER_TICK)
+            .min(TIMER_TICK.saturating_sub(last_tick.elapsed()))
+            .max(Duration::from_millis(1));
     }
 }
 

@@ -46,6 +46,26 @@ pub fn device(gw: &Gateway, gw_key: &PrivateKey, endpoint: SocketAddr, i: usize)
     DeviceTunnel::start(cfg).unwrap()
 }
 
+/// Run `f(i, device)` for every device at once, each on its own thread, and
+/// wait for all (a panic in one fails the caller).
+pub fn for_each_device<F>(devices: &[Arc<DeviceTunnel>], f: F)
+where
+    F: Fn(usize, &DeviceTunnel) + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let workers: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, dev)| {
+            let (dev, f) = (dev.clone(), f.clone());
+            thread::spawn(move || f(i, &dev))
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("device worker");
+    }
+}
+
 /// Serve forever: `GET /bytes/N` answers N pattern bytes, `POST /echo`
 /// answers the body; every answer names the peer in `X-Peer`.
 pub fn serve(gw: Arc<Gateway>) {
