@@ -405,12 +405,21 @@ fn ensure_peer(gw: &Gateway, key: PublicKey, addr: std::net::Ipv4Addr) -> Result
         }
         None => {}
     }
-    gw.add_peer(GatewayPeer {
+    match gw.add_peer(GatewayPeer {
         public_key: key,
         allowed_ip: addr,
         preshared_key: None,
-    })
-    .map_err(|e| e.to_string())
+    }) {
+        // Added by the peer sync since the check above (it follows the database).
+        Err(outpost_tunnel::TunnelError::DuplicatePeer(_))
+            if gw
+                .peer_status(&key)
+                .is_some_and(|p| p.identity.tunnel_addr == addr) =>
+        {
+            Ok(())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
 }
 
 fn tunnel_config(
@@ -476,12 +485,24 @@ async fn rotate_key(
                 gw.remove_peer(&old);
             }
             if gw.peer_status(&new_key).is_none() {
-                gw.add_peer_sharing_address(GatewayPeer {
+                let added = gw.add_peer_sharing_address(GatewayPeer {
                     public_key: new_key,
                     allowed_ip: row.tunnel_address,
                     preshared_key: None,
-                })
-                .map_err(|e| {
+                });
+                // The peer sync (which follows the database's notifications) may have
+                // added the key between the check and the add: that is the goal reached.
+                let added = match added {
+                    Err(outpost_tunnel::TunnelError::DuplicatePeer(_))
+                        if gw
+                            .peer_status(&new_key)
+                            .is_some_and(|p| p.identity.tunnel_addr == row.tunnel_address) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                };
+                added.map_err(|e| {
                     tracing::error!(sensor = %sensor.id, error = %e, "accepting the rotated tunnel key failed");
                     ApiError::new(
                         ErrorCode::Internal,
