@@ -27,6 +27,7 @@ mod process;
 mod stack;
 mod supervisor;
 mod users;
+mod vtcache;
 mod vts;
 
 pub use component::{Component, Probe, ProbePolicy, RestartPolicy, RunAs, RuntimeDir};
@@ -39,4 +40,5 @@ pub use stack::{
 };
 pub use supervisor::{ComponentState, ComponentStatus, Event, Supervisor};
 pub use users::{Identity, Passwd};
+pub use vtcache::{count_cached_vts, CachedVts};
 pub use vts::{wait_for_vts, wait_for_vts_of, VtsProgress, VtsWait};

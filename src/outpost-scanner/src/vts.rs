@@ -1,5 +1,5 @@
-//! Has ospd-openvas loaded the whole feed? Poll the `get_vts` count until
-//! it reaches what is on disk.
+//! Has ospd-openvas loaded the whole feed? Poll its feed version until it has loaded
+//! the one on disk, then count its VTs once.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,7 +14,8 @@ pub struct VtsWait {
     /// Give up after this long. A first load of the full community feed
     /// takes many minutes on a Pi.
     pub timeout: Duration,
-    /// Time between polls.
+    /// Time between polls. A poll for a known version asks only for the feed's
+    /// version (cheap), so it can be short; counting walks every VT.
     pub interval: Duration,
 }
 
@@ -22,7 +23,7 @@ impl Default for VtsWait {
     fn default() -> Self {
         VtsWait {
             timeout: Duration::from_secs(60 * 60),
-            interval: Duration::from_secs(10),
+            interval: Duration::from_secs(3),
         }
     }
 }
@@ -32,31 +33,38 @@ impl Default for VtsWait {
 pub enum VtsProgress {
     /// ospd-openvas listed this many VTs.
     Loaded(u64),
+    /// ospd-openvas still answers for another feed version (the previous release,
+    /// before it noticed the new one), or for none.
+    OtherVersion(Option<String>),
     /// Not answering yet (starting, loading, socket not there): the error.
     NotYet(String),
 }
 
-/// Polls `get_vts` (counted, light form) until ospd-openvas lists at least
-/// `expected` VTs — NASL scripts plus Notus advisories on disk, see
-/// `outpost_feed::FeedStatus::expected_vts`. "Still starting" and other
-/// transient errors mean "not yet"; any other error ends the wait.
-/// `on_poll` sees every poll. Returns the count reached.
+/// Waits until ospd-openvas has loaded at least `expected` VTs — NASL scripts plus Notus
+/// advisories, see `outpost_feed::FeedStatus::expected_vts` — and returns the count.
+/// ospd-openvas answers "still starting" while it loads; once it answers, `count` (in the
+/// device, [`crate::count_cached_vts`]) says how many VTs it lists. "Still starting" and
+/// other transient errors mean "not yet"; any other OSP error ends the wait. `on_poll`
+/// sees every poll.
 pub fn wait_for_vts(
     client: &OspClient,
+    count: impl FnMut() -> Result<u64, String>,
     expected: u64,
     wait: &VtsWait,
     on_poll: impl FnMut(&VtsProgress),
 ) -> Result<u64, ScannerError> {
-    wait_for_vts_of(client, expected, None, wait, on_poll)
+    wait_for_vts_of(client, count, expected, None, wait, on_poll)
 }
 
-/// [`wait_for_vts`] for one feed version (`PLUGIN_SET`): counts from another version
-/// (the previous release, before ospd-openvas noticed the new one) are progress, not the
-/// end. Once ospd-openvas answers for `version` it has finished loading it (it answers
-/// "still starting" while it loads), so a short count then is final:
+/// [`wait_for_vts`] for one feed version (`PLUGIN_SET`). The polls ask only for the
+/// version (`version_only`: ospd-openvas reads no VT for it) until it is `version`, then
+/// count once, and ask again: a count between two answers naming `version` is of that
+/// version. A listing `get_vts` would build an XML element per VT, which in Python on an
+/// ARM board costs more than the reload itself. A short count of `version` is final:
 /// [`ScannerError::VtsShort`], no waiting for the timeout.
 pub fn wait_for_vts_of(
     client: &OspClient,
+    mut count: impl FnMut() -> Result<u64, String>,
     expected: u64,
     version: Option<&str>,
     wait: &VtsWait,
@@ -65,36 +73,22 @@ pub fn wait_for_vts_of(
     let started = Instant::now();
     let mut loaded = 0;
     loop {
-        let last_error = match client.send(&GetVts::count_all().into()) {
-            Ok(Response::VtsCount(c)) => {
-                loaded = c.count;
-                on_poll(&VtsProgress::Loaded(c.count));
-                let got = c.feed.vts_version.as_deref();
-                match version {
-                    None if c.count >= expected => return Ok(c.count),
-                    Some(v) if got == Some(v) && c.count >= expected => return Ok(c.count),
-                    Some(v) if got == Some(v) => {
-                        return Err(ScannerError::VtsShort {
-                            loaded: c.count,
-                            expected,
-                            version: v.to_owned(),
-                        })
-                    }
-                    _ => {}
-                }
-                None
-            }
-            Ok(other) => {
-                return Err(ScannerError::Vts(outpost_osp::OspError::Unexpected(
-                    format!("{other:?}"),
-                )))
-            }
-            Err(e) if e.is_transient() => {
-                let msg = e.to_string();
+        let polled = poll(
+            client,
+            &mut count,
+            expected,
+            version,
+            &mut loaded,
+            &mut on_poll,
+        );
+        let last_error = match polled {
+            Ok(Some(count)) => return Ok(count),
+            Ok(None) => None,
+            Err(Poll::NotYet(msg)) => {
                 on_poll(&VtsProgress::NotYet(msg.clone()));
                 Some(msg)
             }
-            Err(e) => return Err(ScannerError::Vts(e)),
+            Err(Poll::End(e)) => return Err(e),
         };
         if started.elapsed() + wait.interval > wait.timeout {
             return Err(ScannerError::VtsTimeout {
@@ -108,12 +102,71 @@ pub fn wait_for_vts_of(
     }
 }
 
+/// Why a poll did not end the wait with a count.
+enum Poll {
+    /// A transient error: try again.
+    NotYet(String),
+    /// The wait is over.
+    End(ScannerError),
+}
+
+/// One poll: `Some(count)` when the wait is over, `None` to poll again.
+fn poll(
+    client: &OspClient,
+    count: &mut impl FnMut() -> Result<u64, String>,
+    expected: u64,
+    version: Option<&str>,
+    loaded: &mut u64,
+    on_poll: &mut impl FnMut(&VtsProgress),
+) -> Result<Option<u64>, Poll> {
+    let got = loaded_version(client)?;
+    if let Some(v) = version {
+        if got.as_deref() != Some(v) {
+            on_poll(&VtsProgress::OtherVersion(got));
+            return Ok(None);
+        }
+    }
+    let n = count().map_err(Poll::NotYet)?;
+    if let Some(v) = version {
+        // Another version started loading meanwhile (a newer release, a rollback): this
+        // count may be of neither.
+        if loaded_version(client)?.as_deref() != Some(v) {
+            return Ok(None);
+        }
+    }
+    *loaded = n;
+    on_poll(&VtsProgress::Loaded(n));
+    match version {
+        Some(v) if n < expected => Err(Poll::End(ScannerError::VtsShort {
+            loaded: n,
+            expected,
+            version: v.to_owned(),
+        })),
+        _ if n >= expected => Ok(Some(n)),
+        _ => Ok(None),
+    }
+}
+
+/// The feed version ospd-openvas has loaded, once it has finished loading.
+fn loaded_version(client: &OspClient) -> Result<Option<String>, Poll> {
+    match client.send(&GetVts::version_only().into()) {
+        Ok(Response::Vts(l)) => Ok(l.feed.vts_version),
+        Ok(other) => Err(Poll::End(ScannerError::Vts(
+            outpost_osp::OspError::Unexpected(format!("{other:?}")),
+        ))),
+        Err(e) if e.is_transient() => Err(Poll::NotYet(e.to_string())),
+        Err(e) => Err(Poll::End(ScannerError::Vts(e))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
     use std::path::PathBuf;
+    use std::rc::Rc;
 
     fn sock(tag: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!(
@@ -124,24 +177,16 @@ mod tests {
         p
     }
 
-    fn vts(n: usize) -> String {
-        vts_of(n, "202406120502")
-    }
-
-    fn vts_of(n: usize, version: &str) -> String {
-        let mut s = format!(
-            r#"<get_vts_response status="200" status_text="OK"><vts vts_version="{version}">"#,
-        );
-        for i in 0..n {
-            s.push_str(&format!(
-                r#"<vt id="1.3.6.1.4.1.25623.1.0.99000{i}"><name>v</name></vt>"#
-            ));
-        }
-        s + "</vts></get_vts_response>"
+    /// A `version_only` answer.
+    fn version(v: &str) -> String {
+        format!(
+            r#"<get_vts_response status="200" status_text="OK"><vts vts_version="{v}" total="0"></vts></get_vts_response>"#
+        )
     }
 
     const STARTING: &str =
         r#"<error_response status="400" status_text="OSPd OpenVAS is still starting"/>"#;
+    const VERSION_ONLY: &str = r#"<get_vts version_only="1"/>"#;
 
     /// A fake ospd answering successive connections with `answers`;
     /// returns the commands it got.
@@ -160,6 +205,23 @@ mod tests {
         })
     }
 
+    /// Counts handed out in turn, each call noted.
+    fn counts(
+        list: &[Result<u64, &str>],
+    ) -> (impl FnMut() -> Result<u64, String>, Rc<Cell<usize>>) {
+        let calls = Rc::new(Cell::new(0));
+        let seen = calls.clone();
+        let list: Vec<_> = list.iter().map(|r| r.map_err(str::to_owned)).collect();
+        (
+            move || {
+                let i = seen.get();
+                seen.set(i + 1);
+                list.get(i).cloned().unwrap_or(Err("no more counts".into()))
+            },
+            calls,
+        )
+    }
+
     fn quick() -> VtsWait {
         VtsWait {
             timeout: Duration::from_secs(20),
@@ -168,28 +230,33 @@ mod tests {
     }
 
     #[test]
-    fn waits_through_starting_and_partial_loads() {
+    fn waits_through_starting_and_short_counts_without_a_version() {
         let p = sock("ok");
-        let h = fake_ospd(&p, vec![STARTING.into(), vts(2), vts(5)]);
+        let h = fake_ospd(&p, vec![STARTING.into(), version("1"), version("1")]);
+        let (count, calls) = counts(&[Ok(2), Ok(5)]);
         let mut seen = Vec::new();
-        let n = wait_for_vts(&OspClient::new(&p), 5, &quick(), |p| seen.push(p.clone())).unwrap();
+        let n = wait_for_vts(&OspClient::new(&p), count, 5, &quick(), |p| {
+            seen.push(p.clone())
+        })
+        .unwrap();
         assert_eq!(n, 5);
         assert!(matches!(&seen[0], VtsProgress::NotYet(m) if m.contains("still starting")));
         assert_eq!(seen[1..], [VtsProgress::Loaded(2), VtsProgress::Loaded(5)]);
-        let cmds = h.join().unwrap();
-        assert_eq!(cmds, vec![r#"<get_vts details="0"/>"#; 3]);
+        assert_eq!(calls.get(), 2);
+        assert_eq!(h.join().unwrap(), [VERSION_ONLY; 3]);
         let _ = std::fs::remove_file(&p);
     }
 
     #[test]
     fn gives_up_with_the_count_reached() {
         let p = sock("timeout");
-        let h = fake_ospd(&p, vec![vts(3), vts(3), vts(3)]);
+        let h = fake_ospd(&p, vec![version("1"), version("1"), version("1")]);
+        let (count, _) = counts(&[Ok(3), Ok(3), Ok(3)]);
         let wait = VtsWait {
             timeout: Duration::from_millis(20),
             interval: Duration::from_millis(10),
         };
-        let e = wait_for_vts(&OspClient::new(&p), 7, &wait, |_| {}).unwrap_err();
+        let e = wait_for_vts(&OspClient::new(&p), count, 7, &wait, |_| {}).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -210,38 +277,52 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
-    /// A reload: the old version's count (even when high enough) is not the end; the new
-    /// version with the full count is; the new version short of it ends the wait at once.
+    /// A reload: while ospd-openvas answers for the old version or is still starting,
+    /// nothing is counted; the new version is counted once, between two answers naming it.
     #[test]
     fn waits_for_the_feed_version_asked_for() {
         let p = sock("version");
         let h = fake_ospd(
             &p,
             vec![
-                vts_of(9, "202401010000"),
+                version("202401010000"),
                 STARTING.into(),
-                vts_of(7, "202402020000"),
+                version("202402020000"),
+                version("202402020000"),
             ],
         );
+        let (count, calls) = counts(&[Ok(7)]);
+        let mut seen = Vec::new();
         let n = wait_for_vts_of(
             &OspClient::new(&p),
+            count,
             7,
             Some("202402020000"),
             &quick(),
-            |_| {},
+            |p| seen.push(p.clone()),
         )
         .unwrap();
         assert_eq!(n, 7);
-        assert_eq!(h.join().unwrap().len(), 3);
-        let _ = std::fs::remove_file(&p);
-
-        let p = sock("short");
-        let h = fake_ospd(
-            &p,
-            vec![vts_of(6, "202401010000"), vts_of(6, "202402020000")],
+        assert_eq!(calls.get(), 1);
+        assert_eq!(h.join().unwrap(), [VERSION_ONLY; 4]);
+        assert_eq!(
+            seen[0],
+            VtsProgress::OtherVersion(Some("202401010000".into()))
         );
+        assert!(matches!(&seen[1], VtsProgress::NotYet(m) if m.contains("still starting")));
+        assert_eq!(seen[2], VtsProgress::Loaded(7));
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// The new version loaded short: final at the first count, no more polls.
+    #[test]
+    fn a_short_count_of_the_version_is_final() {
+        let p = sock("short");
+        let h = fake_ospd(&p, vec![version("202402020000"), version("202402020000")]);
+        let (count, _) = counts(&[Ok(6)]);
         let e = wait_for_vts_of(
             &OspClient::new(&p),
+            count,
             7,
             Some("202402020000"),
             &quick(),
@@ -252,6 +333,41 @@ mod tests {
             e.to_string(),
             "ospd-openvas loaded feed version 202402020000 with 6 of its 7 VTs"
         );
+        assert_eq!(h.join().unwrap(), [VERSION_ONLY; 2]);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// Another version started loading while the count ran (a rollback, a newer
+    /// release): that count is neither the end nor short. A count that fails (redis
+    /// restarting) is "not yet".
+    #[test]
+    fn a_count_not_bracketed_by_the_version_is_not_the_end() {
+        let p = sock("race");
+        let h = fake_ospd(
+            &p,
+            vec![
+                version("202402020000"),
+                STARTING.into(),
+                version("202402020000"),
+                version("202402020000"),
+                version("202402020000"),
+            ],
+        );
+        let (count, calls) = counts(&[Ok(3), Err("redis is loading"), Ok(7)]);
+        let mut seen = Vec::new();
+        let n = wait_for_vts_of(
+            &OspClient::new(&p),
+            count,
+            7,
+            Some("202402020000"),
+            &quick(),
+            |p| seen.push(p.clone()),
+        )
+        .unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(calls.get(), 3);
+        assert!(!seen.contains(&VtsProgress::Loaded(3)), "{seen:?}");
+        assert!(seen.contains(&VtsProgress::NotYet("redis is loading".into())));
         h.join().unwrap();
         let _ = std::fs::remove_file(&p);
     }
@@ -263,7 +379,9 @@ mod tests {
             &p,
             vec![r#"<get_vts_response status="500" status_text="redis gone"/>"#.into()],
         );
-        let e = wait_for_vts(&OspClient::new(&p), 1, &quick(), |_| {}).unwrap_err();
+        let (count, calls) = counts(&[]);
+        let e = wait_for_vts(&OspClient::new(&p), count, 1, &quick(), |_| {}).unwrap_err();
+        assert_eq!(calls.get(), 0);
         assert!(
             matches!(e, ScannerError::Vts(ref o) if o.is_internal()),
             "{e}"

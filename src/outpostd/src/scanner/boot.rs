@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use outpost_feed::{inspect, FeedPaths, FeedThresholds};
 use outpost_osp::OspClient;
 use outpost_scanner::{
-    redis_save, wait_for_vts_of, Event, Passwd, ScannerError, StackConfig, Supervisor, VtsProgress,
-    VtsWait, OSPD_OPENVAS,
+    count_cached_vts, redis_save, wait_for_vts_of, Event, Passwd, ScannerError, StackConfig,
+    Supervisor, VtsProgress, VtsWait, OSPD_OPENVAS,
 };
 use outpost_wire::log::{Level, Phase, PhaseProgress};
 
@@ -578,15 +578,31 @@ impl Shell {
                 reporter.say(&format!("waiting for ospd-openvas to load {expected} VTs"));
                 let mut last_line: Option<Instant> = None;
                 let mut last_count = None;
-                let result = wait_for_vts_of(&client, expected, version.as_deref(), &wait, |p| {
-                    let VtsProgress::Loaded(n) = p else { return };
-                    let due = last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY);
-                    if due && last_count != Some(*n) {
-                        last_line = Some(Instant::now());
-                        last_count = Some(*n);
-                        reporter.say(&format!("ospd-openvas has {n} of {expected} VTs loaded"));
-                    }
-                });
+                let mut last_other = None;
+                let count = || {
+                    count_cached_vts(&redis_socket, Duration::from_secs(30))
+                        .map(|c| c.total())
+                        .map_err(|e| format!("counting the VTs in redis: {e}"))
+                };
+                let result =
+                    wait_for_vts_of(&client, count, expected, version.as_deref(), &wait, |p| {
+                        if let VtsProgress::OtherVersion(v) = p {
+                            if last_other.as_ref() != Some(v) {
+                                let shown = v.as_deref().unwrap_or("none");
+                                reporter
+                                    .say(&format!("ospd-openvas still has feed version {shown}"));
+                                last_other = Some(v.clone());
+                            }
+                            return;
+                        }
+                        let VtsProgress::Loaded(n) = p else { return };
+                        let due = last_line.is_none_or(|t| t.elapsed() >= VTS_PROGRESS_EVERY);
+                        if due && last_count != Some(*n) {
+                            last_line = Some(Instant::now());
+                            last_count = Some(*n);
+                            reporter.say(&format!("ospd-openvas has {n} of {expected} VTs loaded"));
+                        }
+                    });
                 let took = lock(&ospd_started).map(|t| t.elapsed()).unwrap_or_default();
                 if result.is_ok() {
                     // Persist the VT cache now: the next boot (even after a power cut)
