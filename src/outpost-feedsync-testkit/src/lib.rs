@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use outpost_bundle::{SecretKey, TrustedKeys};
 use outpost_feedsync::{FeedSource, SourceError, SyncConfig};
-use outpost_portal::feeds::{import, ImportOptions, ImportReport};
+use outpost_portal::feeds::{import, ImportError, ImportOptions, ImportReport};
 use outpost_portal::{Portal, Settings};
 use outpost_wire::feed::{
     FeedBlobsRequest, FeedDeltaPair, FeedDeltasRequest, FeedReleaseInfo, BLOBS_PATH, DELTAS_PATH,
@@ -122,15 +122,28 @@ impl TestPortal {
 
     /// Imports `tree` and publishes it (`now`: the import's clock).
     pub fn import(&self, tree: &Path, now: i64) -> ImportReport {
+        self.try_import(tree, now).expect("import")
+    }
+
+    /// [`TestPortal::import`], refusals returned.
+    pub fn try_import(&self, tree: &Path, now: i64) -> Result<ImportReport, ImportError> {
+        self.rt.block_on(import(
+            &self.portal.state.store,
+            &self.data,
+            tree,
+            &self.opts,
+            now,
+        ))
+    }
+
+    /// The manifest digests of the published releases.
+    pub fn releases(&self) -> Vec<String> {
         self.rt
-            .block_on(import(
-                &self.portal.state.store,
-                &self.data,
-                tree,
-                &self.opts,
-                now,
-            ))
-            .expect("import")
+            .block_on(self.portal.state.store.feed_releases())
+            .expect("releases")
+            .into_iter()
+            .map(|r| r.manifest_sha256)
+            .collect()
     }
 
     /// The registered sensor's view of the sensor API.

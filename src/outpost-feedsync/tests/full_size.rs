@@ -6,17 +6,22 @@
 //! - day 0 from nothing: every file arrives, checked, compressed on the wire;
 //! - the next day moves only what changed (in-file deltas), in bytes, and a sync cut
 //!   after its first request resumes without asking for anything it already has;
-//! - the previous release is kept for rollback.
+//! - the previous release is kept for rollback;
+//! - at this size too, the portal refuses an unsigned, a wrongly signed, a tampered, an
+//!   incomplete and an over-complete tree, naming the problem, and publishes nothing.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::FeedSpec;
 use outpost_feedsync::{sync, FeedSource, Progress, SourceError, SyncError, SyncOutcome};
 use outpost_feedsync_testkit::trees::{cache_dir, cached};
 use outpost_feedsync_testkit::{Http, TestPortal};
+use outpost_portal::feeds::openpgp::SigError;
+use outpost_portal::feeds::{ImportError, TreeProblem};
 use outpost_wire::feed::{FeedDeltaPair, FeedReleaseInfo};
 
 const SEED: u64 = 5;
@@ -197,4 +202,93 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
     assert!(now.ends_with(&r1.release));
     let prev = std::fs::read_link(root.join("previous")).unwrap();
     assert!(prev.ends_with(&r0.release), "day 0 kept for rollback");
+
+    refusals(&tp, &trees.day1, dir.path());
+}
+
+/// Bad trees at full size, each a hard-linked copy of day 1 with one thing wrong (a file
+/// is replaced, never written through the link: the cached tree stays intact).
+fn refusals(tp: &TestPortal, day1: &std::path::Path, tmp: &std::path::Path) {
+    let published = tp.releases();
+    let tree = tmp.join("bad");
+    let st = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(day1)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let replace = |rel: &str, bytes: &[u8]| {
+        let p = tree.join(rel);
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, bytes).unwrap();
+    };
+    let refused = |what: &str| -> ImportError {
+        match tp.try_import(&tree, 1_757_930_000 + 2 * 86_400) {
+            Err(e) => e,
+            Ok(r) => panic!("{what}: imported as {}", r.release.manifest_sha256),
+        }
+    };
+    let sums = std::fs::read(tree.join("nvt/sha256sums")).unwrap();
+    let victim = String::from_utf8_lossy(&sums)
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, p)| format!("nvt/{p}")))
+        .find(|p| p.ends_with(".nasl") && p.matches('/').count() > 1)
+        .unwrap();
+
+    // Unsigned.
+    let sig = std::fs::read(tree.join("nvt/sha256sums.asc")).unwrap();
+    std::fs::remove_file(tree.join("nvt/sha256sums.asc")).unwrap();
+    let e = refused("unsigned");
+    assert!(
+        matches!(&e, ImportError::Unsigned { list } if list == "nvt/sha256sums"),
+        "{e}"
+    );
+
+    // Signed by a key the operator never trusted.
+    let mallory = GpgSigner::create(&tmp.join("gnupg-other"), "Mallory <m@test.invalid>").unwrap();
+    mallory
+        .sign(
+            &tree.join("nvt/sha256sums"),
+            &tree.join("nvt/sha256sums.asc"),
+        )
+        .unwrap();
+    let e = refused("wrongly signed");
+    assert!(
+        matches!(&e, ImportError::Signature { list, reason: SigError::UnknownKey(_) } if list == "nvt/sha256sums"),
+        "{e}"
+    );
+    replace("nvt/sha256sums.asc", &sig);
+
+    // Tampered: one byte of one script among 136,302.
+    let original = std::fs::read(tree.join(&victim)).unwrap();
+    let mut altered = original.clone();
+    altered[100] ^= 0x20;
+    replace(&victim, &altered);
+    let e = refused("tampered");
+    assert!(
+        matches!(&e, ImportError::Tree(p) if p == &[TreeProblem::Altered { path: victim.clone(), list: "nvt/sha256sums".into() }]),
+        "{e}"
+    );
+    replace(&victim, &original);
+
+    // Incomplete: one listed script gone.
+    std::fs::remove_file(tree.join(&victim)).unwrap();
+    let e = refused("incomplete");
+    assert!(
+        e.to_string().contains(&format!(
+            "{victim} is listed in nvt/sha256sums but missing from the tree"
+        )),
+        "{e}"
+    );
+    replace(&victim, &original);
+
+    // Over-complete: one script no signed list names.
+    replace("nvt/gb_not_listed.nasl", b"exit(0);\n");
+    let e = refused("over-complete");
+    assert!(
+        matches!(&e, ImportError::Tree(p) if p == &[TreeProblem::Unlisted("nvt/gb_not_listed.nasl".into())]),
+        "{e}"
+    );
+    assert_eq!(tp.releases(), published, "a refused tree publishes nothing");
 }

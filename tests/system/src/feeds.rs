@@ -38,15 +38,48 @@ pub fn lab_signer(home: &Path) -> GpgSigner {
 
 /// Rewrites `nvt/sha256sums` for what is in `nvt/` now and signs it.
 pub fn relist_nvt(tree: &Path, signer: &GpgSigner) {
-    let nvt = tree.join("nvt");
-    let sums = run(Command::new("bash").current_dir(&nvt).args([
+    relist(tree, "nvt", signer);
+}
+
+/// Rewrites the `sha256sums` of one signed directory (`nvt`, `notus/advisories`, ...)
+/// for what is in it now and signs it.
+pub fn relist(tree: &Path, dir: &str, signer: &GpgSigner) {
+    let dir = tree.join(dir);
+    let sums = run(Command::new("bash").current_dir(&dir).args([
         "-c",
         "find . -type f ! -name 'sha256sums*' -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum",
     ]));
-    std::fs::write(nvt.join("sha256sums"), sums).unwrap();
+    std::fs::write(dir.join("sha256sums"), sums).unwrap();
     signer
-        .sign(&nvt.join("sha256sums"), &nvt.join("sha256sums.asc"))
-        .expect("signing nvt/sha256sums");
+        .sign(&dir.join("sha256sums"), &dir.join("sha256sums.asc"))
+        .unwrap_or_else(|e| panic!("signing {}/sha256sums: {e}", dir.display()));
+}
+
+/// Adds a Notus advisory with `oid` (a copy of the first one in the first family file,
+/// renamed) unless that file has it already; the caller relists `notus/advisories`.
+pub fn add_advisory(tree: &Path, oid: &str) {
+    let dir = tree.join("notus/advisories");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "notus"))
+        .collect();
+    files.sort();
+    let file = files.first().expect("an advisory file");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).unwrap()).expect("advisory JSON");
+    let list = v["advisories"].as_array_mut().expect("advisories");
+    if list.iter().any(|a| a["oid"] == oid) {
+        return;
+    }
+    let mut a = list.first().expect("one advisory").clone();
+    a["oid"] = oid.into();
+    a["title"] = "Outpost feed test: an advisory published alone".into();
+    list.push(a);
+    let mut text = serde_json::to_string_pretty(&v).unwrap();
+    text.push('\n');
+    std::fs::write(file, text).unwrap();
 }
 
 /// The demo feed's scripts (port scanner, banner and version checks) in the tree, so the

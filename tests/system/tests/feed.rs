@@ -8,6 +8,9 @@
 //! - the next release, with a detection only it has, is applied without a reboot while
 //!   the sensor runs: the new VTs are loaded and that detection fires against the demo
 //!   target;
+//! - a release that changes only Notus data (same PLUGIN_SET, which ospd-openvas alone
+//!   would never notice) is applied live: ospd-openvas is restarted and lists the new
+//!   advisory;
 //! - a release with a script openvas cannot load is rolled back on its own, named at the
 //!   portal, and not applied again;
 //! - with signature checking on (every image now), a script altered on the sensor's disk
@@ -19,7 +22,7 @@ use std::time::Duration;
 use outpost_e2e_tests::eventually;
 use outpost_feedgen::{advance, generate, FeedSpec};
 use outpost_system_tests::feeds::{
-    add_demo_scripts, import, lab_signer, portal_feed_setup, relist_nvt,
+    add_advisory, add_demo_scripts, import, lab_signer, portal_feed_setup, relist, relist_nvt,
 };
 use outpost_system_tests::lab::{Lab, READY_TIMEOUT};
 use outpost_wire::provision::FeedThresholds;
@@ -32,6 +35,8 @@ const DEMO_TARGET: &str = "10.9.0.10";
 /// The detection only the second release has.
 const NEW_OID: &str = "1.3.6.1.4.1.25623.1.0.990006";
 const NEW_SCRIPT: &str = "outpost_demo_web_seen.nasl";
+/// The Notus advisory only the Notus-only release adds.
+const NOTUS_OID: &str = "1.3.6.1.4.1.25623.1.1.990.1";
 /// A script whose body openvas cannot parse: its release never loads whole.
 const BROKEN_OID: &str = "1.3.6.1.4.1.25623.1.0.990007";
 
@@ -201,8 +206,42 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     );
     assert!(xml.contains("1.3.6.1.4.1.25623.1.0.990004"), "{xml}");
 
+    // --- a release that changes only Notus data -----------------------------------------
+    add_advisory(&tree, NOTUS_OID);
+    relist(&tree, "notus/advisories", &signer);
+    let r2n = import(&portal_dir, &tree);
+    assert_eq!(r2n.vt_count, r2.vt_count + 1, "one new advisory");
+    lab.vm
+        .wait_for(
+            &format!(
+                r"feed release {} is verified and ready",
+                regex::escape(&r2n.name)
+            ),
+            SCAN,
+        )
+        .unwrap();
+    lab.vm
+        .wait_for(
+            r"restarting ospd-openvas to load the feed: the feed's Notus data changed",
+            SCAN,
+        )
+        .unwrap();
+    let line = lab
+        .vm
+        .wait_for(&format!(r"outpost\[{name}\]: phase ready done"), SCAN)
+        .unwrap();
+    assert!(
+        line.contains(&format!("loaded {} VTs", r2n.vt_count)),
+        "the new advisory is listed: {line}"
+    );
+    assert_eq!(boot_id(&mut lab), boot, "applied without a reboot");
+    let r2 = r2n;
+
     // --- a release that cannot load is rolled back ------------------------------------
     advance(&tree, &spec, 1, Some(&signer)).expect("day 2");
+    // The day's Notus files, with the advisory release 2 added (when advance rewrote it).
+    add_advisory(&tree, NOTUS_OID);
+    relist(&tree, "notus/advisories", &signer);
     std::fs::write(tree.join("nvt/outpost_demo_broken.nasl"), broken_script()).unwrap();
     relist_nvt(&tree, &signer);
     let r3 = import(&portal_dir, &tree);
