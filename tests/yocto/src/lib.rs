@@ -108,6 +108,27 @@ pub fn local_conf(machine: &str, work: &Path, bbmask: Option<&str>) -> String {
     s
 }
 
+/// The feed key variables of `outpost-feed-keys` for `conf/local.conf`.
+pub fn feed_keys_conf(feed_pub: &Path, openpgp: &[PathBuf], lab: bool) -> String {
+    let keys: Vec<String> = openpgp.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "OUTPOST_FEED_KEY = \"{}\"\n\
+         OUTPOST_FEED_OPENPGP_KEYS = \"{}\"\n\
+         OUTPOST_FEED_LAB_KEY = \"{}\"\n",
+        feed_pub.display(),
+        keys.join(" "),
+        if lab { "1" } else { "0" }
+    )
+}
+
+/// The body of shell function `name` as `bitbake -e` prints it (variables expanded).
+pub fn env_function(env_output: &str, name: &str) -> Option<String> {
+    let start = env_output.find(&format!("\n{name}() {{\n"))? + 1;
+    let rest = &env_output[start..];
+    let end = rest.find("\n}\n")?;
+    Some(rest[..end + 2].to_string())
+}
+
 /// ERROR and WARNING messages of a BitBake run.
 #[derive(Debug, Default)]
 pub struct Messages {
@@ -328,6 +349,31 @@ mod tests {
             Some("aarch64-outpost-linux")
         );
         assert_eq!(env_var(out, "NOPE"), None);
+    }
+
+    #[test]
+    fn env_function_reads_a_shell_function() {
+        let out = "X=\"1\"\ndo_compile() {\n    make\n}\n\ndo_install() {\n    true\n}\n";
+        assert_eq!(
+            env_function(out, "do_compile").as_deref(),
+            Some("do_compile() {\n    make\n}")
+        );
+        assert_eq!(env_function(out, "do_nope"), None);
+    }
+
+    #[test]
+    fn feed_keys_conf_sets_the_three_variables() {
+        let conf = feed_keys_conf(
+            Path::new("/k/feed.pub"),
+            &[PathBuf::from("/k/a.asc"), PathBuf::from("/k/b.asc")],
+            true,
+        );
+        assert_eq!(
+            conf,
+            "OUTPOST_FEED_KEY = \"/k/feed.pub\"\n\
+             OUTPOST_FEED_OPENPGP_KEYS = \"/k/a.asc /k/b.asc\"\n\
+             OUTPOST_FEED_LAB_KEY = \"1\"\n"
+        );
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! - `bitbake -p`: no error at all, no warning about this layer;
 //! - `bitbake -g outpost-image outpost-bundle`: the whole graph resolves and holds
 //!   every recipe the image needs, at the versions the layer pins;
-//! - `bitbake -e outpostd`: the aarch64 target triple.
+//! - `bitbake -e outpostd`: the aarch64 target triple;
+//! - the feed keys: without `OUTPOST_FEED_KEY` the parse stays clean and the image
+//!   refuses to resolve, naming the variable; with the variables set (a feed key made
+//!   here, an operator key, the lab key) `outpost-feed-keys` is in the image and builds
+//!   its GnuPG home from exactly those files (`bitbake -e`).
 //!
 //! To keep the parse short on a 2-core machine, the test's local.conf masks recipes of
 //! the pinned trees that the image's graph does not use (tests/yocto/parse-allowlist.txt);
@@ -17,16 +21,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use outpost_bundle::keys::SecretKey;
 use outpost_yocto_tests::{
-    bblayers_conf, bbmask_except, concerns_layer, env_var, layer_dir, layer_recipes, layers,
-    local_conf, messages, parse_allowlist, recipe_names, repo_root, running_as_root, yocto_ref,
-    BitBake, Run, MACHINES, REF_ENV, RUN_AS_GID, RUN_AS_UID,
+    bblayers_conf, bbmask_except, concerns_layer, env_function, env_var, feed_keys_conf, layer_dir,
+    layer_recipes, layers, local_conf, messages, parse_allowlist, recipe_names, repo_root,
+    running_as_root, yocto_ref, BitBake, Run, MACHINES, REF_ENV, RUN_AS_GID, RUN_AS_UID,
 };
 
 /// Recipes the image's graph must contain on every machine.
 const NEEDED: &[&str] = &[
     "outpostd",
     "outpostctl-native",
+    "outpost-feed-keys",
+    "gnupg-native",
     "outpost-base",
     "outpost-boot-script",
     "outpost-initramfs",
@@ -104,9 +111,121 @@ fn check_run(what: &str, machine: &str, run: &Run, layer: &Path, recipes: &[Stri
     }
 }
 
+/// How much of the run was parsing: BitBake's "N cached, M parsed" when it parsed.
+fn parse_note(run: &Run) -> String {
+    run.output
+        .lines()
+        .find(|l| l.starts_with("Parsing of "))
+        .and_then(|l| Some(l[l.find('(')?..=l.find(')')?].to_string()))
+        .map(|n| format!(" {n}"))
+        .unwrap_or_default()
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `bitbake -e` of the image and of `outpost-feed-keys` with the feed key variables set:
+/// the package is installed, and its tasks use exactly the configured files.
+fn check_feed_keys_wiring(
+    bb: &BitBake,
+    machine: &str,
+    layer: &Path,
+    recipes: &[String],
+    feed_pub: &Path,
+    operator_key: &Path,
+    times: &mut Vec<(String, Duration)>,
+) {
+    let image = bb
+        .run(&["-e", "outpost-image"])
+        .expect("running bitbake -e");
+    times.push((
+        format!("{machine} bitbake -e outpost-image") + &parse_note(&image),
+        image.took,
+    ));
+    check_run("bitbake -e outpost-image", machine, &image, layer, recipes);
+    let install = env_var(&image.output, "IMAGE_INSTALL").expect("IMAGE_INSTALL");
+    assert!(
+        install.split_whitespace().any(|p| p == "outpost-feed-keys"),
+        "{machine}: outpost-feed-keys not in IMAGE_INSTALL: {install}"
+    );
+
+    let env = bb
+        .run(&["-e", "outpost-feed-keys"])
+        .expect("running bitbake -e");
+    times.push((
+        format!("{machine} bitbake -e outpost-feed-keys") + &parse_note(&env),
+        env.took,
+    ));
+    check_run(
+        "bitbake -e outpost-feed-keys",
+        machine,
+        &env,
+        layer,
+        recipes,
+    );
+    let get = |name: &str| env_var(&env.output, name).unwrap_or_else(|| panic!("{name} unset"));
+    let uris = get("SRC_URI");
+    let uris: Vec<&str> = uris.split_whitespace().collect();
+    for want in [
+        format!("file://{}", feed_pub.display()),
+        format!("file://{}", operator_key.display()),
+        "file://lab-feed-key.asc".to_string(),
+        "file://openvas-gnupg-home".to_string(),
+        "file://check-feed-key".to_string(),
+    ] {
+        assert!(
+            uris.contains(&want.as_str()),
+            "{machine}: SRC_URI lacks {want}: {uris:?}"
+        );
+    }
+    // The lab key is the repository's own file.
+    let lab = PathBuf::from(get("OUTPOST_SRC_DIR")).join("image/lab-keys/lab-feed-key.asc");
+    assert!(
+        get("FILESPATH")
+            .split(':')
+            .any(|d| Path::new(d).join("lab-feed-key.asc") == lab),
+        "{machine}: FILESPATH does not reach {}",
+        lab.display()
+    );
+    assert_eq!(
+        get("RDEPENDS:outpost-feed-keys").trim(),
+        "ospd-openvas",
+        "{machine}: the home's owner _gvm comes with ospd-openvas"
+    );
+    let s = get("S");
+    // Compared with continued lines joined and runs of blanks as one space.
+    let compile = env_function(&env.output, "do_compile")
+        .expect("do_compile")
+        .replace("\\\n", " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let fpr = get("OUTPOST_GREENBONE_KEY_FPR");
+    assert_eq!(fpr, "8AE4BE429B60A59B311C2E739823FAA60ED1E580");
+    for want in [
+        format!("{s}/check-feed-key {s}{}", feed_pub.display()),
+        format!("{s}/openvas-gnupg-home --out {}/gnupg --pinned ", get("B")),
+        format!(
+            "--pinned {fpr} {}/openvas/GBCommunitySigningKey.asc {s}{} {s}/lab-feed-key.asc",
+            get("STAGING_DATADIR"),
+            operator_key.display()
+        ),
+    ] {
+        assert!(
+            compile.contains(&want),
+            "{machine}: do_compile lacks {want}:\n{compile}"
+        );
+    }
+    let install = env_function(&env.output, "do_install").expect("do_install");
+    assert!(
+        install.contains(&format!("{s}{} ", feed_pub.display()))
+            && install.contains("/usr/share/outpost/feed-keys.pub")
+            && install.contains("chown -R _gvm:_gvm ")
+            && install.contains("install -d -m 0700 "),
+        "{machine}: do_install does not install the keys as the Debian image has them:\n{install}"
+    );
 }
 
 #[test]
@@ -189,6 +308,22 @@ fn bitbake_parses_and_resolves_the_layer_for_every_machine() {
         bbmask_except(&reference.join("meta-openembedded"), &keep),
         bbmask_except(&reference.join("meta-raspberrypi"), &keep_rpi)
     );
+    // The operator's keys: a feed key made here, in the portal's format, and an
+    // OpenPGP key file (the lab key's public half stands in for an operator's).
+    let keys = w.join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let feed_pub = SecretKey::generate()
+        .expect("feed key")
+        .write_new(&keys.join("outpost-feed.key"), "yocto test feed key")
+        .expect("writing the feed key");
+    let operator_key = keys.join("operator.asc");
+    fs::copy(
+        repo_root().join("image/lab-keys/lab-feed-key.asc"),
+        &operator_key,
+    )
+    .expect("operator key");
+    let feed_conf = feed_keys_conf(&feed_pub, std::slice::from_ref(&operator_key), true);
+
     if as_root {
         assert!(
             sh(Command::new("chown")
@@ -207,15 +342,56 @@ fn bitbake_parses_and_resolves_the_layer_for_every_machine() {
     };
 
     let mut times: Vec<(String, Duration)> = Vec::new();
-    for machine in MACHINES {
+    let write_conf = |text: String| {
         let conf = build.join("conf/local.conf");
-        fs::write(&conf, local_conf(machine, &w, Some(&mask))).expect("local.conf");
+        fs::write(&conf, text).expect("local.conf");
         if as_root {
             chown(&conf, Some(RUN_AS_UID), Some(RUN_AS_GID)).expect("chown local.conf");
         }
+    };
+    for machine in MACHINES {
+        if machine == MACHINES[0] {
+            // Without the feed key: a clean parse, and an image that does not resolve,
+            // naming the variable.
+            write_conf(local_conf(machine, &w, Some(&mask)));
+            let parse = bb.run(&["-p"]).expect("running bitbake -p");
+            times.push((
+                format!("{machine} bitbake -p, no feed key") + &parse_note(&parse),
+                parse.took,
+            ));
+            check_run(
+                "bitbake -p without OUTPOST_FEED_KEY",
+                machine,
+                &parse,
+                &layer,
+                &recipes,
+            );
+            let graph = bb
+                .run(&["-g", "outpost-image"])
+                .expect("running bitbake -g");
+            times.push((
+                format!("{machine} bitbake -g, no feed key") + &parse_note(&graph),
+                graph.took,
+            ));
+            assert!(
+                !graph.success
+                    && graph.output.contains(
+                        "outpost-feed-keys was skipped: OUTPOST_FEED_KEY is not set"
+                    ),
+                "{machine}: without OUTPOST_FEED_KEY the image must not resolve, naming the variable:\n{}",
+                tail(&graph.output, 30)
+            );
+        }
+        write_conf(format!(
+            "{}{feed_conf}",
+            local_conf(machine, &w, Some(&mask))
+        ));
 
         let parse = bb.run(&["-p"]).expect("running bitbake -p");
-        times.push((format!("{machine} bitbake -p"), parse.took));
+        times.push((
+            format!("{machine} bitbake -p") + &parse_note(&parse),
+            parse.took,
+        ));
         check_run("bitbake -p", machine, &parse, &layer, &recipes);
         assert!(
             parse.output.contains(" 0 errors"),
@@ -226,7 +402,10 @@ fn bitbake_parses_and_resolves_the_layer_for_every_machine() {
         let graph = bb
             .run(&["-g", "outpost-image", "outpost-bundle"])
             .expect("running bitbake -g");
-        times.push((format!("{machine} bitbake -g"), graph.took));
+        times.push((
+            format!("{machine} bitbake -g") + &parse_note(&graph),
+            graph.took,
+        ));
         check_run("bitbake -g", machine, &graph, &layer, &recipes);
         let buildlist = fs::read_to_string(build.join("pn-buildlist")).expect("pn-buildlist");
         let pns: Vec<&str> = buildlist.lines().map(str::trim).collect();
@@ -264,7 +443,10 @@ fn bitbake_parses_and_resolves_the_layer_for_every_machine() {
         }
 
         let env = bb.run(&["-e", "outpostd"]).expect("running bitbake -e");
-        times.push((format!("{machine} bitbake -e outpostd"), env.took));
+        times.push((
+            format!("{machine} bitbake -e outpostd") + &parse_note(&env),
+            env.took,
+        ));
         check_run("bitbake -e outpostd", machine, &env, &layer, &recipes);
         assert_eq!(
             env_var(&env.output, "TARGET_SYS").as_deref(),
@@ -281,6 +463,28 @@ fn bitbake_parses_and_resolves_the_layer_for_every_machine() {
             Path::new(&src).join("Cargo.lock").is_file(),
             "{machine}: OUTPOST_SRC_DIR {src} is not the workspace"
         );
+
+        // The keys' package is built with gnupg-native, from openvas-scanner's copy of
+        // Greenbone's key, owned by ospd-openvas' _gvm, and goes into the image.
+        for edge in [
+            "\"outpost-feed-keys.do_prepare_recipe_sysroot\" -> \"gnupg-native.do_populate_sysroot\"",
+            "\"outpost-feed-keys.do_prepare_recipe_sysroot\" -> \"openvas-scanner.do_populate_sysroot\"",
+            "\"outpost-feed-keys.do_prepare_recipe_sysroot\" -> \"ospd-openvas.do_populate_sysroot\"",
+            "\"outpost-image.do_rootfs\" -> \"outpost-feed-keys.do_package_write_",
+        ] {
+            assert!(tasks.contains(edge), "{machine}: no {edge} in the task graph");
+        }
+        if machine == MACHINES[0] {
+            check_feed_keys_wiring(
+                &bb,
+                machine,
+                &layer,
+                &recipes,
+                &feed_pub,
+                &operator_key,
+                &mut times,
+            );
+        }
     }
     let total = started.elapsed();
     for (what, took) in &times {

@@ -7,6 +7,7 @@ IMAGE_INSTALL = " \
     packagegroup-core-boot \
     outpost-base \
     outpostd \
+    outpost-feed-keys \
     openvas-scanner \
     ospd-openvas \
     notus-scanner \

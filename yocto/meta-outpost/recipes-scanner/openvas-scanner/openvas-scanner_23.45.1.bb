@@ -22,6 +22,15 @@ PACKAGECONFIG[smb] = ",,openvas-smb,openvas-smb"
 EXTRA_OECMAKE = "-DSYSCONFDIR=${sysconfdir} -DLOCALSTATEDIR=${localstatedir} \
                  -DOPENVAS_RUN_DIR=/run/ospd"
 
+# Greenbone's Community Feed key, which signs the feeds openvas checks: in the source
+# (rust/examples, for upstream's verification tests) but not installed by its build.
+# Installed where Debian's package has it; outpost-feed-keys trusts it in
+# /etc/openvas/gnupg, after checking its fingerprint.
+do_install:append() {
+    install -D -m 0644 ${S}/rust/examples/GBCommunitySigningKey.asc \
+        ${D}${datadir}/openvas/GBCommunitySigningKey.asc
+}
+
 FILES:${PN} += "${datadir}/openvas"
 
 # openvas runs ping, nmap-like probes and raw sockets; redis holds its VT cache and
