@@ -8,6 +8,10 @@
 # the CA bundle, busybox applet links, the ld.so cache and Python byte code
 # (both by the target's own binaries under qemu-aarch64-static in a chroot).
 
+# Greenbone's Community Feed integrity key: the only key Debian's
+# GBCommunitySigningKey.asc may hold.
+GREENBONE_FEED_KEY_FPR=8AE4BE429B60A59B311C2E739823FAA60ED1E580
+
 # Runs an arm64 program inside the rootfs with the static qemu user emulator,
 # invoked directly (no binfmt_misc registration needed).
 run_target() {
@@ -120,40 +124,20 @@ rootfs_configure() {
 		chroot_chown "$rootfs" "$user:$group" "$path"
 		chmod "$mode" "$rootfs$path"
 	done < <(list_file "$ROOT/image/permissions.txt")
-	# openvas-scanner postinst: the Greenbone signing key for feed verification
+	# The scanner's OpenPGP home: openvas, ospd-openvas and notus-scanner accept a feed's
+	# sha256sums only when a fully trusted key there signed them. Greenbone's key (pinned:
+	# another key in Debian's file fails the build), the operator's (--feed-openpgp-key)
+	# and, in test images, the lab key that signs the demo feed. One script for both
+	# images (the Yocto layer's outpost-feed-keys runs it too).
 	if [ -f "$rootfs/usr/share/openvas/GBCommunitySigningKey.asc" ]; then
 		local gh="$rootfs/etc/openvas/gnupg"
-		mkdir -p "$gh"
-		chmod 0700 "$gh"
-		gpg --homedir "$gh" --batch --quiet --import "$rootfs/usr/share/openvas/GBCommunitySigningKey.asc" 2>/dev/null ||
-			die "importing the Greenbone signing key failed"
-		gpg --homedir "$gh" --batch --quiet --import-ownertrust <"$rootfs/usr/share/openvas/ownertrust.txt" 2>/dev/null ||
-			die "importing the Greenbone owner trust failed"
-		# openvas, ospd-openvas and notus-scanner accept a feed's sha256sums only when a
-		# fully trusted key here signed them. Test images also trust the lab key that
-		# signs the demo feed; operators add the keys of their own scripts
-		# (--feed-openpgp-key).
 		local extra=("${FEED_OPENPGP_KEYS[@]}")
 		[ "$variant" = test ] && extra+=("$ROOT/image/lab-keys/lab-feed-key.asc")
-		local key fpr
-		for key in "${extra[@]}"; do
-			[ -f "$key" ] || die "feed OpenPGP key $key is missing"
-			gpg --homedir "$gh" --batch --quiet --import "$key" 2>/dev/null ||
-				die "importing the feed OpenPGP key $key failed"
-			for fpr in $(gpg --batch --with-colons --import-options show-only --import "$key" 2>/dev/null |
-				awk -F: '$1 == "fpr" { print $10 }'); do
-				echo "$fpr:6:" | gpg --homedir "$gh" --batch --quiet --import-ownertrust 2>/dev/null ||
-					die "trusting the feed OpenPGP key $key failed"
-			done
-		done
-		gpg --homedir "$gh" --batch --quiet --check-trustdb 2>/dev/null || true
-		# Read-only use at run time, by many verifiers at once (each openvas plugin
-		# process, ospd-openvas, notus-scanner): the trust database is computed here,
-		# so no verify ever tries to update it or waits on a lock for it.
-		printf '%s\n' "# Written by scripts/build-image: verify-only use, see image/lib/rootfs.sh" \
-			no-auto-check-trustdb lock-never >"$gh/gpg.conf"
-		gpgconf --homedir "$gh" --kill all 2>/dev/null || true
-		rm -rf "$gh"/*.lock "$gh"/.#* "$gh/S."* "$gh/random_seed"
+		rm -rf "$gh"
+		mkdir -p "$rootfs/etc/openvas"
+		sh "$ROOT/image/lib/openvas-gnupg-home" --out "$gh" \
+			--pinned "$GREENBONE_FEED_KEY_FPR" "$rootfs/usr/share/openvas/GBCommunitySigningKey.asc" \
+			"${extra[@]}" || die "building the scanner's OpenPGP home (/etc/openvas/gnupg) failed"
 		chroot_chown "$rootfs" "_gvm:_gvm" /etc/openvas/gnupg -R
 	fi
 	rm -rf "${rootfs:?}"/run/* "${rootfs:?}"/tmp/*

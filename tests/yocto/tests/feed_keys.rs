@@ -23,8 +23,14 @@ use outpost_yocto_tests::{layer_dir, repo_root};
 
 const LAB_FPR: &str = "EB25B448D7E5496DFCE59C17214C0A78D207CC3B";
 
-fn files_dir() -> PathBuf {
-    layer_dir().join("recipes-outpost/outpost-feed-keys/files")
+/// Where each script lives: the OpenPGP home's is shared with the Debian image build.
+fn script_path(name: &str) -> PathBuf {
+    match name {
+        "openvas-gnupg-home" => repo_root().join("image/lib").join(name),
+        _ => layer_dir()
+            .join("recipes-outpost/outpost-feed-keys/files")
+            .join(name),
+    }
 }
 
 fn greenbone_key() -> PathBuf {
@@ -52,7 +58,7 @@ fn pinned_fpr() -> String {
 /// Runs a script of the recipe with `sh`, as do_compile does, temporary files in `tmp`.
 fn script(name: &str, args: &[&Path], tmp: &Path) -> Output {
     let mut cmd = Command::new("sh");
-    cmd.arg(files_dir().join(name))
+    cmd.arg(script_path(name))
         .args(args)
         .env("TMPDIR", tmp)
         .env("LC_ALL", "C");

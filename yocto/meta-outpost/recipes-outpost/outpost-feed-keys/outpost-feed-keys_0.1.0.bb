@@ -55,8 +55,9 @@ def outpost_feed_key_uris(d):
 # Greenbone's key from its source (Debian's path, /usr/share/openvas).
 DEPENDS = "gnupg-native openvas-scanner"
 
-# The lab key by reference, not a copy (OUTPOST_SRC_DIR: layer.conf).
-FILESEXTRAPATHS:prepend := "${OUTPOST_SRC_DIR}/image/lab-keys:"
+# The lab key and the home-building script the Debian image uses too, by reference, not
+# copies (OUTPOST_SRC_DIR: layer.conf).
+FILESEXTRAPATHS:prepend := "${OUTPOST_SRC_DIR}/image/lab-keys:${OUTPOST_SRC_DIR}/image/lib:"
 SRC_URI = " \
     file://openvas-gnupg-home \
     file://check-feed-key \
