@@ -261,3 +261,34 @@ impl FeedSource for Http {
         Ok(Some(Box::new(std::io::Cursor::new(body))))
     }
 }
+
+/// A deltas answer (`body`) with its first delta replaced by a valid delta from the same
+/// base to other bytes of the same length: only the rebuilt file's hash can tell. The
+/// base is read from the portal's blob store `blobs` (`<data>/feeds/blobs`).
+pub fn tamper_first_delta(body: &[u8], blobs: &Path) -> Vec<u8> {
+    use outpost_feed::batch::{encode, BatchReader};
+    use outpost_feed::delta;
+    let mut r = BatchReader::new(body).expect("a batch");
+    let mut entries = Vec::new();
+    while let Some(e) = r.next_entry().expect("a batch entry") {
+        let mut b = Vec::new();
+        r.content().read_to_end(&mut b).expect("entry content");
+        entries.push((e.sha256, b));
+    }
+    if let Some((_, d)) = entries.first_mut() {
+        let mut rest = &d[..];
+        let h = delta::read_header(&mut rest).expect("a delta header");
+        let base = std::fs::read(blobs.join(&h.base_sha256[..2]).join(&h.base_sha256))
+            .expect("the delta's base");
+        let mut target = Vec::new();
+        delta::apply_ops(&mut rest, &&base[..], h.target_len, &mut target).expect("a delta");
+        let mid = target.len() / 2;
+        target[mid] ^= 0x20;
+        let mut digest = [0u8; 32];
+        for (i, o) in digest.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&h.base_sha256[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        *d = delta::encode(&digest, &base, &target);
+    }
+    encode(entries.iter().map(|(s, b)| (s.as_str(), b.as_slice()))).expect("a batch")
+}

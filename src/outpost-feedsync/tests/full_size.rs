@@ -4,8 +4,10 @@
 //! portal over HTTPS on loopback. One test, so the portal imports each day once:
 //! - too little space is refused before any content moves, naming the bytes;
 //! - day 0 from nothing: every file arrives, checked, compressed on the wire;
-//! - the next day moves only what changed (in-file deltas), in bytes, and a sync cut
-//!   after its first request resumes without asking for anything it already has;
+//! - the next day moves only what changed (in-file deltas), in bytes; altered in transit
+//!   it is refused and day 0 stays live; a sync cut after its first request resumes
+//!   without asking for anything it already has, and a file damaged on the card is
+//!   fetched again, not linked;
 //! - the previous release is kept for rollback;
 //! - at this size too, the portal refuses an unsigned, a wrongly signed, a tampered, an
 //!   incomplete and an over-complete tree, naming the problem, and publishes nothing.
@@ -19,7 +21,7 @@ use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::FeedSpec;
 use outpost_feedsync::{sync, FeedSource, Progress, SourceError, SyncError, SyncOutcome};
 use outpost_feedsync_testkit::trees::{cache_dir, cached};
-use outpost_feedsync_testkit::{Http, TestPortal};
+use outpost_feedsync_testkit::{tamper_first_delta, Http, TestPortal};
 use outpost_portal::feeds::openpgp::SigError;
 use outpost_portal::feeds::{ImportError, TreeProblem};
 use outpost_wire::feed::{FeedDeltaPair, FeedReleaseInfo};
@@ -27,14 +29,25 @@ use outpost_wire::feed::{FeedDeltaPair, FeedReleaseInfo};
 const SEED: u64 = 5;
 const FULL: u32 = 136_302;
 
-/// The testkit's source, cutting every answer after `cut_after` requests halfway.
+/// The testkit's source, cutting every answer after `cut_after` requests halfway, or
+/// altering the first delta of every deltas answer (`tamper`, from the portal's `blobs`).
 struct Cut {
     inner: Http,
     cut_after: Option<usize>,
+    tamper: Option<std::path::PathBuf>,
     answers: Mutex<usize>,
 }
 
 impl Cut {
+    fn source(inner: Http, cut_after: Option<usize>) -> Cut {
+        Cut {
+            inner,
+            cut_after,
+            tamper: None,
+            answers: Mutex::new(0),
+        }
+    }
+
     fn answer(&self, body: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>, SourceError> {
         let mut n = self.answers.lock().unwrap();
         *n += 1;
@@ -71,9 +84,17 @@ impl FeedSource for Cut {
         self.answer(self.inner.blobs(sha256)?)
     }
     fn deltas(&self, pairs: &[FeedDeltaPair]) -> Result<Option<Box<dyn Read + Send>>, SourceError> {
-        match self.inner.deltas(pairs)? {
-            Some(b) => self.answer(b).map(Some),
-            None => Ok(None),
+        match (self.inner.deltas(pairs)?, &self.tamper) {
+            (Some(mut b), Some(blobs)) => {
+                let mut all = Vec::new();
+                b.read_to_end(&mut all)
+                    .map_err(|e| SourceError(e.to_string()))?;
+                Ok(Some(Box::new(std::io::Cursor::new(tamper_first_delta(
+                    &all, blobs,
+                )))))
+            }
+            (Some(b), None) => self.answer(b).map(Some),
+            (None, _) => Ok(None),
         }
     }
 }
@@ -160,11 +181,26 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
         "a day rewrites a few files, big ones among them: {} files, {changed_bytes} bytes",
         changed.len()
     );
-    let cut = Cut {
-        inner: tp.source(),
-        cut_after: Some(1),
-        answers: Mutex::new(0),
+    // Altered in transit (the manifest's delta, the first thing asked): refused, day 0
+    // stays live, nothing of it kept.
+    let tampered = Cut {
+        tamper: Some(tp.data.join("feeds/blobs")),
+        ..Cut::source(tp.source(), None)
     };
+    let e = sync(&cfg, &tampered, &mut |_: &Progress| {}).unwrap_err();
+    assert!(matches!(e, SyncError::Tampered(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("rebuilt from the portal's delta does not match its SHA-256"),
+        "{e}"
+    );
+    assert!(live.ends_with(&r0.release), "day 0 stays live");
+    assert_eq!(
+        std::fs::read_link(root.join("current")).unwrap(),
+        live,
+        "day 0 stays live"
+    );
+    let cut = Cut::source(tp.source(), Some(1));
     let e = sync(&cfg, &cut, &mut |_: &Progress| {}).unwrap_err();
     assert!(e.to_string().contains("cut"), "{e}");
     assert!(
@@ -174,11 +210,19 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
     let first = targets(&cut.inner);
     let manifest = day1.release.manifest_sha256.clone();
     assert_eq!(first[0], manifest, "the manifest comes first");
-    let resumed = Cut {
-        inner: tp.source(),
-        cut_after: None,
-        answers: Mutex::new(0),
-    };
+    // A file day 1 keeps unchanged is damaged on the card meanwhile: fetched, not linked.
+    let kept = m1
+        .files
+        .iter()
+        .find(|f| {
+            f.path.ends_with(".inc")
+                && !f.path.ends_with("plugin_feed_info.inc")
+                && old.contains(&(f.path.as_str(), f.sha256.as_str()))
+        })
+        .expect("an unchanged include");
+    let on_card = |release: &std::path::Path| release.join(kept.path.replace("nvt/", "plugins/"));
+    std::fs::write(on_card(&root.join("current")), b"altered on the card").unwrap();
+    let resumed = Cut::source(tp.source(), None);
     let r1 = match sync(&cfg, &resumed, &mut |_: &Progress| {}).unwrap() {
         SyncOutcome::Applied(r) => r,
         other => panic!("day 1 not applied: {other:?}"),
@@ -190,7 +234,16 @@ fn the_full_feed_syncs_and_the_next_day_moves_only_what_changed() {
         "the resumed sync asks again for the manifest"
     );
     // Only the changed content moved, as deltas: a small fraction of its bytes.
-    assert_eq!(r1.linked_files as usize, m1.files.len() - changed.len());
+    assert_eq!(r1.linked_files as usize, m1.files.len() - changed.len() - 1);
+    assert!(
+        targets(&resumed.inner).contains(&kept.sha256),
+        "the damaged file is fetched again"
+    );
+    assert_eq!(
+        std::fs::read(on_card(&root.join("current"))).unwrap(),
+        std::fs::read(tp.blob_path(&kept.sha256)).unwrap(),
+        "day 1 carries the file as published"
+    );
     assert!(r1.delta_blobs > 0);
     assert!(
         r1.wire_bytes < changed_bytes / 100,

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use outpost_bundle::{SecretKey, TrustedKeys};
 use outpost_feed::batch::{encode, BatchReader};
-use outpost_feed::{delta, inspect, FeedManifest};
+use outpost_feed::{inspect, FeedManifest};
 use outpost_feedgen::gpg::GpgSigner;
 use outpost_feedgen::{advance, generate, FeedSpec};
 use outpost_feedsync::{
     live, rollback, sync, sync_holding, FeedSource, Progress, SourceError, SyncConfig, SyncError,
     SyncOutcome, SyncReport,
 };
-use outpost_feedsync_testkit::{Http, TestPortal};
+use outpost_feedsync_testkit::{tamper_first_delta, Http, TestPortal};
 use outpost_portal::feeds::ImportReport;
 use outpost_wire::feed::{FeedDeltaPair, FeedReleaseInfo, BLOBS_PATH, DELTAS_PATH, RELEASE_PATH};
 
@@ -101,20 +101,7 @@ impl Src {
                 reframe(blobs)
             }
             Fault::TamperDelta if deltas => {
-                let mut entries = Self::read_entries(&body);
-                if let Some((_, d)) = entries.first_mut() {
-                    let mut r = &d[..];
-                    let h = delta::read_header(&mut r).unwrap();
-                    let base =
-                        std::fs::read(self.blobs.join(&h.base_sha256[..2]).join(&h.base_sha256))
-                            .unwrap();
-                    let mut target = Vec::new();
-                    delta::apply_ops(&mut r, &&base[..], h.target_len, &mut target).unwrap();
-                    let mid = target.len() / 2;
-                    target[mid] ^= 0x20;
-                    *d = delta::encode(&unhex(&h.base_sha256), &base, &target);
-                }
-                reframe(entries)
+                Box::new(std::io::Cursor::new(tamper_first_delta(&body, &self.blobs)))
             }
             Fault::WrongBase if deltas => {
                 let mut entries = Self::read_entries(&body);
@@ -126,14 +113,6 @@ impl Src {
             _ => Box::new(std::io::Cursor::new(body)),
         }
     }
-}
-
-fn unhex(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 fn read_all(mut r: Box<dyn Read + Send>) -> Result<Vec<u8>, SourceError> {
