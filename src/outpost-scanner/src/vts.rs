@@ -277,64 +277,69 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
+    /// What a wait for version `V2` did against a fake ospd giving `answers` and a
+    /// counter giving `counts`.
+    struct Waited {
+        result: Result<u64, ScannerError>,
+        commands: Vec<String>,
+        counted: usize,
+        seen: Vec<VtsProgress>,
+    }
+
+    const V1: &str = "202401010000";
+    const V2: &str = "202402020000";
+
+    fn wait_for_v2(
+        tag: &str,
+        answers: Vec<String>,
+        list: &[Result<u64, &str>],
+        expected: u64,
+    ) -> Waited {
+        let p = sock(tag);
+        let h = fake_ospd(&p, answers);
+        let (count, calls) = counts(list);
+        let mut seen = Vec::new();
+        let result = wait_for_vts_of(
+            &OspClient::new(&p),
+            count,
+            expected,
+            Some(V2),
+            &quick(),
+            |p| seen.push(p.clone()),
+        );
+        let commands = h.join().unwrap();
+        let _ = std::fs::remove_file(&p);
+        Waited {
+            result,
+            commands,
+            counted: calls.get(),
+            seen,
+        }
+    }
+
     /// A reload: while ospd-openvas answers for the old version or is still starting,
     /// nothing is counted; the new version is counted once, between two answers naming it.
     #[test]
     fn waits_for_the_feed_version_asked_for() {
-        let p = sock("version");
-        let h = fake_ospd(
-            &p,
-            vec![
-                version("202401010000"),
-                STARTING.into(),
-                version("202402020000"),
-                version("202402020000"),
-            ],
-        );
-        let (count, calls) = counts(&[Ok(7)]);
-        let mut seen = Vec::new();
-        let n = wait_for_vts_of(
-            &OspClient::new(&p),
-            count,
-            7,
-            Some("202402020000"),
-            &quick(),
-            |p| seen.push(p.clone()),
-        )
-        .unwrap();
-        assert_eq!(n, 7);
-        assert_eq!(calls.get(), 1);
-        assert_eq!(h.join().unwrap(), [VERSION_ONLY; 4]);
-        assert_eq!(
-            seen[0],
-            VtsProgress::OtherVersion(Some("202401010000".into()))
-        );
-        assert!(matches!(&seen[1], VtsProgress::NotYet(m) if m.contains("still starting")));
-        assert_eq!(seen[2], VtsProgress::Loaded(7));
-        let _ = std::fs::remove_file(&p);
+        let answers = vec![version(V1), STARTING.into(), version(V2), version(V2)];
+        let w = wait_for_v2("version", answers, &[Ok(7)], 7);
+        assert_eq!(w.result.unwrap(), 7);
+        assert_eq!(w.counted, 1);
+        assert_eq!(w.commands, [VERSION_ONLY; 4]);
+        assert_eq!(w.seen[0], VtsProgress::OtherVersion(Some(V1.into())));
+        assert!(matches!(&w.seen[1], VtsProgress::NotYet(m) if m.contains("still starting")));
+        assert_eq!(w.seen[2], VtsProgress::Loaded(7));
     }
 
     /// The new version loaded short: final at the first count, no more polls.
     #[test]
     fn a_short_count_of_the_version_is_final() {
-        let p = sock("short");
-        let h = fake_ospd(&p, vec![version("202402020000"), version("202402020000")]);
-        let (count, _) = counts(&[Ok(6)]);
-        let e = wait_for_vts_of(
-            &OspClient::new(&p),
-            count,
-            7,
-            Some("202402020000"),
-            &quick(),
-            |_| {},
-        )
-        .unwrap_err();
+        let w = wait_for_v2("short", vec![version(V2), version(V2)], &[Ok(6)], 7);
         assert_eq!(
-            e.to_string(),
+            w.result.unwrap_err().to_string(),
             "ospd-openvas loaded feed version 202402020000 with 6 of its 7 VTs"
         );
-        assert_eq!(h.join().unwrap(), [VERSION_ONLY; 2]);
-        let _ = std::fs::remove_file(&p);
+        assert_eq!(w.commands, [VERSION_ONLY; 2]);
     }
 
     /// Another version started loading while the count ran (a rollback, a newer
@@ -342,34 +347,21 @@ mod tests {
     /// restarting) is "not yet".
     #[test]
     fn a_count_not_bracketed_by_the_version_is_not_the_end() {
-        let p = sock("race");
-        let h = fake_ospd(
-            &p,
-            vec![
-                version("202402020000"),
-                STARTING.into(),
-                version("202402020000"),
-                version("202402020000"),
-                version("202402020000"),
-            ],
-        );
-        let (count, calls) = counts(&[Ok(3), Err("redis is loading"), Ok(7)]);
-        let mut seen = Vec::new();
-        let n = wait_for_vts_of(
-            &OspClient::new(&p),
-            count,
-            7,
-            Some("202402020000"),
-            &quick(),
-            |p| seen.push(p.clone()),
-        )
-        .unwrap();
-        assert_eq!(n, 7);
-        assert_eq!(calls.get(), 3);
-        assert!(!seen.contains(&VtsProgress::Loaded(3)), "{seen:?}");
-        assert!(seen.contains(&VtsProgress::NotYet("redis is loading".into())));
-        h.join().unwrap();
-        let _ = std::fs::remove_file(&p);
+        let answers = vec![
+            version(V2),
+            STARTING.into(),
+            version(V2),
+            version(V2),
+            version(V2),
+        ];
+        let counts = [Ok(3), Err("redis is loading"), Ok(7)];
+        let w = wait_for_v2("race", answers, &counts, 7);
+        assert_eq!(w.result.unwrap(), 7);
+        assert_eq!(w.counted, 3);
+        assert!(!w.seen.contains(&VtsProgress::Loaded(3)), "{:?}", w.seen);
+        assert!(w
+            .seen
+            .contains(&VtsProgress::NotYet("redis is loading".into())));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use outpost_e2e_tests::eventually;
 use outpost_feedgen::{advance, generate, FeedSpec};
 use outpost_system_tests::feeds::{
     add_advisory, add_demo_scripts, import, lab_signer, portal_feed_setup, relist, relist_nvt,
+    Published,
 };
 use outpost_system_tests::lab::{Lab, READY_TIMEOUT};
 use outpost_wire::provision::FeedThresholds;
@@ -105,6 +106,27 @@ fn boot_id(lab: &mut Lab) -> String {
         .to_owned()
 }
 
+/// Waits until release `r` is applied without a reboot: verified, then `then` on the
+/// console when given, then `ready` at its VT count, on the same boot.
+fn applied_live(lab: &mut Lab, r: &Published, then: Option<&str>, boot: &str) {
+    let verified = format!(
+        r"feed release {} is verified and ready",
+        regex::escape(&r.name)
+    );
+    lab.vm.wait_for(&verified, SCAN).unwrap();
+    if let Some(t) = then {
+        lab.vm.wait_for(t, SCAN).unwrap();
+    }
+    let ready = format!(r"outpost\[{}\]: phase ready done", lab.name);
+    let line = lab.vm.wait_for(&ready, SCAN).unwrap();
+    assert!(
+        line.contains(&format!("loaded {} VTs", r.vt_count)),
+        "{} loaded: {line}",
+        r.name
+    );
+    assert_eq!(boot_id(lab), boot, "{} applied without a reboot", r.name);
+}
+
 fn live_at_portal(lab: &Lab) -> Option<String> {
     lab.sensor()["feed"]["live"].as_str().map(str::to_owned)
 }
@@ -172,24 +194,7 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
         r1.vt_count + 2,
         "one new synthetic script, one detection"
     );
-    lab.vm
-        .wait_for(
-            &format!(
-                r"feed release {} is verified and ready; holding new scans",
-                regex::escape(&r2.name)
-            ),
-            SCAN,
-        )
-        .unwrap();
-    let line = lab
-        .vm
-        .wait_for(&format!(r"outpost\[{name}\]: phase ready done"), SCAN)
-        .unwrap();
-    assert!(
-        line.contains(&format!("loaded {} VTs", r2.vt_count)),
-        "{line}"
-    );
-    assert_eq!(boot_id(&mut lab), boot, "applied without a reboot");
+    applied_live(&mut lab, &r2, None, &boot);
     eventually("the portal to see release 2", SCAN, || {
         (live_at_portal(&lab).as_deref() == Some(r2.name.as_str())).then_some(())
     });
@@ -211,30 +216,10 @@ fn a_sensor_syncs_applies_live_rolls_back_and_checks_signatures() {
     relist(&tree, "notus/advisories", &signer);
     let r2n = import(&portal_dir, &tree);
     assert_eq!(r2n.vt_count, r2.vt_count + 1, "one new advisory");
-    lab.vm
-        .wait_for(
-            &format!(
-                r"feed release {} is verified and ready",
-                regex::escape(&r2n.name)
-            ),
-            SCAN,
-        )
-        .unwrap();
-    lab.vm
-        .wait_for(
-            r"restarting ospd-openvas to load the feed: the feed's Notus data changed",
-            SCAN,
-        )
-        .unwrap();
-    let line = lab
-        .vm
-        .wait_for(&format!(r"outpost\[{name}\]: phase ready done"), SCAN)
-        .unwrap();
-    assert!(
-        line.contains(&format!("loaded {} VTs", r2n.vt_count)),
-        "the new advisory is listed: {line}"
-    );
-    assert_eq!(boot_id(&mut lab), boot, "applied without a reboot");
+    // Same PLUGIN_SET: ospd-openvas would never reload by itself; the sensor restarts it,
+    // and the manifest's count (one more) means the new advisory is listed.
+    let restart = r"restarting ospd-openvas to load the feed: the feed's Notus data changed";
+    applied_live(&mut lab, &r2n, Some(restart), &boot);
     let r2 = r2n;
 
     // --- a release that cannot load is rolled back ------------------------------------
