@@ -18,7 +18,7 @@ use outpost_wire::sensor::{
     ReportOutcome, ReportUpload, UpdateSpec, UpdateState, UpdateStateReport,
 };
 
-pub use postgres::{PgStore, PEERS_CHANNEL};
+pub use postgres::{PgStore, CLAIM_SQL, PEERS_CHANNEL};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -212,6 +212,27 @@ const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
      failure_reason, created_at, lease_expires_at, target_sensor";
 
+/// The claim: leases the oldest queued job of the site that the sensor may take. It must
+/// walk `jobs_claimable` (migration 9; see there for what EXPLAIN showed), whose entries
+/// are the queued jobs only. Written `site = $4 ... ORDER BY id`, the planner may take
+/// `jobs_pkey` instead (the site being fixed, id order is the same) whenever the
+/// statistics say most jobs are queued (an ANALYZE just after a batch was queued): it then
+/// reads every job claimed before the next queued one, all of them again for each claim.
+/// EXPLAIN of the benchmark's 10,000 queued jobs after ANALYZE chose `jobs_pkey`, and
+/// the benchmark's runs where autovacuum had analysed the table just before the HTTP
+/// phase claimed 760-900 a second instead of 4,000-5,000 (24 million index entries read
+/// for 6,000 claims). Ordered by `site, id` with `site` bounded by a range (not an
+/// equality, which would make the site a constant and id order enough), only an index
+/// led by `site` gives that order without a sort: `jobs_claimable`, whatever the
+/// statistics say. Tests EXPLAIN it (tests/claims.rs).
+pub const CLAIM_SQL: &str = "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
+     lease_expires_at = $3, progress = 0 \
+     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site >= $4 AND site <= $4 \
+                 AND kind = ANY($5) \
+                 AND (target_sensor IS NULL OR target_sensor = $1) \
+                 ORDER BY site, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, spec, attempts, lease_expires_at";
+
 const BUNDLE_COLUMNS: &str = "id, version, compatible, min_version, size, sha256, published_at";
 
 #[derive(Clone)]
@@ -715,18 +736,7 @@ impl PgStore {
     ) -> Result<Option<Job>, StoreError> {
         let client = self.client().await?;
         // The hottest query (every sensor, every 5 s): prepared once per connection.
-        // It walks `jobs_claimable` (migration 9), see there for what EXPLAIN showed.
-        let st = client
-            .prepare_cached(
-                "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
-                 lease_expires_at = $3, progress = 0 \
-                 WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = $4 \
-                             AND kind = ANY($5) \
-                             AND (target_sensor IS NULL OR target_sensor = $1) \
-                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, spec, attempts, lease_expires_at",
-            )
-            .await?;
+        let st = client.prepare_cached(CLAIM_SQL).await?;
         let row = client
             .query_opt(
                 &st,
