@@ -244,6 +244,8 @@ pub struct PgStore {
     /// registration tries the addresses after it, each with one indexed lookup,
     /// instead of reading every sensor's address inside the registration lock.
     address_hint: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Sensor identities by API key digest, while the peer sync listens (auth_cache.rs).
+    auth: std::sync::Arc<super::AuthCache>,
 }
 
 /// Addresses after the hint tried before falling back to a scan of all of them.
@@ -269,6 +271,7 @@ impl PgStore {
             pool,
             config: std::sync::Arc::new(cfg),
             address_hint: Default::default(),
+            auth: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -317,6 +320,12 @@ impl PgStore {
 
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The identities [`PgStore::sensor_by_key`] serves from memory; [`crate::peer_sync`]
+    /// keeps it in step with the database.
+    pub fn auth_cache(&self) -> &super::AuthCache {
+        &self.auth
     }
 
     /// The replicas' shared identity: `proposed` becomes it unless a process stored one
@@ -527,7 +536,24 @@ impl PgStore {
         Ok(None)
     }
 
+    /// The sensor with this API key digest, from the cache when it holds it.
     pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
+        if let Some(hit) = self.auth.get(key_hash) {
+            return Ok(Some(hit));
+        }
+        let ticket = self.auth.ticket();
+        let found = self.sensor_by_key_uncached(key_hash).await?;
+        if let Some(s) = &found {
+            self.auth.insert(ticket, key_hash, s);
+        }
+        Ok(found)
+    }
+
+    /// The sensor with this API key digest, read from the database.
+    pub async fn sensor_by_key_uncached(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<SensorAuth>, StoreError> {
         let client = self.client().await?;
         // Every sensor request authenticates: prepared once per connection.
         let st = client
@@ -637,6 +663,10 @@ impl PgStore {
             notify_peers(&tx, sensor).await?;
         }
         tx.commit().await?;
+        if old.is_some() {
+            // Its cached key is the old one; other processes hear the notification.
+            self.auth.forget(&[sensor.to_owned()]);
+        }
         Ok(old)
     }
 
@@ -1452,6 +1482,8 @@ impl PgStore {
         let tx = c.transaction().await?;
         let n = forget_sensor(&tx, sensor, now, rules).await?;
         tx.commit().await?;
+        // Refused here at once; other processes once they hear the notification.
+        self.auth.forget(&[sensor.to_owned()]);
         Ok(n)
     }
 }
