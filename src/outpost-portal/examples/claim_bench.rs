@@ -23,6 +23,7 @@ const JOBS: usize = 20_000;
 /// clients run in this process, on the same two cores as the portal.
 const HTTP_SENSORS: usize = 64;
 const HTTP_JOBS: usize = 10_000;
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn scan_spec() -> JobSpec {
     JobSpec::Scan(ScanSpec {
@@ -48,7 +49,15 @@ fn https(ca_pem: &[u8]) -> Result<ureq::Agent> {
     Ok(ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        // Per phase, not `timeout_global`: with a global (or resolve) timeout, ureq resolves
+        // every request's host on a thread of its own (even an IP literal, even on a
+        // kept-alive connection), one thread started and ended per claim on the two
+        // cores the portal is measured on.
+        .timeout_connect(Some(TIMEOUT))
+        .timeout_send_request(Some(TIMEOUT))
+        .timeout_send_body(Some(TIMEOUT))
+        .timeout_recv_response(Some(TIMEOUT))
+        .timeout_recv_body(Some(TIMEOUT))
         .build()
         .new_agent())
 }

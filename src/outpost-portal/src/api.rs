@@ -49,8 +49,9 @@ pub struct AppState {
     pub sealer: crate::sealed::Sealer,
     /// The WireGuard gateway, when the portal runs one.
     pub gateway: Option<Arc<Gateway>>,
-    /// Full re-reads of the gateway's peers done by the database follower (PostgreSQL;
-    /// peer_sync.rs): tests wait for the first before changing the gateway by hand.
+    /// Times the database follower started listening (PostgreSQL; peer_sync.rs), each
+    /// with a full re-read of the gateway's peers when there is a gateway: tests wait for
+    /// the first before changing the gateway by hand.
     pub peer_syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -213,16 +214,25 @@ pub(crate) async fn sensor_auth(
     headers: &HeaderMap,
     via: &Via,
 ) -> Result<SensorAuth, ApiError> {
-    let key = auth::bearer(headers)?;
-    let sensor = state
+    let key_hash = auth::hash(auth::bearer(headers)?);
+    let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key");
+    let mut sensor = state
         .store
-        .sensor_by_key(&auth::hash(key))
+        .sensor_by_key(&key_hash)
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown sensor API key"))?;
-    let mut sensor = sensor;
+        .ok_or_else(unknown)?;
     match via {
         Some(Extension(peer)) => {
             let key = peer.public_key.to_base64();
+            if key != sensor.wg_public_key {
+                // A cached identity may predate a rotation another replica finished (its
+                // notification not heard yet): the database decides.
+                sensor = state
+                    .store
+                    .sensor_by_key_uncached(&key_hash)
+                    .await?
+                    .ok_or_else(unknown)?;
+            }
             if key != sensor.wg_public_key {
                 // The second phase of a key rotation: the first request through a
                 // tunnel keyed with the sensor's pending key proves the sensor has it.

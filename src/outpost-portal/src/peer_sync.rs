@@ -5,6 +5,11 @@
 //! gateway in step with the `sensors` table. After a (re)connect it re-reads the whole
 //! table first, since notifications sent while it was away are lost.
 //!
+//! The same notifications keep the store's cache of sensor identities
+//! (`store/auth_cache.rs`) in step, with or without a gateway: a notified sensor's entry
+//! is dropped as the notification arrives, before the gateway is touched, and the cache
+//! is in use only while the LISTEN connection is up.
+//!
 //! SQLite serves one process only: the process that changes a key changes its own
 //! gateway, and nothing listens.
 
@@ -168,9 +173,11 @@ async fn sync_sensors(
     Ok(())
 }
 
-/// On PostgreSQL, follows the database's peers until shutdown, reconnecting with backoff.
+/// On PostgreSQL, follows the database's peers (for the gateway, when there is one, and
+/// the identity cache) until shutdown, reconnecting with backoff. `syncs` counts the
+/// times the follower started listening (and, with a gateway, re-read every peer).
 pub fn spawn(
-    gw: Arc<Gateway>,
+    gw: Option<Arc<Gateway>>,
     store: Store,
     syncs: Arc<AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
@@ -178,19 +185,27 @@ pub fn spawn(
     let Store::Postgres(pg) = &store else {
         return None;
     };
+    let cache_store = pg.clone();
     let mut config = (*pg.config()).clone();
     // Names it in pg_stat_activity (operators, and the replicas test, find it there).
     config.application_name("outpost-portal peer sync");
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        let cache = cache_store.auth_cache();
         loop {
-            let run = follow(&gw, &store, &config, &syncs, &mut backoff);
+            let run = follow(gw.as_deref(), &store, &config, &syncs, &mut backoff);
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    cache.set_listening(false);
+                    return;
+                }
                 r = run => if let Err(e) = r {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "gateway peer sync lost the database; reconnecting");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "peer sync lost the database; reconnecting");
                 }
             }
+            // Whatever ended the session (a lost connection, an unanswered ping, a failed
+            // re-read), notifications may be missed from now on.
+            cache.set_listening(false);
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -201,39 +216,70 @@ pub fn spawn(
 }
 
 async fn follow(
-    gw: &Gateway,
+    gw: Option<&Gateway>,
     store: &Store,
     config: &tokio_postgres::Config,
     syncs: &AtomicU64,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
+    let Store::Postgres(pg) = store else {
+        return Ok(());
+    };
+    let cache = pg.clone();
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    // The connection delivers notifications only to whoever polls it.
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel::<()>();
+    // The connection delivers notifications only to whoever polls it. This task alone
+    // turns the identity cache on (once LISTEN is in place) and off (as the connection
+    // ends), so it is never on while the connection is gone.
     let driver = tokio::spawn(async move {
+        let cache = cache.auth_cache();
+        let mut listening = Some(listening_rx);
         loop {
-            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            let message = tokio::select! {
+                m = std::future::poll_fn(|cx| conn.poll_message(cx)) => m,
+                ready = async {
+                    match listening.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                }, if listening.is_some() => {
+                    listening = None;
+                    if ready.is_ok() {
+                        cache.set_listening(true);
+                    }
+                    continue;
+                }
+            };
+            match message {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    // The payload names the sensor whose keys changed.
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        return;
+                    // The payload names the sensor whose keys changed (or that went).
+                    let id = n.payload().to_owned();
+                    cache.forget(std::slice::from_ref(&id));
+                    if tx.send(id).is_err() {
+                        break;
                     }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "LISTEN connection failed");
-                    return;
+                    break;
                 }
-                None => return,
+                None => break,
             }
         }
+        cache.set_listening(false);
     });
     let _driver = AbortOnDrop(driver);
     client
         .batch_execute(&format!("LISTEN {PEERS_CHANNEL}"))
         .await?;
     // Listening before reading: a change between the two is read, or heard, or both.
-    let mut installed = full_sync(gw, store).await?;
+    listening_tx.send(()).map_err(|_| SyncError::Closed)?;
+    let mut installed = match gw {
+        Some(gw) => Some(full_sync(gw, store).await?),
+        None => None,
+    };
     syncs.fetch_add(1, Ordering::Relaxed);
     *backoff = Duration::from_millis(500);
     tracing::info!("gateway peers follow the database");
@@ -249,7 +295,9 @@ async fn follow(
                 }
                 ids.sort();
                 ids.dedup();
-                sync_sensors(gw, store, &ids, &mut installed).await?;
+                if let (Some(gw), Some(installed)) = (gw, installed.as_mut()) {
+                    sync_sensors(gw, store, &ids, installed).await?;
+                }
             }
             _ = ping.tick() => {
                 tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1"))

@@ -130,14 +130,13 @@ async fn serve(
             shutdown.clone(),
         ))
     });
-    let peer_sync = state.gateway.clone().and_then(|gw| {
-        crate::peer_sync::spawn(
-            gw,
-            state.store.clone(),
-            state.peer_syncs.clone(),
-            shutdown.clone(),
-        )
-    });
+    // With or without a gateway: the identity cache follows the same notifications.
+    let peer_sync = crate::peer_sync::spawn(
+        state.gateway.clone(),
+        state.store.clone(),
+        state.peer_syncs.clone(),
+        shutdown.clone(),
+    );
     let tunnel = state
         .gateway
         .clone()

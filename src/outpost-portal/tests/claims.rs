@@ -193,3 +193,59 @@ async fn lease_expiry_requeues_once_sqlite() {
 async fn lease_expiry_requeues_once_postgres() {
     lease_expiry(Backend::Postgres).await;
 }
+
+/// The claim must walk `jobs_claimable` (the queued jobs only), also when the statistics
+/// say nearly every job is queued: written with `site = $4 ... ORDER BY id`, the planner
+/// then took `jobs_pkey` and every claim read all the jobs claimed before it
+/// (`CLAIM_SQL`'s comment). Both the custom plan and the generic one a prepared
+/// statement may switch to are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_plan_walks_the_queue_index_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(Backend::Postgres, dir.path()).await;
+    let store = Store::open(&url).await.unwrap();
+    let now = outpost_wire::unix_now();
+    store.create_job("berlin", &spec(0), now).await.unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A batch just queued and analysed: 10,000 jobs, every one queued.
+    client
+        .batch_execute(
+            "INSERT INTO jobs (site, kind, spec, state, created_at) \
+             SELECT site, kind, spec, state, created_at FROM jobs, generate_series(1, 9999); \
+             ANALYZE jobs;",
+        )
+        .await
+        .unwrap();
+    let plan = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    client
+        .batch_execute(&format!(
+            "PREPARE claim (text, bigint, bigint, text, text[]) AS {}",
+            outpost_portal::store::CLAIM_SQL
+        ))
+        .await
+        .unwrap();
+    let explain = "EXPLAIN EXECUTE claim ('sn_x', 1, 2, 'berlin', '{scan}')";
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        client
+            .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .await
+            .unwrap();
+        let p = plan(client.simple_query(explain).await.unwrap());
+        assert!(
+            p.contains("using jobs_claimable"),
+            "{mode}: the claim does not walk jobs_claimable:\n{p}"
+        );
+    }
+}

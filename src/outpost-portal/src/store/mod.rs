@@ -3,6 +3,7 @@
 //! Decisions that do not need the database (token checks, lease arithmetic, access rules)
 //! live here once; the backends only run SQL.
 
+mod auth_cache;
 mod postgres;
 mod sqlite;
 
@@ -18,7 +19,8 @@ use outpost_wire::sensor::{
     ReportOutcome, ReportUpload, UpdateSpec, UpdateState, UpdateStateReport,
 };
 
-pub use postgres::{PgStore, PEERS_CHANNEL};
+pub use auth_cache::AuthCache;
+pub use postgres::{PgStore, CLAIM_SQL, PEERS_CHANNEL};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -853,10 +855,24 @@ impl Store {
         }
     }
 
+    /// The sensor with this API key digest. On PostgreSQL possibly from memory
+    /// (`auth_cache.rs`: no older than the replica's gateway peers).
     pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
         match self {
             Store::Sqlite(s) => s.sensor_by_key(key_hash).await,
             Store::Postgres(s) => s.sensor_by_key(key_hash).await,
+        }
+    }
+
+    /// [`Store::sensor_by_key`] read from the database, for when a cached answer is
+    /// in doubt (a tunnel key it does not name).
+    pub async fn sensor_by_key_uncached(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<SensorAuth>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sensor_by_key(key_hash).await,
+            Store::Postgres(s) => s.sensor_by_key_uncached(key_hash).await,
         }
     }
 

@@ -212,6 +212,27 @@ const JOB_COLUMNS: &str =
     "id, site, state, spec, sensor_id, attempts, progress, cancel_requested, \
      failure_reason, created_at, lease_expires_at, target_sensor";
 
+/// The claim: leases the oldest queued job of the site that the sensor may take. It must
+/// walk `jobs_claimable` (migration 9; see there for what EXPLAIN showed), whose entries
+/// are the queued jobs only. Written `site = $4 ... ORDER BY id`, the planner may take
+/// `jobs_pkey` instead (the site being fixed, id order is the same) whenever the
+/// statistics say most jobs are queued (an ANALYZE just after a batch was queued): it then
+/// reads every job claimed before the next queued one, all of them again for each claim.
+/// EXPLAIN of the benchmark's 10,000 queued jobs after ANALYZE chose `jobs_pkey`, and
+/// the benchmark's runs where autovacuum had analysed the table just before the HTTP
+/// phase claimed 760-900 a second instead of 4,000-5,000 (24 million index entries read
+/// for 6,000 claims). Ordered by `site, id` with `site` bounded by a range (not an
+/// equality, which would make the site a constant and id order enough), only an index
+/// led by `site` gives that order without a sort: `jobs_claimable`, whatever the
+/// statistics say. Tests EXPLAIN it (tests/claims.rs).
+pub const CLAIM_SQL: &str = "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
+     lease_expires_at = $3, progress = 0 \
+     WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site >= $4 AND site <= $4 \
+                 AND kind = ANY($5) \
+                 AND (target_sensor IS NULL OR target_sensor = $1) \
+                 ORDER BY site, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, spec, attempts, lease_expires_at";
+
 const BUNDLE_COLUMNS: &str = "id, version, compatible, min_version, size, sha256, published_at";
 
 #[derive(Clone)]
@@ -223,6 +244,8 @@ pub struct PgStore {
     /// registration tries the addresses after it, each with one indexed lookup,
     /// instead of reading every sensor's address inside the registration lock.
     address_hint: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Sensor identities by API key digest, while the peer sync listens (auth_cache.rs).
+    auth: std::sync::Arc<super::AuthCache>,
 }
 
 /// Addresses after the hint tried before falling back to a scan of all of them.
@@ -248,6 +271,7 @@ impl PgStore {
             pool,
             config: std::sync::Arc::new(cfg),
             address_hint: Default::default(),
+            auth: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -296,6 +320,12 @@ impl PgStore {
 
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The identities [`PgStore::sensor_by_key`] serves from memory; [`crate::peer_sync`]
+    /// keeps it in step with the database.
+    pub fn auth_cache(&self) -> &super::AuthCache {
+        &self.auth
     }
 
     /// The replicas' shared identity: `proposed` becomes it unless a process stored one
@@ -506,7 +536,24 @@ impl PgStore {
         Ok(None)
     }
 
+    /// The sensor with this API key digest, from the cache when it holds it.
     pub async fn sensor_by_key(&self, key_hash: &str) -> Result<Option<SensorAuth>, StoreError> {
+        if let Some(hit) = self.auth.get(key_hash) {
+            return Ok(Some(hit));
+        }
+        let ticket = self.auth.ticket();
+        let found = self.sensor_by_key_uncached(key_hash).await?;
+        if let Some(s) = &found {
+            self.auth.insert(ticket, key_hash, s);
+        }
+        Ok(found)
+    }
+
+    /// The sensor with this API key digest, read from the database.
+    pub async fn sensor_by_key_uncached(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<SensorAuth>, StoreError> {
         let client = self.client().await?;
         // Every sensor request authenticates: prepared once per connection.
         let st = client
@@ -616,6 +663,10 @@ impl PgStore {
             notify_peers(&tx, sensor).await?;
         }
         tx.commit().await?;
+        if old.is_some() {
+            // Its cached key is the old one; other processes hear the notification.
+            self.auth.forget(&[sensor.to_owned()]);
+        }
         Ok(old)
     }
 
@@ -715,18 +766,7 @@ impl PgStore {
     ) -> Result<Option<Job>, StoreError> {
         let client = self.client().await?;
         // The hottest query (every sensor, every 5 s): prepared once per connection.
-        // It walks `jobs_claimable` (migration 9), see there for what EXPLAIN showed.
-        let st = client
-            .prepare_cached(
-                "UPDATE jobs SET state = 'running', sensor_id = $1, claimed_at = $2, \
-                 lease_expires_at = $3, progress = 0 \
-                 WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND site = $4 \
-                             AND kind = ANY($5) \
-                             AND (target_sensor IS NULL OR target_sensor = $1) \
-                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, spec, attempts, lease_expires_at",
-            )
-            .await?;
+        let st = client.prepare_cached(CLAIM_SQL).await?;
         let row = client
             .query_opt(
                 &st,
@@ -1442,6 +1482,8 @@ impl PgStore {
         let tx = c.transaction().await?;
         let n = forget_sensor(&tx, sensor, now, rules).await?;
         tx.commit().await?;
+        // Refused here at once; other processes once they hear the notification.
+        self.auth.forget(&[sensor.to_owned()]);
         Ok(n)
     }
 }
