@@ -27,15 +27,8 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn scan_spec() -> JobSpec {
     JobSpec::Scan(ScanSpec {
-        targets: vec!["10.0.0.1".into()],
-        ports: "T:80".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
         deadline_s: 60,
+        ..ScanSpec::new(vec!["10.0.0.1".into()], "T:80")
     })
 }
 

@@ -15,16 +15,10 @@ const CLAIMERS: usize = 32;
 const JOBS: usize = 10_000;
 
 fn spec(i: usize) -> JobSpec {
+    let target = format!("10.77.{}.{}", i / 250, i % 250 + 1);
     JobSpec::Scan(ScanSpec {
-        targets: vec![format!("10.77.{}.{}", i / 250, i % 250 + 1)],
-        ports: "T:80".into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
         deadline_s: 60,
+        ..ScanSpec::new(vec![target], "T:80")
     })
 }
 

@@ -405,6 +405,22 @@ fn default_deadline() -> u64 {
 }
 
 impl ScanSpec {
+    /// A scan of `targets` on `ports` with everything else as an operator who names
+    /// nothing more gets it (the defaults a request without those fields decodes to).
+    pub fn new(targets: Vec<String>, ports: impl Into<String>) -> ScanSpec {
+        ScanSpec {
+            targets,
+            ports: ports.into(),
+            exclude_hosts: vec![],
+            families: vec![],
+            oids: vec![],
+            alive_test: AliveTest::default(),
+            alive_methods: vec![],
+            credentials: vec![],
+            deadline_s: default_deadline(),
+        }
+    }
+
     /// The alive detection methods to run, sorted and without repeats.
     pub fn alive_methods(&self) -> Vec<AliveMethod> {
         let mut m = if self.alive_methods.is_empty() {
@@ -543,6 +559,17 @@ mod tests {
         let v = serde_json::to_value(&with).unwrap();
         assert_eq!(v["board_serial"], "10000000abcdef01");
         assert_eq!(serde_json::from_value::<RegisterRequest>(v).unwrap(), with);
+    }
+
+    #[test]
+    fn a_new_scan_spec_is_what_a_request_naming_only_targets_and_ports_decodes_to() {
+        let v = serde_json::json!({"targets": ["10.9.0.0/24"], "ports": "T:1-1024"});
+        let decoded: ScanSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            ScanSpec::new(vec!["10.9.0.0/24".into()], "T:1-1024"),
+            decoded
+        );
+        assert_eq!(decoded.deadline_s, 4 * 3600);
     }
 
     #[test]

@@ -119,16 +119,10 @@ pub async fn start_portal(backend: Backend, tune: impl FnOnce(&mut Settings)) ->
 
 /// A scan of 10.9.0.2's `ports` (e.g. `T:22`) with the defaults an operator gets.
 pub fn scan_spec(ports: &str) -> outpost_wire::sensor::JobSpec {
-    outpost_wire::sensor::JobSpec::Scan(outpost_wire::sensor::ScanSpec {
-        targets: vec!["10.9.0.2".into()],
-        ports: ports.into(),
-        exclude_hosts: vec![],
-        families: vec![],
-        oids: vec![],
-        alive_test: Default::default(),
-        alive_methods: vec![],
-        credentials: vec![],
+    use outpost_wire::sensor::{JobSpec, ScanSpec};
+    JobSpec::Scan(ScanSpec {
         deadline_s: 600,
+        ..ScanSpec::new(vec!["10.9.0.2".into()], ports)
     })
 }
 
